@@ -1,0 +1,109 @@
+"""PyTorch -> Core ML ML program, the one way the lab converts.
+
+Conventions every other module relies on: the input is named "input" with shape
+(batch, C, H, W) where batch is flexible (ct.RangeDim) when the traced program
+allows it; the output is named "logits"; the target is iOS18 so every
+compression mode is available; the model's metadata is stored in the package's
+user-defined metadata under METADATA_KEY."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from compress_lab.errors import ConfigError, ModelLoadError
+from compress_lab.models.handle import METADATA_KEY
+from compress_lab.models.metadata import ModelMetadata
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+MAX_BATCH = 4096
+PRECISIONS = ("fp16", "fp32")
+
+
+def coreml_precision(precision: str):
+    import coremltools as ct
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not supported; use one of {PRECISIONS}")
+    return ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
+
+
+def convert_module(module: torch.nn.Module, metadata: ModelMetadata, out_path: str | Path, *,
+                   precision: str = "fp16", flexible_batch: bool = True, pass_pipeline=None,
+                   traced: torch.jit.ScriptModule | None = None) -> Path:
+    """Trace (unless `traced` is given) and convert `module`; save to `out_path` and return it.
+
+    Falls back to a fixed batch of 1 when the program cannot take a flexible batch."""
+    import coremltools as ct
+
+    out_path = Path(out_path)
+    compute_precision = coreml_precision(precision)
+    example = torch.zeros((1, *metadata.input_shape))
+    if traced is None:
+        module = module.eval()
+        try:
+            with torch.no_grad():
+                traced = torch.jit.trace(module, example)
+        except Exception as e:
+            raise ModelLoadError(f"cannot trace model {metadata.name} with an input of shape {list(example.shape)}: {e}") from e
+    shapes = []
+    if flexible_batch:
+        shapes.append((ct.RangeDim(lower_bound=1, upper_bound=MAX_BATCH, default=1), *metadata.input_shape))
+    shapes.append(tuple(example.shape))
+    last_error = None
+    for shape in shapes:
+        kwargs = dict(
+            inputs=[ct.TensorType(name=INPUT_NAME, shape=shape)],
+            outputs=[ct.TensorType(name=OUTPUT_NAME)],
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS18,
+            compute_precision=compute_precision,
+        )
+        if pass_pipeline is not None:
+            kwargs["pass_pipeline"] = pass_pipeline
+        try:
+            with warnings.catch_warnings(), _quiet_coremltools():
+                warnings.simplefilter("ignore")
+                mlmodel = ct.convert(traced, **kwargs)
+            break
+        except Exception as e:  # a program whose shape arithmetic needs a static batch
+            last_error = e
+    else:
+        raise ModelLoadError(f"ct.convert failed for model {metadata.name}: {type(last_error).__name__}: {last_error}") from last_error
+    mlmodel.user_defined_metadata[METADATA_KEY] = metadata.to_json()
+    mlmodel.short_description = metadata.description or metadata.name
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    save_mlmodel(mlmodel, out_path)
+    return out_path
+
+
+def save_mlmodel(mlmodel, out_path: str | Path) -> Path:
+    """Save atomically: write beside the target, then rename, so a crash never leaves half a package."""
+    import shutil
+    out_path = Path(out_path)
+    tmp = out_path.with_name(out_path.name + ".tmp.mlpackage")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    with _quiet_coremltools():
+        mlmodel.save(str(tmp))
+    if out_path.exists():
+        shutil.rmtree(out_path)
+    tmp.rename(out_path)
+    return out_path
+
+
+class _quiet_coremltools:
+    """Silence coremltools' progress bars and version warnings for the duration."""
+
+    def __enter__(self):
+        self._logger = logging.getLogger("coremltools")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+        return False

@@ -1,0 +1,238 @@
+"""One handle for every way a user gives a model: a sample model name, a folder
+(model.py + weights.pt + metadata.json), a Python definition plus weights, a
+TorchScript file, or a Core ML `.mlpackage`.
+
+Loading a Python definition runs that file: it is code, treat it as such."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from compress_lab.errors import ModelLoadError
+from compress_lab.models.metadata import ModelMetadata
+
+SAMPLE_MODELS_DIR = Path(os.environ.get("COMPRESS_LAB_SAMPLES", Path(__file__).resolve().parents[2] / "sample_models"))
+METADATA_KEY = "compress_lab.metadata"
+FACTORY_NAMES = ("build_model", "create_model", "get_model", "model_fn")
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model. `kind` is "torch" (a PyTorch module is available, so both
+    workflows apply) or "coreml" (an `.mlpackage` only: post-training only)."""
+
+    source: str
+    kind: str
+    metadata: ModelMetadata
+    fingerprint: str
+    module: torch.nn.Module | None = field(default=None, repr=False)
+    mlpackage: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def torch_copy(self) -> torch.nn.Module:
+        """A fresh copy of the PyTorch model in eval mode; the handle's own is never mutated."""
+        if self.module is None:
+            raise ModelLoadError(
+                f"model {self.source} is a Core ML package; this needs the PyTorch model. "
+                "Load the Python definition + weights or TorchScript instead.")
+        return copy.deepcopy(self.module).eval()
+
+    def parameter_count(self) -> int | None:
+        if self.module is None:
+            return None
+        return sum(p.numel() for p in self.module.parameters())
+
+
+def list_sample_models() -> list[str]:
+    if not SAMPLE_MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SAMPLE_MODELS_DIR.iterdir() if (p / "model.py").is_file())
+
+
+def load_model(source: str | Path, weights: str | Path | None = None,
+               metadata: ModelMetadata | str | Path | None = None) -> ModelHandle:
+    """Load `source` into a ModelHandle (see module docstring for the accepted forms)."""
+    src = str(source)
+    path = Path(src).expanduser()
+    if not path.exists() and (SAMPLE_MODELS_DIR / src).is_dir():
+        path = SAMPLE_MODELS_DIR / src
+    if not path.exists():
+        samples = list_sample_models()
+        raise ModelLoadError(
+            f"model source {src!r} does not exist. Give a path to a .mlpackage, a TorchScript file, a model.py "
+            f"(with --weights), a model folder, or a sample model name ({', '.join(samples) or 'run the set-up to build them'}).")
+    meta = _resolve_metadata(metadata, path)
+    if path.is_dir() and path.suffix == ".mlpackage":
+        return _load_mlpackage(path, meta)
+    if path.is_dir():
+        return _load_folder(path, weights, meta)
+    if path.suffix == ".py":
+        return _load_python(path, weights, meta)
+    return _load_torchscript_or_state(path, meta)
+
+
+def _resolve_metadata(metadata, path: Path) -> ModelMetadata | None:
+    if isinstance(metadata, ModelMetadata):
+        return metadata
+    if metadata is not None:
+        return ModelMetadata.load(metadata)
+    folder = path if path.is_dir() and path.suffix != ".mlpackage" else path.parent
+    candidate = folder / "metadata.json"
+    return ModelMetadata.load(candidate) if candidate.is_file() else None
+
+
+def _require_metadata(meta: ModelMetadata | None, path: Path) -> ModelMetadata:
+    if meta is None:
+        raise ModelLoadError(
+            f"no metadata for {path}: put a metadata.json beside it (input_shape, class_names, preprocessing) "
+            "or pass one with --metadata.")
+    return meta
+
+
+def _load_folder(folder: Path, weights, meta) -> ModelHandle:
+    definition = folder / "model.py"
+    if not definition.is_file():
+        raise ModelLoadError(f"model folder {folder} has no model.py; a model folder holds model.py, weights.pt and metadata.json")
+    if weights is None:
+        weights = folder / "weights.pt"
+        if not weights.is_file():
+            raise ModelLoadError(
+                f"model folder {folder} has no weights.pt; for the sample models run the set-up "
+                "(python sample_models/build.py) to build them")
+    return _load_python(definition, weights, meta)
+
+
+def _import_definition(path: Path):
+    module_name = "compress_lab_user_model_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import model definition {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # needed for deepcopy/pickling of classes defined there
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(module_name, None)
+        raise ModelLoadError(f"model definition {path} raised {type(e).__name__}: {e}; fix the file and load it again") from e
+    return module
+
+
+def _load_python(path: Path, weights, meta) -> ModelHandle:
+    meta = _require_metadata(meta, path)
+    if weights is None:
+        raise ModelLoadError(f"model definition {path} needs a weights file (a state_dict saved with torch.save); pass --weights")
+    weights = Path(weights)
+    definition = _import_definition(path)
+    factory = next((getattr(definition, n) for n in FACTORY_NAMES if callable(getattr(definition, n, None))), None)
+    if factory is None:
+        raise ModelLoadError(f"model definition {path} defines none of {FACTORY_NAMES}; add a factory function returning the nn.Module")
+    try:
+        model = factory()
+    except Exception as e:
+        raise ModelLoadError(f"factory {factory.__name__}() in {path} raised {type(e).__name__}: {e}") from e
+    if not isinstance(model, torch.nn.Module):
+        raise ModelLoadError(f"factory {factory.__name__}() in {path} returned {type(model).__name__}, not a torch.nn.Module")
+    state = load_state_dict(weights)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise ModelLoadError(
+            f"weights {weights} do not fit the model defined in {path}: {' '.join(first[:3])[:400]}; "
+            "check that the weights were saved from this definition") from None
+    model.eval()
+    return ModelHandle(source=str(path.parent if path.name == "model.py" else path), kind="torch", metadata=meta,
+                       fingerprint=_hash_files([path, weights]), module=model)
+
+
+def load_state_dict(weights: Path) -> dict:
+    """Load a state_dict safely (weights_only=True: a pickle that runs code is refused)."""
+    if not weights.is_file():
+        raise ModelLoadError(f"weights file {weights} does not exist")
+    if weights.stat().st_size == 0:
+        raise ModelLoadError(f"weights file {weights} is empty (0 bytes); save it again with torch.save(model.state_dict(), path)")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = str(e)
+        if "Weights only load failed" in text or "weights_only" in text:
+            raise ModelLoadError(
+                f"weights file {weights} holds more than tensors (it would run code when unpickled) and was refused. "
+                "Save only the state_dict: torch.save(model.state_dict(), path)") from None
+        raise ModelLoadError(f"weights file {weights} cannot be read ({type(e).__name__}: {text[:200]}); is it truncated or not a torch file?") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"weights file {weights} is not a state_dict (a dict of tensors)")
+    return state
+
+
+def _load_torchscript_or_state(path: Path, meta) -> ModelHandle:
+    meta = _require_metadata(meta, path)
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"model file {path} is empty (0 bytes)")
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"model file {path} is neither a TorchScript archive, a .py definition nor a .mlpackage")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        if _looks_like_state_dict(path):
+            raise ModelLoadError(
+                f"{path} is a state_dict, not a TorchScript model: load it with the Python file that defines "
+                "the model (compress-lab ... model.py --weights THIS_FILE)") from None
+        raise ModelLoadError(f"{path} cannot be loaded as TorchScript ({type(e).__name__}: {str(e)[:200]})") from None
+    module.eval()
+    return ModelHandle(source=str(path), kind="torch", metadata=meta, fingerprint=_hash_files([path]), module=module)
+
+
+def _looks_like_state_dict(path: Path) -> bool:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(state, dict)
+
+
+def _load_mlpackage(path: Path, meta) -> ModelHandle:
+    manifest = path / "Manifest.json"
+    if not manifest.is_file():
+        raise ModelLoadError(f"{path} is not a valid .mlpackage (no Manifest.json)")
+    import coremltools as ct
+    try:
+        spec = ct.utils.load_spec(str(path))
+    except Exception as e:
+        raise ModelLoadError(f"{path} cannot be read as a Core ML package ({type(e).__name__}: {str(e)[:200]})") from None
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise ModelLoadError(
+            f"{path} is a '{spec.WhichOneof('Type')}' Core ML model, not an ML program; the lab compresses ML programs. "
+            "Re-convert it with ct.convert(..., convert_to='mlprogram').")
+    stored = spec.description.metadata.userDefined.get(METADATA_KEY)
+    if meta is None and stored:
+        meta = ModelMetadata.from_dict(json.loads(stored))
+    meta = _require_metadata(meta, path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return ModelHandle(source=str(path), kind="coreml", metadata=meta, fingerprint=_hash_files(files), mlpackage=path)
+
+
+def _hash_files(paths) -> str:
+    digest = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        digest.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
