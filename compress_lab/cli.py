@@ -1,0 +1,190 @@
+"""The `compress-lab` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+from compress_lab.errors import ConfigError, LabError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="compress-lab", description="Compress neural networks with Core ML Tools and measure every trade-off.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="summarize a model (layers, parameters, input, classes)")
+    _model_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("compress", help="compress a model with one technique into an .mlpackage")
+    _model_args(p)
+    p.add_argument("--technique", required=True, help="technique name (see `compress-lab techniques`)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a technique setting (TOML value), repeatable")
+    p.add_argument("--train", type=Path, help="training folder for training-time techniques")
+    p.add_argument("--out", type=Path, required=True, help="output .mlpackage path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("evaluate", help="evaluate a PyTorch model or .mlpackage on a validation folder")
+    _model_args(p)
+    p.add_argument("--data", type=Path, required=True, help="validation folder (<class>/<image> or a flat folder of images)")
+    p.add_argument("--reference", help="model whose outputs are the reference for agreement/SNR (default: none)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("techniques", help="list the techniques and their settings")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_techniques)
+
+    _optional_subcommand(sub, "sweep", "compress_lab.sweep.cli", "run a grid of techniques x settings (a TOML spec)")
+    _optional_subcommand(sub, "sensitivity", "compress_lab.analysis.cli_sensitivity", "per-layer sensitivity of a model")
+    _optional_subcommand(sub, "mixed", "compress_lab.analysis.cli_mixed", "mixed precision under an accuracy budget")
+    _optional_subcommand(sub, "report", "compress_lab.report", "write a self-contained HTML report of a sweep")
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _optional_subcommand(sub, name: str, module: str, help_text: str) -> None:
+    import importlib
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return
+    p = sub.add_parser(name, help=help_text)
+    mod.add_arguments(p)
+    p.set_defaults(func=mod.run)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="sample model name, model folder, model.py (+ --weights), TorchScript file or .mlpackage")
+    p.add_argument("--weights", type=Path, help="state_dict file for a model.py definition")
+    p.add_argument("--metadata", type=Path, help="metadata.json (input_shape, class_names, preprocessing)")
+
+
+def _load(args):
+    from compress_lab.models import load_model
+    return load_model(args.model, weights=args.weights, metadata=args.metadata)
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs with TOML values (`nbits=4`, `mode="kmeans"`, `n_m_ratio=[2,4]`); bare words are strings."""
+    settings = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r} must look like KEY=VALUE, e.g. --set nbits=4")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        try:
+            settings[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            settings[key] = raw
+    return settings
+
+
+def cmd_info(args) -> int:
+    from compress_lab.models.summary import summarize
+    summary = summarize(_load(args)).to_dict()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['name']}  ({summary['kind']}, {summary['source']})")
+    print(f"input {summary['input_shape']}, {summary['num_classes']} classes, {summary['parameters']:,} parameters")
+    print(f"{'layer':40s} {'type':12s} {'params':>10s}  post-training  training-time")
+    for layer in summary["layers"]:
+        print(f"{layer['name'][:40]:40s} {layer['type'][:12]:12s} {layer['parameters']:>10,}  "
+              f"{'yes' if layer['touched_post_training'] else '-':13s}  {'yes' if layer['touched_training_time'] else '-'}")
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from compress_lab.models.size import package_size
+    from compress_lab.techniques import CompressContext, compress, config_from_dict
+
+    handle = _load(args)
+    config = config_from_dict({"technique": args.technique, **parse_settings(args.set)})
+    out = args.out if args.out.suffix == ".mlpackage" else args.out.with_suffix(".mlpackage")
+    bar = _progress_bar()
+    context = CompressContext(handle=handle, workdir=out.parent / ".lab-work", train_dir=args.train, calibration_dir=args.train,
+                              progress=bar.update)
+    outcome = compress(handle, config, out, context=context)
+    bar.close()
+    size = package_size(outcome.path).to_dict()
+    result = {"out": str(outcome.path), "config": config.to_dict(), "timings": outcome.timings, "size": size}
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(f"wrote {outcome.path}: {size.get('bytes', 0):,} bytes; {config.label()}; "
+              + ", ".join(f"{k} {v:.2f}s" for k, v in outcome.timings.items()))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from compress_lab.evaluate import evaluate_model
+    result = evaluate_model(args.model if args.weights is None and args.metadata is None else _load(args), args.data,
+                            batch_size=args.batch_size, reference=args.reference)
+    data = result.to_dict()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for key in ("n", "top1", "top5", "loss", "agreement", "snr_db", "skipped", "elapsed_s"):
+        if data.get(key) is not None:
+            print(f"{key:10s} {data[key]}")
+    return 0
+
+
+def cmd_techniques(args) -> int:
+    import dataclasses
+    from compress_lab.techniques import REGISTRY
+    rows = []
+    for name in REGISTRY.names():
+        cls = REGISTRY.config_class(name)
+        rows.append({"technique": name, "family": cls.family, "data": cls.data_need.value, "summary": cls.summary,
+                     "settings": {f.name: (f.default if f.default is not dataclasses.MISSING else None) for f in dataclasses.fields(cls)}})
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        for row in rows:
+            print(f"{row['technique']:24s} {row['family']:14s} data={row['data']:12s} {row['summary']}")
+    return 0
+
+
+class _progress_bar:
+    """A tqdm bar fed by technique Progress events (one bar per stage)."""
+
+    def __init__(self):
+        self._bar = None
+        self._stage = None
+
+    def update(self, event) -> None:
+        from tqdm import tqdm
+        if event.stage != self._stage:
+            self.close()
+            self._stage = event.stage
+            self._bar = tqdm(total=event.total or None, desc=event.stage, file=sys.stderr, leave=False)
+        if self._bar is not None:
+            self._bar.n = event.done
+            if event.loss is not None:
+                self._bar.set_postfix(loss=f"{event.loss:.4f}")
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
