@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import socket
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -254,9 +256,6 @@ class ResultsStore(ABC):
 
 def worker_name(suffix: str | None = None) -> str:
     """This process's worker id, `host:pid` (or `host:pid:suffix` for a thread)."""
-    import os
-    import socket
-
     name = f"{socket.gethostname()}:{os.getpid()}"
     return f"{name}:{suffix}" if suffix else name
 
@@ -264,9 +263,6 @@ def worker_name(suffix: str | None = None) -> str:
 def worker_alive(worker: str | None) -> bool | None:
     """True/False if `worker` is a `host:pid[:...]` on this host whose process
     is / is not alive; None when that cannot be told (another host, other format)."""
-    import os
-    import socket
-
     if not worker:
         return None
     parts = worker.split(":")

@@ -1,0 +1,1 @@
+"""Analysis of finished runs: tables, the Pareto frontier, sensitivity, recommendations."""
