@@ -1,0 +1,134 @@
+"""Read the MIL program of a Core ML ML program from disk, with its input and output facts.
+
+`MLModel._mil_program` is None for a model loaded from disk, so the program is
+rebuilt from the spec with coremltools' milproto loader (the same route
+`coremltools.optimize.coreml` takes)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compress_lab.errors import ModelLoadError
+
+
+@dataclass(frozen=True)
+class MilSource:
+    """A loaded ML program: the pymil function to run and what its caller needs to know."""
+
+    origin: str
+    mlmodel: Any  # coremltools.models.MLModel (not loaded into a native runtime)
+    function: Any  # coremltools.converters.mil.mil.Function
+    function_name: str
+    input_name: str
+    output_names: tuple[str, ...]
+    input_shape: tuple[int, ...]  # batch entry: the fixed batch, or the default batch of a flexible one
+    fixed_batch: int | None
+    max_batch: int | None  # upper bound of a flexible batch (None: unbounded or fixed)
+
+
+def load_mil_source(source) -> MilSource:
+    """`source`: a path to an `.mlpackage` (or `.mlmodel`), or a `coremltools.models.MLModel`."""
+    import coremltools as ct
+
+    mlmodel, origin = _open_mlmodel(source, ct)
+    spec = mlmodel.get_spec()
+    kind = spec.WhichOneof("Type")
+    if kind != "mlProgram":
+        raise ModelLoadError(
+            f"{origin} is a Core ML {kind!r} model; the lab's runtime runs ML programs only. "
+            "Re-convert it with ct.convert(..., convert_to='mlprogram').")
+    function_name = spec.description.defaultFunctionName or "main"
+    program = _load_pymil(mlmodel, spec, origin)
+    if function_name not in program.functions:
+        raise ModelLoadError(
+            f"{origin} has no function {function_name!r} (functions: {sorted(program.functions)}); "
+            "give a single-function ML program")
+    function = program.functions[function_name]
+    if len(spec.description.input) != 1:
+        names = [i.name for i in spec.description.input]
+        raise ModelLoadError(f"{origin} has {len(names)} inputs {names}; the lab's runtime runs models with one image input")
+    input_desc = spec.description.input[0]
+    if input_desc.type.WhichOneof("Type") != "multiArrayType":
+        raise ModelLoadError(
+            f"input {input_desc.name!r} of {origin} is a {input_desc.type.WhichOneof('Type')}; "
+            "the lab's runtime needs a multi-array (tensor) input")
+    fixed_batch, input_shape, max_batch = _input_facts(function, input_desc)
+    output_names = tuple(o.name for o in spec.description.output)
+    return MilSource(origin=origin, mlmodel=mlmodel, function=function, function_name=function_name,
+                     input_name=input_desc.name, output_names=output_names, input_shape=input_shape,
+                     fixed_batch=fixed_batch, max_batch=max_batch)
+
+
+def _open_mlmodel(source, ct):
+    if isinstance(source, ct.models.MLModel):
+        return source, "the given MLModel"
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"Core ML model {path} does not exist; give the path of an .mlpackage")
+    try:
+        with quiet_coremltools():
+            return ct.models.MLModel(str(path), skip_model_load=True), str(path)
+    except Exception as e:
+        raise ModelLoadError(f"cannot read Core ML model {path}: {type(e).__name__}: {e}") from e
+
+
+def _load_pymil(mlmodel, spec, origin):
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+
+    try:
+        with quiet_coremltools():
+            return milproto.load(spec, specification_version=spec.specificationVersion,
+                                 file_weights_dir=mlmodel.weights_dir)
+    except (AttributeError, NotImplementedError, KeyError) as e:
+        # an op type unknown to coremltools itself (custom layer, newer opset) fails here
+        from compress_lab.errors import UnsupportedOpError
+        raise UnsupportedOpError(
+            f"coremltools cannot read the MIL program of {origin} ({type(e).__name__}: {e}); "
+            "it uses an op this coremltools version does not know. Re-convert it with coremltools 9.") from e
+    except Exception as e:
+        raise ModelLoadError(f"cannot read the MIL program of {origin}: {type(e).__name__}: {e}") from e
+
+
+def _input_facts(function, input_desc):
+    array = input_desc.type.multiArrayType
+    var = function.inputs[input_desc.name]
+    shape = var.shape
+    default = list(array.shape) or [d if isinstance(d, int) else 1 for d in shape]
+    batch_dim = shape[0] if shape else None
+    fixed_batch = int(batch_dim) if _is_int(batch_dim) else None
+    max_batch = None
+    if fixed_batch is None and array.WhichOneof("ShapeFlexibility") == "shapeRange":
+        upper = array.shapeRange.sizeRanges[0].upperBound
+        max_batch = int(upper) if upper > 0 else None
+    input_shape = tuple(int(d) if _is_int(d) else int(default[i]) for i, d in enumerate(shape))
+    return fixed_batch, input_shape, max_batch
+
+
+def _is_int(d) -> bool:
+    try:
+        int(d)
+    except TypeError:
+        return False
+    return not hasattr(d, "free_symbols")
+
+
+class quiet_coremltools:
+    """Silence coremltools' logging and warnings for the duration."""
+
+    def __enter__(self):
+        self._logger = logging.getLogger("coremltools")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        return self
+
+    def __exit__(self, *exc):
+        self._warnings.__exit__(*exc)
+        self._logger.setLevel(self._level)
+        return False

@@ -1,0 +1,117 @@
+"""Session keys and what the user has chosen so far (model, data, sweep).
+
+Every page reads the choices through these functions, so a page opened first
+(or a fresh browser tab) starts from the same defaults: the sample model
+`mnist_cnn` with its own validation and training folders."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from compress_lab.models.handle import SAMPLE_MODELS_DIR
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SAMPLE = "mnist_cnn"
+
+MODEL_KEY = "lab.model"
+DATA_KEY = "lab.data"
+SWEEP_KEY = "lab.sweep_id"
+SESSION_ID_KEY = "lab.session_id"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model source as load_model takes it: sample name, folder, file or .mlpackage."""
+
+    source: str
+    weights: str | None = None
+    metadata: str | None = None
+    origin: str = "sample"  # "sample" | "path" | "upload"
+
+    @property
+    def sample_dir(self) -> Path | None:
+        folder = SAMPLE_MODELS_DIR / self.source
+        return folder if self.origin == "sample" and folder.is_dir() else None
+
+    @property
+    def folder(self) -> Path | None:
+        """Where the model's files are (for default data folders)."""
+        if self.sample_dir is not None:
+            return self.sample_dir
+        path = Path(self.source).expanduser()
+        if path.is_dir() and path.suffix != ".mlpackage":
+            return path
+        return path.parent if path.exists() else None
+
+    def spec_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": str(self.sample_dir or self.source)}
+        if self.weights:
+            out["weights"] = self.weights
+        if self.metadata:
+            out["metadata"] = self.metadata
+        return out
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    validation: str | None
+    train: str | None = None
+    preprocessing: dict = field(default_factory=dict)  # overrides of the model's preprocessing
+    max_val_images: int | None = None
+
+
+def store_folder() -> Path:
+    """The results store of this lab: $COMPRESS_LAB_STORE or ./lab-store in the repository."""
+    return Path(os.environ.get("COMPRESS_LAB_STORE") or REPO_ROOT / "lab-store").expanduser().resolve()
+
+
+def session_id() -> str:
+    if SESSION_ID_KEY not in st.session_state:
+        st.session_state[SESSION_ID_KEY] = uuid.uuid4().hex[:16]
+    return st.session_state[SESSION_ID_KEY]
+
+
+def current_model() -> ModelChoice:
+    if MODEL_KEY not in st.session_state:
+        st.session_state[MODEL_KEY] = ModelChoice(DEFAULT_SAMPLE)
+    return st.session_state[MODEL_KEY]
+
+
+def set_model(choice: ModelChoice) -> None:
+    """Choose a model; the data folders go back to that model's defaults."""
+    st.session_state[MODEL_KEY] = choice
+    st.session_state[DATA_KEY] = default_data(choice)
+
+
+def default_data(choice: ModelChoice) -> DataChoice:
+    folder = choice.folder
+    if folder is None:
+        return DataChoice(None, None)
+    val, train = folder / "val", folder / "train"
+    return DataChoice(str(val) if val.is_dir() else None, str(train) if train.is_dir() else None)
+
+
+def current_data() -> DataChoice:
+    if DATA_KEY not in st.session_state:
+        st.session_state[DATA_KEY] = default_data(current_model())
+    return st.session_state[DATA_KEY]
+
+
+def set_data(**changes) -> DataChoice:
+    data = replace(current_data(), **changes)
+    st.session_state[DATA_KEY] = data
+    return data
+
+
+def current_sweep_id() -> str | None:
+    return st.session_state.get(SWEEP_KEY)
+
+
+def set_sweep_id(sweep_id: str | None) -> None:
+    st.session_state[SWEEP_KEY] = sweep_id

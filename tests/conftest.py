@@ -1,0 +1,34 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_models"
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    path = SAMPLES / "mnist_cnn"
+    if not (path / "weights.pt").is_file():
+        import runpy
+        runpy.run_path(str(SAMPLES / "build.py"), run_name="build")["build_all"]()
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_handle(mnist_dir):
+    from compress_lab.models import load_model
+    return load_model("mnist_cnn")
+
+
+@pytest.fixture(scope="session")
+def dog_handle():
+    from compress_lab.models import load_model
+    if not (SAMPLES / "dog_mobilenetv2" / "weights.pt").is_file():
+        import runpy
+        runpy.run_path(str(SAMPLES / "build.py"), run_name="build")["build_all"]()
+    return load_model("dog_mobilenetv2")

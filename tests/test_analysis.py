@@ -1,0 +1,67 @@
+"""Pareto frontier, budgets, run rows and the plotted data."""
+
+import math
+
+from compress_lab.analysis.pareto import pareto_front, smallest_within_budget
+from compress_lab.analysis.table import run_row, runs_table
+from compress_lab.plots import bar_data, confusion_data, confusion_figure, tradeoff_data, tradeoff_figure
+
+
+def _run(run_id, family, technique, top1, nbytes, state="COMPLETE"):
+    return {"run_id": run_id, "label": f"{technique} {run_id}", "technique": technique, "family": family, "state": state,
+            "metrics": {"top1": top1, "agreement": top1}, "sizes": {"bytes": nbytes, "ratio_fp16": 1000 / nbytes},
+            "timings": {"total_s": 1.0}, "error": None}
+
+
+RUNS = [
+    _run("b16", "baseline", "fp16", 0.99, 1000),
+    _run("a", "post_training", "palettize", 0.98, 250),
+    _run("b", "post_training", "palettize", 0.90, 130),
+    _run("c", "post_training", "quantize", 0.97, 500),  # dominated by a
+    _run("d", "training_time", "dkm", 0.985, 130),
+    _run("e", "training_time", "dkm", 0.5, 60),
+    _run("f", "post_training", "prune", None, 100, state="FAILED"),
+]
+
+
+def test_pareto_front_keeps_only_undominated():
+    rows = runs_table(RUNS)
+    front = pareto_front(rows, "bytes", "top1")
+    assert [r["run_id"] for r in front] == ["e", "d", "a", "b16"]
+    # higher compression ratio is better: same frontier, by ratio
+    front_ratio = pareto_front(rows, "ratio_fp16", "top1")
+    assert {r["run_id"] for r in front_ratio} == {"e", "d", "a", "b16"}
+
+
+def test_smallest_within_budget():
+    rows = runs_table(RUNS)
+    assert smallest_within_budget(rows, "top1", 0.98)["run_id"] == "d"
+    assert smallest_within_budget(rows, "top1", 0.999) is None
+
+
+def test_run_row_flattens_and_shortens_errors():
+    failed = dict(RUNS[-1], error="Traceback...\nValueError: bad nbits")
+    row = run_row(failed)
+    assert row["error"] == "ValueError: bad nbits" and row["top1"] is None and row["bytes"] == 100
+    nan = run_row(dict(RUNS[1], metrics={"top1": math.nan}))
+    assert nan["top1"] is None
+
+
+def test_tradeoff_data_has_two_series_baseline_and_frontier():
+    data = tradeoff_data(runs_table(RUNS), "bytes", "top1")
+    assert set(data["series"]) == {"post_training", "training_time"}
+    assert [r["run_id"] for r in data["series"]["post_training"]] == ["b", "a", "c"]
+    assert [r["run_id"] for r in data["baselines"]] == ["b16"]
+    assert [r["run_id"] for r in data["frontier"]] == ["e", "d", "a", "b16"]
+    fig = tradeoff_figure(data, highlight_run_id="d")
+    names = [t.name for t in fig.data]
+    assert "post-training" in names and "training-time" in names and "Pareto frontier" in names
+    assert "smallest within budget" in names
+
+
+def test_confusion_and_bars():
+    data = confusion_data([[5, 1], [0, 4]], ["cat", "dog"])
+    assert data["true"] == ["cat", "dog"] and data["z"][0][1] == 1
+    assert confusion_figure(data).data[0].z is not None
+    bars = bar_data({"a": 0.1, "b": 0.5, "c": None})
+    assert bars == {"names": ["b", "a"], "values": [0.5, 0.1]}
