@@ -1,0 +1,155 @@
+"""A self-contained report of a sweep: HTML (interactive plots, table, configs,
+environment), CSV and JSON. Also the `compress-lab report` command."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import platform
+import sys
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from compress_lab.analysis.pareto import pareto_front
+from compress_lab.analysis.table import runs_table
+from compress_lab.errors import StoreError
+from compress_lab.plots import tradeoff_data, tradeoff_figure
+
+CSV_COLUMNS = ["run_id", "label", "technique", "family", "state", "top1", "top5", "agreement", "snr_db", "loss",
+               "bytes", "weight_bytes", "ratio_fp16", "ratio_fp32", "bits_per_weight", "compress_s", "finetune_s",
+               "convert_s", "evaluate_s", "total_s", "error"]
+VERSIONED_PACKAGES = ["compress-lab", "coremltools", "torch", "numpy", "scikit-learn", "streamlit", "plotly", "pillow"]
+
+
+def environment() -> dict[str, str]:
+    env = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            env[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            env[name] = "not installed"
+    return env
+
+
+def results_csv(runs) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in runs_table(runs):
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def results_json(sweep, runs) -> str:
+    return json.dumps({"sweep": sweep.to_dict(), "runs": [r.to_dict() for r in runs], "environment": environment()},
+                      indent=2, default=str)
+
+
+def _accuracy_axis(rows: list[dict[str, Any]]) -> str:
+    labelled = [r for r in rows if r.get("state") == "COMPLETE" and r.get("top1") is not None]
+    return "top1" if labelled else "agreement"
+
+
+def report_html(sweep, runs) -> str:
+    rows = runs_table(runs)
+    y = _accuracy_axis(rows)
+    figures = []
+    for x in ("bytes", "bits_per_weight"):
+        data = tradeoff_data(rows, x, y)
+        figures.append(tradeoff_figure(data).to_html(full_html=False, include_plotlyjs=not figures))
+    front_ids = {r["run_id"] for r in pareto_front([r for r in rows if r["state"] == "COMPLETE"], "bytes", y)}
+    table_rows = []
+    for row in sorted(rows, key=lambda r: (r["family"] != "baseline", r.get("bytes") or 0)):
+        cells = [row["label"], row["family"], row["state"], _fmt(row.get("top1")), _fmt(row.get("agreement")),
+                 _fmt(row.get("snr_db"), 1), _fmt_int(row.get("bytes")), _fmt(row.get("ratio_fp16"), 2),
+                 _fmt(row.get("bits_per_weight"), 2), _fmt(row.get("total_s"), 1),
+                 "yes" if row["run_id"] in front_ids else "", row.get("error") or ""]
+        table_rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    configs = "".join(
+        f"<details><summary>{html.escape(r.label or r.technique)} <code>{r.run_id}</code> ({r.state})</summary>"
+        f"<pre>{html.escape(json.dumps({'config': r.config, 'metrics': _short_metrics(r.metrics), 'sizes': _short_sizes(r.sizes), 'timings': r.timings, 'error': r.error}, indent=2, default=str))}</pre></details>"
+        for r in runs)
+    env_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in environment().items())
+    headers = ["run", "family", "state", "top-1", "agreement", "SNR dB", "bytes", "ratio vs fp16", "bits/weight",
+               "time s", "Pareto", "error"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>compress lab report: {html.escape(sweep.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}th{{background:#f4f4f4}}pre{{background:#f8f8f8;padding:8px;overflow:auto}}</style>
+</head><body>
+<h1>compress lab report: {html.escape(sweep.name)}</h1>
+<p>Sweep <code>{html.escape(sweep.sweep_id)}</code>, created {time.strftime('%Y-%m-%d %H:%M', time.localtime(sweep.created_at))},
+status {html.escape(sweep.status)}; {len(runs)} runs. Every accuracy and size below was measured: sizes are bytes on disk of the
+<code>.mlpackage</code>, accuracy and fidelity were measured by running the Core ML program on the validation folder.</p>
+<h2>Accuracy vs size</h2>{''.join(figures)}
+<h2>Runs</h2><table><tr>{''.join(f'<th>{h}</th>' for h in headers)}</tr>{''.join(table_rows)}</table>
+<h2>Configurations</h2>{configs}
+<h2>Sweep spec</h2><pre>{html.escape(json.dumps(sweep.spec, indent=2, default=str))}</pre>
+<h2>Environment</h2><table>{env_rows}</table>
+</body></html>"""
+
+
+def _short_metrics(metrics: dict | None) -> dict | None:
+    if not metrics:
+        return metrics
+    return {k: v for k, v in metrics.items() if k not in ("confusion", "logits")}
+
+
+def _short_sizes(sizes: dict | None) -> dict | None:
+    if not sizes:
+        return sizes
+    return {k: v for k, v in sizes.items() if k != "per_op"}
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _fmt_int(value) -> str:
+    return "" if value is None else f"{int(value):,}"
+
+
+def write_report(store, sweep_id: str | None, out_dir: str | Path) -> dict[str, Path]:
+    """Write report.html, results.csv and results.json of a sweep into out_dir; return their paths."""
+    sweep = _pick_sweep(store, sweep_id)
+    runs = store.list_runs(sweep.sweep_id)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"html": out_dir / "report.html", "csv": out_dir / "results.csv", "json": out_dir / "results.json"}
+    paths["html"].write_text(report_html(sweep, runs), encoding="utf-8")
+    paths["csv"].write_text(results_csv(runs), encoding="utf-8")
+    paths["json"].write_text(results_json(sweep, runs), encoding="utf-8")
+    return paths
+
+
+def _pick_sweep(store, sweep_id: str | None):
+    if sweep_id:
+        sweep = store.get_sweep(sweep_id)
+        if sweep is None:
+            known = ", ".join(s.sweep_id for s in store.list_sweeps()[:10]) or "none"
+            raise StoreError(f"no sweep {sweep_id!r} in the store {store.folder}; sweeps there: {known}")
+        return sweep
+    sweeps = store.list_sweeps()
+    if not sweeps:
+        raise StoreError(f"the store {store.folder} has no sweeps yet; run `compress-lab sweep SPEC.toml --store {store.folder}` first")
+    return sweeps[0]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--store", type=Path, required=True, help="the sweep's store folder (holds results.sqlite)")
+    parser.add_argument("--sweep", help="sweep id (default: the newest sweep in the store)")
+    parser.add_argument("--out", type=Path, help="output folder (default: STORE/report)")
+
+
+def run(args) -> int:
+    from compress_lab.store import open_store
+    if not (Path(args.store) / "results.sqlite").is_file():
+        raise StoreError(f"{args.store} holds no results store (results.sqlite); give the folder a sweep wrote to")
+    store = open_store(args.store)
+    paths = write_report(store, args.sweep, args.out or Path(args.store) / "report")
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
