@@ -442,7 +442,7 @@ class TensorCache:
                 stamp = f"{st.st_size}:{st.st_mtime_ns}"
             except OSError:
                 stamp = "missing"
-            digest.update(os.fsencode(path.resolve() if path.exists() else path))
+            digest.update(os.fsencode(path.absolute()))
             digest.update(f"|{label}|{stamp}\n".encode())
         return digest.hexdigest()[:32]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from compress_lab.data import Batch, TensorCache, scan_folder
+from compress_lab.data import Batch, scan_folder
 from compress_lab.errors import ConfigError, DataError, ModelLoadError
 from compress_lab.evaluate import (SNR_CAP_DB, EvalResult, evaluate, evaluate_model, predictor_for,
                                    torch_predictor)
@@ -211,3 +211,25 @@ def test_predictor_for_and_preprocessing_overrides(tmp_path):
         evaluate_model("mnist_cnn", tmp_path, preprocessing_overrides={"color": "RGB", "mean": [0.1], "std": [0.3]})
     with pytest.raises(ConfigError, match="unknown"):
         evaluate_model("mnist_cnn", tmp_path, preprocessing_overrides={"colour": "L"})
+
+
+def _runtime_ready() -> bool:
+    try:
+        from compress_lab.runtime import load_program  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@needs_mnist
+@pytest.mark.skipif(not _runtime_ready(), reason="compress_lab.runtime.load_program not available yet")
+def test_coreml_package_evaluates_like_its_torch_model(tmp_path):
+    from compress_lab.models.convert import convert_module
+    from compress_lab.models.handle import load_model
+
+    handle = load_model("mnist_cnn")
+    package = convert_module(handle.torch_copy(), handle.metadata, tmp_path / "mnist.mlpackage", precision="fp32")
+    torch_result = evaluate_model(handle, MNIST / "val", batch_size=250)
+    coreml_result = evaluate_model(package, MNIST / "val", batch_size=250, reference=torch_result)
+    assert coreml_result.n == 1000 and coreml_result.top1 >= 0.97
+    assert coreml_result.agreement >= 0.999 and coreml_result.snr_db > 60

@@ -389,7 +389,7 @@ def test_delete_sweep_keeps_shared_runs_and_removes_orphans_with_artifacts(store
     assert store.list_sweeps() == []
 
 
-def test_store_reopens_with_its_data_and_pickles(make_store, tmp_path, ):
+def test_store_reopens_with_its_data_and_pickles(make_store, tmp_path):
     s = make_store(tmp_path)
     s.create_sweep("s1", "n", SPEC, "fp")
     (run_id,) = claimed(s, "s1")
@@ -457,14 +457,40 @@ def _report_connection_identity(s, parent_conn_id, q):
 
 
 def _worker_add_claim_complete(s, k, n, barrier, q):
-    barrier.wait()
-    specs = [RunSpec(rid("proc", k, i), "palettize", "post_training", {"k": k, "i": i}, "") for i in range(n)]
-    s.add_runs("shared", specs)
-    for sp in specs:
-        assert s.claim_run(sp.run_id, f"host:{k}")
-        s.heartbeat(sp.run_id, f"host:{k}")
-        s.complete_run(sp.run_id, {"top1": k + i / 1000}, {"bytes": i}, {"total_s": 0.1}, worker=f"host:{k}")
-    q.put(k)
+    try:
+        barrier.wait()
+        specs = [RunSpec(rid("proc", k, i), "palettize", "post_training", {"k": k, "i": i}, "") for i in range(n)]
+        s.add_runs("shared", specs)
+        for i, sp in enumerate(specs):
+            assert s.claim_run(sp.run_id, f"host:{k}")
+            s.heartbeat(sp.run_id, f"host:{k}")
+            s.complete_run(sp.run_id, {"top1": k + i / 1000}, {"bytes": i}, {"total_s": 0.1}, worker=f"host:{k}")
+        q.put(k)
+    except BaseException as exc:  # report instead of leaving the parent waiting
+        q.put(repr(exc))
+
+
+def _worker_open_fresh(folder, barrier, q):
+    try:
+        barrier.wait()
+        open_store(folder).create_sweep("x", "n", {}, "fp")
+        q.put("ok")
+    except BaseException as exc:
+        q.put(repr(exc))
+
+
+def test_processes_creating_the_same_new_store_at_once(tmp_path):
+    ctx = mp.get_context("fork")
+    for attempt in range(5):
+        barrier, q = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_worker_open_fresh, args=(tmp_path / str(attempt), barrier, q)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        results = [q.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(10)
+        assert results == ["ok"] * 6
+        assert [s.sweep_id for s in open_store(tmp_path / str(attempt)).list_sweeps()] == ["x"]
 
 
 def _worker_claim_race(s, ids, k, barrier, q):
@@ -480,10 +506,11 @@ def test_processes_write_concurrently_without_losing_rows(tmp_path):
     procs = [ctx.Process(target=_worker_add_claim_complete, args=(s, k, n_runs, barrier, q)) for k in range(n_proc)]
     for p in procs:
         p.start()
-    done = sorted(q.get(timeout=60) for _ in procs)
+    done = [q.get(timeout=60) for _ in procs]
     for p in procs:
         p.join(10)
-    assert done == list(range(n_proc)) and all(p.exitcode == 0 for p in procs)
+    assert sorted(done, key=str) == list(range(n_proc)), done
+    assert all(p.exitcode == 0 for p in procs)
     assert s.integrity_check() == "ok"
     assert s.counts("shared") == {PENDING: 0, RUNNING: 0, COMPLETE: n_proc * n_runs, FAILED: 0}
     runs = s.list_runs("shared")
@@ -668,11 +695,15 @@ def test_safe_join_rejects_symlink_escape_and_accepts_plain_names(tmp_path):
 
 def test_artifact_paths_outside_the_store_are_refused(store, sweep, tmp_path):
     (run_id,) = claimed(store, sweep)
-    for bad in ("/etc/passwd", "../elsewhere/model", "artifacts/../../x"):
+    for bad in ("../elsewhere/model", "artifacts/../../x"):
         with pytest.raises(StoreError, match="invalid artifact path"):
             store.complete_run(run_id, {}, {}, {}, bad)
+    with pytest.raises(StoreError, match="outside the store folder"):
+        store.complete_run(run_id, {}, {}, {}, "/etc/passwd")
     with pytest.raises(StoreError, match="outside the store folder"):
         relative_artifact_path(store.folder, tmp_path / "elsewhere")
     with pytest.raises(StoreError, match="invalid artifact path"):
         resolve_artifact(store.folder, "../x")
     assert store.get_run(run_id).state == RUNNING
+    inside = artifact_dir(store.folder, run_id) / "model.mlpackage"
+    assert store.complete_run(run_id, {}, {}, {}, inside).artifact_path == f"artifacts/{run_id}/model.mlpackage"

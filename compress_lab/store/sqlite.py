@@ -8,12 +8,13 @@ reads run in a deferred transaction so they see one consistent snapshot.
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from compress_lab.errors import StoreError
 from compress_lab.store import artifacts
@@ -84,6 +85,7 @@ CREATE INDEX sweep_runs_by_position ON sweep_runs(sweep_id, position);
 CREATE INDEX runs_by_state ON runs(state);
 """
 
+T = TypeVar("T")
 Migration = Callable[[sqlite3.Connection], None]
 
 # MIGRATIONS[v] upgrades a version-v database to version v+1 (inside the
@@ -176,12 +178,18 @@ class SQLiteStore(ResultsStore):
             )
         if self._path.exists() and not self._path.is_file():
             raise StoreError(f"{self._path} is not a file: move it away or choose another results folder")
-        conn = None
+        # Switching a new file to WAL and creating the schema can answer "locked"
+        # at once (without the busy handler) while another process does the same.
+        return self._retry_busy(self._open_once, "opening it")
+
+    def _open_once(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self._path), timeout=self._busy_timeout_s, isolation_level=None)
         try:
-            conn = sqlite3.connect(str(self._path), timeout=self._busy_timeout_s, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(
                     f"{self._path} cannot use write-ahead logging (journal mode stays {mode!r}): "
@@ -190,13 +198,24 @@ class SQLiteStore(ResultsStore):
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._ensure_schema(conn)
-        except BaseException as exc:
-            if conn is not None:
-                conn.close()
-            if isinstance(exc, sqlite3.Error):
-                raise self._store_error(exc, "opening it") from exc
+        except BaseException:
+            conn.close()
             raise
         return conn
+
+    def _retry_busy(self, attempt: Callable[[], T], action: str) -> T:
+        deadline = time.monotonic() + self._busy_timeout_s
+        delay = 0.005
+        while True:
+            try:
+                return attempt()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() + delay > deadline:
+                    raise self._store_error(exc, action) from exc
+            except sqlite3.Error as exc:
+                raise self._store_error(exc, action) from exc
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.2)
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         if self._read_version(conn) == self.schema_version:
@@ -268,7 +287,7 @@ class SQLiteStore(ResultsStore):
                 f"cannot write {where} ({text}) while {action}: make {self.folder} writable "
                 "(permissions, read-only disk) or choose another results folder"
             )
-        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        if _is_busy(exc):
             return StoreError(
                 f"{where} stayed locked by another process for more than {self._busy_timeout_s:g} s "
                 f"while {action}: retry, or stop the other process using it"
@@ -278,8 +297,8 @@ class SQLiteStore(ResultsStore):
     @contextmanager
     def _transaction(self, action: str, write: bool) -> Iterator[sqlite3.Connection]:
         conn = self._connection()
+        self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE" if write else "BEGIN"), action)
         try:
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield conn
             conn.execute("COMMIT")
         except BaseException as exc:
@@ -447,6 +466,8 @@ class SQLiteStore(ResultsStore):
         *,
         worker: str | None = None,
     ) -> Run:
+        if artifact_path is not None and Path(artifact_path).is_absolute():
+            artifact_path = artifacts.relative_artifact_path(self.folder, artifact_path)
         artifact_path = artifacts.validate_artifact_path(
             None if artifact_path is None else str(artifact_path).replace(os.sep, "/")
         )
@@ -567,6 +588,11 @@ class SQLiteStore(ResultsStore):
         for run_id, sweep_id in conn.execute(sql, params):
             links.setdefault(run_id, []).append(sweep_id)
         return {k: tuple(v) for k, v in links.items()}
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc)
 
 
 def _check_worker(worker: str) -> None:

@@ -1,0 +1,97 @@
+"""Per-layer sensitivity: compress one op at an aggressive setting, keep every
+other op uncompressed, and measure the accuracy drop and output SNR."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from compress_lab.analysis.compressors import AGGRESSIVE, check_family, compressed_bits, simulate
+from compress_lab.analysis.subset import SubsetEvaluator
+
+DEFAULT_WEIGHT_THRESHOLD = 2048
+
+
+@dataclass
+class WeightOp:
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+
+
+@dataclass
+class LayerSensitivity:
+    name: str
+    shape: list[int]
+    numel: int
+    top1: float | None
+    top1_drop: float | None
+    agreement: float
+    snr_db: float
+    bits_saved: float
+
+
+@dataclass
+class SensitivityResult:
+    family: str
+    settings: dict[str, Any]
+    images: int
+    baseline_top1: float | None
+    layers: list[LayerSensitivity] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def ranking(self) -> list[LayerSensitivity]:
+        """Most sensitive first (largest drop, then lowest SNR)."""
+        return sorted(self.layers, key=lambda l: (-(l.top1_drop or 0.0), l.agreement, l.snr_db))
+
+
+def compressible_weights(weights: dict[str, np.ndarray], weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD) -> list[WeightOp]:
+    """Float weight constants that coremltools' passes would compress (>= weight_threshold elements, rank >= 2)."""
+    ops = []
+    for name, value in weights.items():
+        array = np.asarray(value)
+        if array.dtype.kind == "f" and array.ndim >= 2 and array.size >= weight_threshold:
+            ops.append(WeightOp(name=name, shape=tuple(array.shape), numel=int(array.size)))
+    return sorted(ops, key=lambda op: op.name)
+
+
+def measure_sensitivity(evaluator: SubsetEvaluator, family: str, settings: dict[str, Any] | None = None,
+                        weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD,
+                        progress: Callable[[int, int, str], None] | None = None) -> SensitivityResult:
+    check_family(family)
+    settings = dict(settings or AGGRESSIVE[family])
+    started = time.perf_counter()
+    weights = evaluator.base.weights()
+    ops = compressible_weights(weights, weight_threshold)
+    result = SensitivityResult(family=family, settings=settings, images=len(evaluator.x),
+                               baseline_top1=evaluator.baseline.top1)
+    for i, op in enumerate(ops):
+        if progress:
+            progress(i, len(ops), op.name)
+        original = np.asarray(weights[op.name])
+        measured = evaluator.measure({op.name: simulate(original, family, settings)})
+        drop = None if measured.top1 is None else evaluator.baseline.top1 - measured.top1
+        saved = original.size * 16 - compressed_bits(family, settings, original.size, original.shape[0])
+        result.layers.append(LayerSensitivity(
+            name=op.name, shape=list(op.shape), numel=op.numel, top1=measured.top1, top1_drop=drop,
+            agreement=measured.agreement, snr_db=measured.snr_db, bits_saved=float(saved)))
+    if progress:
+        progress(len(ops), len(ops), "done")
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
+def sensitivity_for_model(handle, data_dir: str | Path, family: str, settings: dict[str, Any] | None = None, *,
+                          workdir: str | Path, max_images: int = 512, precision: str = "fp16",
+                          progress=None) -> SensitivityResult:
+    from compress_lab.techniques.base import CompressContext
+    float_package = CompressContext(handle=handle, workdir=Path(workdir)).float_package(precision)
+    evaluator = SubsetEvaluator(float_package, data_dir, handle.metadata, max_images=max_images)
+    return measure_sensitivity(evaluator, family, settings, progress=progress)

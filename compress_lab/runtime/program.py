@@ -1,0 +1,162 @@
+"""The public face of the runtime: load an ML program, predict with any batch size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compress_lab.errors import ConfigError, DataError
+from compress_lab.runtime.constants import decompress_constants, weight_values
+from compress_lab.runtime.interpreter import COMPUTE_PRECISIONS, Interpreter
+from compress_lab.runtime.milprogram import MilSource, load_mil_source
+
+BACKENDS = ("torch", "native")
+COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+
+
+class CoreMLProgram:
+    """A Core ML ML program run by the lab's PyTorch interpreter.
+
+    `input_shape` includes the batch: the fixed batch of a fixed-batch program, or
+    the default batch (1) of a flexible one (then `fixed_batch` is None). A
+    fixed-batch program is run in chunks of its batch, the last chunk padded with
+    zeros and its padding trimmed from the outputs."""
+
+    backend = "torch"
+
+    def __init__(self, source: MilSource, compute_precision: str = "fp32"):
+        if compute_precision not in COMPUTE_PRECISIONS:
+            raise ConfigError(f"compute_precision {compute_precision!r} is not supported; use one of {COMPUTE_PRECISIONS}")
+        self._init_facts(source, compute_precision)
+        self._interpreter = Interpreter(source, compute_precision)
+
+    def _init_facts(self, source: MilSource, compute_precision: str) -> None:
+        self._source = source
+        self.origin = source.origin
+        self.compute_precision = compute_precision
+        self.input_name = source.input_name
+        self.output_names = list(source.output_names)
+        self.input_shape = tuple(source.input_shape)
+        self.fixed_batch = source.fixed_batch
+        self.max_batch = source.max_batch
+
+    def __repr__(self) -> str:
+        batch = self.fixed_batch if self.fixed_batch is not None else "flexible"
+        return (f"{type(self).__name__}({self.origin!r}, input={self.input_name!r}{list(self.input_shape[1:])}, "
+                f"batch={batch}, outputs={self.output_names}, compute={self.compute_precision})")
+
+    # --- prediction -----------------------------------------------------------------------
+    def predict(self, x, batch_size: int | None = None) -> np.ndarray:
+        """(N, C, H, W) float32 -> float32 array of the first output, (N, K) for a classifier."""
+        return self.predict_all(x, batch_size)[self.output_names[0]]
+
+    def predict_all(self, x, batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """All outputs, by name. `batch_size` caps how many samples run at once (flexible programs)."""
+        x = self._check_input(x)
+        n = x.shape[0]
+        if self.fixed_batch is not None:
+            chunk = self.fixed_batch
+        else:
+            chunk = min(batch_size or n, self.max_batch or n)
+        if chunk < 1:
+            raise ConfigError(f"batch_size {batch_size!r} must be >= 1")
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
+        for start in range(0, n, chunk):
+            part = x[start:start + chunk]
+            real = part.shape[0]
+            if real < chunk and self.fixed_batch is not None:
+                pad = torch.zeros((chunk - real, *part.shape[1:]), dtype=part.dtype)
+                part = torch.cat([part, pad])
+            outputs = self._run_batch(part)
+            for name in self.output_names:
+                value = _to_numpy(outputs[name])
+                parts[name].append(value[:real] if self.fixed_batch is not None and value.ndim else value)
+        return {name: np.concatenate(values) if values[0].ndim else values[0] for name, values in parts.items()}
+
+    def _run_batch(self, x: torch.Tensor) -> dict:
+        return self._interpreter.run(x)
+
+    def _check_input(self, x) -> torch.Tensor:
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        elif isinstance(x, torch.Tensor):
+            x = x.detach().to("cpu", torch.float32).contiguous()
+        else:
+            raise DataError(f"input must be a numpy array or torch tensor, got {type(x).__name__}")
+        expected = self.input_shape[1:]
+        if x.dim() != len(self.input_shape) or tuple(x.shape[1:]) != expected:
+            raise DataError(
+                f"input of shape {tuple(x.shape)} does not fit input {self.input_name!r} of {self.origin}, "
+                f"which takes (N, {', '.join(map(str, expected))}); resize or reshape the input")
+        if x.shape[0] < 1:
+            raise DataError("input has no samples (N = 0); give at least one")
+        return x
+
+    # --- weights --------------------------------------------------------------------------
+    def weights(self) -> dict[str, np.ndarray]:
+        """Decompressed constant weights keyed by the const / constexpr op's output name,
+        in their stored dtype (an fp16 program's weights are fp16)."""
+        values = weight_values(self._source.function, self._interpreter.constants)
+        return {name: value.copy() for name, value in values.items()}
+
+
+class NativeProgram(CoreMLProgram):
+    """The same interface backed by Core ML itself (`MLModel.predict`; macOS only)."""
+
+    backend = "native"
+
+    def __init__(self, source: MilSource, compute_units: str = "ALL"):
+        import coremltools as ct
+        if compute_units not in COMPUTE_UNITS:
+            raise ConfigError(f"compute_units {compute_units!r} is not supported; use one of {COMPUTE_UNITS}")
+        self._init_facts(source, "native")
+        spec = source.mlmodel.get_spec()
+        self._input_fp16 = spec.description.input[0].type.multiArrayType.dataType == \
+            ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT16
+        self._mlmodel = ct.models.MLModel(source.mlmodel.package_path or source.origin,
+                                          compute_units=getattr(ct.ComputeUnit, compute_units))
+        self._constants = None
+
+    def _run_batch(self, x: torch.Tensor) -> dict:
+        array = x.numpy().astype(np.float16 if self._input_fp16 else np.float32)
+        return self._mlmodel.predict({self.input_name: array})
+
+    def weights(self) -> dict[str, np.ndarray]:
+        if self._constants is None:
+            self._constants = decompress_constants(self._source.function, self.origin)
+        return {name: value.copy() for name, value in weight_values(self._source.function, self._constants).items()}
+
+
+def _to_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.numpy()
+    value = np.asarray(value)
+    return value.astype(np.float32, copy=False) if value.dtype.kind == "f" else value
+
+
+def load_program(path, compute_precision: str = "fp32", *, backend: str = "torch",
+                 compute_units: str = "ALL") -> CoreMLProgram:
+    """Load an `.mlpackage` (path or MLModel) for prediction.
+
+    backend="torch" (any OS): the lab's interpreter; compute_precision "fp32" (fp16
+    programs are upcast) or "fp16" (values rounded to fp16, approximating device numerics).
+    backend="native": Core ML itself on macOS; raises RuntimeUnavailableError elsewhere."""
+    from compress_lab.errors import RuntimeUnavailableError
+    from compress_lab.runtime.native import native_runtime_available
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} is not supported; use one of {BACKENDS}")
+    if compute_precision not in COMPUTE_PRECISIONS:
+        raise ConfigError(f"compute_precision {compute_precision!r} is not supported; use one of {COMPUTE_PRECISIONS}")
+    if backend == "native":
+        available, reason = native_runtime_available()
+        if not available:
+            raise RuntimeUnavailableError(f"the native Core ML runtime is unavailable: {reason}. Use backend='torch'.")
+        return NativeProgram(load_mil_source(_path_or_model(path)), compute_units)
+    return CoreMLProgram(load_mil_source(_path_or_model(path)), compute_precision)
+
+
+def _path_or_model(path):
+    return path if not isinstance(path, (str, Path)) else Path(path)

@@ -1,0 +1,79 @@
+"""The pages of the app, the home page, and the at-a-glance sidebar."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from compress_lab_app.edge import error_edge
+from compress_lab_app.session import current_data, current_model, current_sweep_id, store_folder
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    path: str
+    title: str
+    icon: str
+    url: str
+    blurb: str
+
+
+PAGES = (
+    PageInfo("pages/1_model.py", "Model", ":material/memory:", "model",
+             "Choose a sample model or your own; see its layers, sizes, and what each technique would touch."),
+    PageInfo("pages/2_data.py", "Data", ":material/photo_library:", "data",
+             "Pick validation and training folders, check class counts and preprocessed samples."),
+    PageInfo("pages/3_sweep.py", "Sweep", ":material/tune:", "sweep",
+             "Build a grid of post-training and training-time techniques, start it, watch it run."),
+    PageInfo("pages/4_results.py", "Results", ":material/scatter_plot:", "results",
+             "Accuracy vs size, both families side by side, the Pareto frontier, per-run details."),
+    PageInfo("pages/5_export.py", "Export", ":material/download:", "export",
+             "Download a compressed .mlpackage with its config and metrics, or the results as CSV."),
+)
+
+
+def home_page() -> None:
+    st.title("compress lab")
+    st.markdown(
+        "Compress a neural network with **Core ML Tools**, evaluate every compressed model the same way, "
+        "and compare accuracy against size on disk.\n\n"
+        "- **Post-training** (data-free): palettize, quantize and prune the weights of a Core ML model. Seconds per run.\n"
+        "- **Training-time**: fine-tune the PyTorch model while compressing (DKM, QAT, magnitude pruning), then convert. "
+        "Slower, needs training images, usually keeps more accuracy.\n\n"
+        "Both end as a Core ML `.mlpackage` and are evaluated on the same validation images, so the two curves are comparable.")
+    with error_edge("current state"):
+        _glance_columns()
+    st.subheader("Where to go")
+    for page in PAGES:
+        st.page_link(page.path, label=f"**{page.title}**: {page.blurb}", icon=page.icon)
+
+
+def _glance_columns() -> None:
+    model, data = current_model(), current_data()
+    left, middle, right = st.columns(3)
+    with left.container(border=True):
+        st.caption("Model")
+        st.markdown(f"**{_short(model.source)}**  \n{model.origin}")
+    with middle.container(border=True):
+        st.caption("Data")
+        st.markdown(f"validation: `{_short(data.validation or 'not set')}`  \ntraining: `{_short(data.train or 'none')}`")
+    with right.container(border=True):
+        st.caption("Sweep")
+        sweep_id = current_sweep_id()
+        st.markdown(f"**{sweep_id or 'none yet'}**  \nstore: `{_short(str(store_folder()))}`")
+
+
+def sidebar_glance() -> None:
+    model, data = current_model(), current_data()
+    with st.sidebar:
+        st.caption("At a glance")
+        st.markdown(f"model **{_short(model.source)}**  \nvalidation `{_short(data.validation or 'not set')}`"
+                    + (f" (≤ {data.max_val_images} images)" if data.max_val_images else "")
+                    + f"  \ntraining `{_short(data.train or 'none')}`"
+                    + (f"  \nsweep `{current_sweep_id()}`" if current_sweep_id() else ""))
+
+
+def _short(text: str, keep: int = 2) -> str:
+    parts = str(text).replace("\\", "/").rstrip("/").split("/")
+    return "/".join(parts[-keep:]) if len(parts) > keep else str(text)
