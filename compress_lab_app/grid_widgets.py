@@ -33,7 +33,8 @@ class FieldInfo:
 
     @property
     def main(self) -> bool:
-        return self.name in MAIN_FIELDS or (self.kind == "choice" and self.name not in ("precision",))
+        return self.name in MAIN_FIELDS or (self.kind == "choice" and self.options[:2] != (False, True)
+                                            and self.name != "precision")
 
 
 def field_infos(config_cls) -> list[FieldInfo]:
@@ -51,7 +52,24 @@ def field_infos(config_cls) -> list[FieldInfo]:
     return sorted(out, key=lambda i: (not i.main, order.get(i.name, len(order))))
 
 
+def _nbits_choices() -> tuple:
+    try:
+        from compress_lab.techniques.palettize import NBITS
+        return tuple(NBITS)
+    except ImportError:
+        return (1, 2, 3, 4, 6, 8)
+
+
 def _info(name: str, hint: Any, default: Any) -> FieldInfo:
+    info = _plain_info(name, hint, default)
+    if name == "nbits" and info.kind == "number" and info.number_type is int:
+        options = _nbits_choices() + ((None,) if info.optional else ())
+        if default in options:
+            return FieldInfo(name, "choice", default, options, optional=info.optional)
+    return info
+
+
+def _plain_info(name: str, hint: Any, default: Any) -> FieldInfo:
     optional = False
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):

@@ -19,6 +19,8 @@ class PageInfo:
     blurb: str
 
 
+ORIGINS = {"sample": "sample model", "path": "from a path", "upload": "uploaded"}
+
 PAGES = (
     PageInfo("pages/1_model.py", "Model", ":material/memory:", "model",
              "Choose a sample model or your own; see its layers, sizes, and what each technique would touch."),
@@ -54,7 +56,7 @@ def _glance_columns() -> None:
     left, middle, right = st.columns(3)
     with left.container(border=True):
         st.caption("Model")
-        st.markdown(f"**{_short(model.source)}**  \n{model.origin}")
+        st.markdown(f"**{_short(model.source)}**  \n{ORIGINS.get(model.origin, model.origin)}")
     with middle.container(border=True):
         st.caption("Data")
         st.markdown(f"validation: `{_short(data.validation or 'not set')}`  \ntraining: `{_short(data.train or 'none')}`")

@@ -30,12 +30,15 @@ def choose_model() -> None:
         if current.origin != "sample" or current.source != name:
             set_model(ModelChoice(name))
     elif where == SOURCES[1]:
+        st.session_state.setdefault("model.path.source", "" if current.origin == "sample" else current.source)
+        st.session_state.setdefault("model.path.weights", current.weights or "")
+        st.session_state.setdefault("model.path.metadata", current.metadata or "")
         with st.form("model.path_form"):
-            source = st.text_input("Model path", value="" if current.origin == "sample" else current.source,
+            source = st.text_input("Model path", key="model.path.source",
                                    help="a folder (model.py + weights.pt + metadata.json), a model.py, "
                                         "a TorchScript file or an .mlpackage")
-            weights = st.text_input("Weights (for a model.py)", value=current.weights or "")
-            metadata = st.text_input("metadata.json (if not beside the model)", value=current.metadata or "")
+            weights = st.text_input("Weights (for a model.py)", key="model.path.weights")
+            metadata = st.text_input("metadata.json (if not beside the model)", key="model.path.metadata")
             if st.form_submit_button("Load model", type="primary"):
                 if not source.strip():
                     st.error("Give the path of the model first.")
@@ -59,7 +62,7 @@ def show_summary() -> None:
     st.subheader(f"{summary['name']}")
     st.caption(f"{'PyTorch model: post-training and training-time techniques apply' if summary['kind'] == 'torch' else 'Core ML package: post-training techniques only'} · {summary['source']}")
     cols = st.columns(5)
-    cols[0].metric("Input", " x ".join(map(str, summary["input_shape"])))
+    cols[0].metric("Input (C×H×W)", "×".join(map(str, summary["input_shape"][1:])))
     cols[1].metric("Classes", summary["num_classes"])
     cols[2].metric("Parameters", f"{summary['parameters']:,}" if summary["parameters"] else "?")
     cols[3].metric("fp16 weights (est.)", human_bytes(summary["fp16_weight_bytes_estimate"]))
@@ -74,7 +77,8 @@ def show_summary() -> None:
         "weight shape": "x".join(map(str, layer["weight_shape"] or [])),
         "post-training": layer["touched_post_training"], "training-time": layer["touched_training_time"],
     } for layer in summary["layers"]])
-    st.dataframe(layers, hide_index=True, width="stretch")
+    st.dataframe(layers, hide_index=True, width="stretch",
+                 column_config={"parameters": st.column_config.NumberColumn(format="localized")})
     with st.expander("Preprocessing (from the model's metadata)"):
         st.json(summary["preprocessing"])
 
@@ -87,9 +91,12 @@ def measure(choice: ModelChoice) -> None:
             status.update(label="Converted and measured", state="complete")
     sizes = st.session_state.get(str(key))
     if sizes:
-        st.dataframe(pd.DataFrame([{"package": name, "bytes on disk": s.get("bytes"),
-                                    "weights (bytes)": s.get("weight_bytes"), "size": human_bytes(s.get("bytes"))}
-                                   for name, s in sizes.items()]), hide_index=True)
+        st.dataframe(pd.DataFrame([{"package": name, "bytes on disk": s.get("package_bytes"),
+                                    "weights file (bytes)": s.get("weights_bytes"), "size": human_bytes(s.get("package_bytes")),
+                                    "bits per weight": round(s.get("bits_per_weight") or 0, 2)}
+                                   for name, s in sizes.items()]), hide_index=True,
+                     column_config={"bytes on disk": st.column_config.NumberColumn(format="localized"),
+                                    "weights file (bytes)": st.column_config.NumberColumn(format="localized")})
 
 
 def touched(summary: dict) -> None:

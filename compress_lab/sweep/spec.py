@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import tomllib
 import types
@@ -147,8 +148,12 @@ class RunOptions:
     executor: str = "local"
     timeout_s: float | None = None
     address: str | None = None
+    plugins: tuple[str, ...] = ()   # Python files that register extra techniques (imported in every worker)
 
     def __post_init__(self) -> None:
+        if isinstance(self.plugins, str) or not all(isinstance(p, (str, Path)) for p in self.plugins):
+            raise ConfigError(f"[run] plugins = {self.plugins!r} must be a list of Python file paths")
+        object.__setattr__(self, "plugins", tuple(str(p) for p in self.plugins))
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"[run] name = {self.name!r} must be a non-empty string")
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1):
@@ -160,12 +165,19 @@ class RunOptions:
             raise ConfigError(f"[run] timeout_s = {self.timeout_s!r} must be a positive number of seconds")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RunOptions":
+    def from_dict(cls, data: dict, base: Path | None = None) -> "RunOptions":
         _reject_unknown(data, tuple(f.name for f in dataclasses.fields(cls)), "[run]")
+        data = dict(data)
+        plugins = data.get("plugins", ())
+        if base is not None and isinstance(plugins, list):
+            data["plugins"] = tuple(str(_path(p, base, "[run] plugins")) for p in plugins)
         return cls(**data)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and v != ()}
+        if self.plugins:
+            out["plugins"] = list(self.plugins)
+        return out
 
 
 @dataclass(frozen=True)
@@ -201,7 +213,7 @@ class SweepSpec:
         if not isinstance(grid, list) or not all(isinstance(g, dict) for g in grid):
             raise ConfigError("`grid` must be one or more [[grid]] tables")
         return cls(ModelSpec.from_dict(data["model"], base), DataSpec.from_dict(data["data"], base), tuple(grid),
-                   RunOptions.from_dict(data.get("run", {})), base)
+                   RunOptions.from_dict(data.get("run", {}), base), base)
 
     def to_dict(self) -> dict:
         """Plain data with absolute paths (so it reloads from anywhere)."""
@@ -214,6 +226,7 @@ class SweepSpec:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
+    """Read a TOML spec (or the JSON of SweepSpec.to_dict(), as the app writes it)."""
     path = Path(path).expanduser()
     try:
         text = path.read_text()
@@ -222,9 +235,11 @@ def load_spec(path: str | Path) -> SweepSpec:
     except OSError as e:
         raise ConfigError(f"cannot read sweep spec {path}: {e.strerror or e}") from None
     try:
-        data = tomllib.loads(text)
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"sweep spec {path} is not valid TOML: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"sweep spec {path} is not valid JSON: {e}") from None
     try:
         return SweepSpec.from_dict(data, path.resolve().parent)
     except ConfigError as e:
@@ -340,12 +355,13 @@ def estimate_seconds(points, workers: int) -> float:
 def expand(spec: SweepSpec, workers: int | None = None) -> SweepPlan:
     """Validate every point; invalid ones are collected (with grid index and error),
     not raised, so the rest can run. Duplicate points (same config) are kept once."""
+    from compress_lab.sweep.task import load_plugins
     from compress_lab.techniques import config_from_dict
 
+    load_plugins(spec.run.plugins)
     points: list[GridPoint] = []
     invalid: list[InvalidPoint] = []
     seen: set[str] = set()
-    import json
     for index, table in enumerate(spec.grid):
         try:
             settings_list = expand_grid(table)

@@ -336,15 +336,22 @@ def _silenced_logger():
 
 @functools.lru_cache(maxsize=1)
 def _disable_progress_bars() -> None:
-    """coremltools draws tqdm bars for every pass; the lab reports progress itself."""
+    """coremltools draws tqdm bars for every pass and conversion; the lab reports progress itself.
+    (Process-wide: swaps the `tqdm` those modules imported for one that is disabled.)"""
+    import importlib
+
     import tqdm
     quiet_tqdm = functools.partial(tqdm.tqdm, disable=True)
-    import coremltools.converters.mil.mil.passes.pass_pipeline as pass_pipeline
-    import coremltools.optimize.coreml._post_training_quantization as ptq
-    import coremltools.optimize.coreml._quantization_passes as passes
-    for module in (pass_pipeline, ptq, passes):
-        if getattr(module, "tqdm", None) is tqdm.tqdm:
-            module.tqdm = quiet_tqdm
+    for module_name, attr in (("coremltools.converters.mil.mil.passes.pass_pipeline", "tqdm"),
+                              ("coremltools.optimize.coreml._post_training_quantization", "tqdm"),
+                              ("coremltools.optimize.coreml._quantization_passes", "tqdm"),
+                              ("coremltools.converters.mil.frontend.torch.ops", "_tqdm")):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if getattr(module, attr, None) is tqdm.tqdm:
+            setattr(module, attr, quiet_tqdm)
 
 
 @contextlib.contextmanager
@@ -372,6 +379,7 @@ def run_post_training(config: PostTrainingConfig, ctx: CompressContext, out_path
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    _disable_progress_bars()
     source = ctx.float_package(config.precision)
     timings["float_s"] = time.perf_counter() - started
     messages: list[str] = []

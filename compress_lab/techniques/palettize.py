@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from typing import Literal
@@ -109,11 +110,33 @@ def palettize_problem(layer: WeightLayer, c: PalettizeConfig) -> str | None:
 
 
 def palettize_apply(mlmodel, opt_config, joint: bool, c: PalettizeConfig):
+    _fix_fp16_unique_count()
     if c.mode == "fast_kmeans":
         from compress_lab.techniques.fast_palettize import fast_palettize_weights
-        return fast_palettize_weights(mlmodel, opt_config)
+        return fast_palettize_weights(mlmodel, opt_config, joint_compression=joint)
     import coremltools.optimize.coreml as cto
     return cto.palettize_weights(mlmodel, opt_config, joint_compression=joint)
+
+
+@functools.lru_cache(maxsize=1)
+def _fix_fp16_unique_count() -> None:
+    """numpy 2.3 sorts some float16 arrays wrongly on AVX-512 CPUs, so np.unique of fp16
+    weights over-counts distinct values and mode 'unique' picks too many bits (a 4-value
+    tensor stored with 8-bit indices). Count them in fp32 (exact for fp16 values)."""
+    import numpy as np
+    from coremltools.optimize.coreml._quantization_passes import palettize_weights
+
+    original = palettize_weights._get_nbits_for_unique_mode
+    if getattr(original, "lab_fp16_fix", False):
+        return
+
+    def count_in_fp32(val, allowed_nbits, cluster_dim=1, vector_axis=None):
+        if getattr(val, "dtype", None) == np.float16:
+            val = val.astype(np.float32)
+        return original(val, allowed_nbits, cluster_dim, vector_axis)
+
+    count_in_fp32.lab_fp16_fix = True
+    palettize_weights._get_nbits_for_unique_mode = staticmethod(count_in_fp32)
 
 
 PALETTIZE = Step("palettize", palettize_op_config, palettize_problem, palettize_apply)

@@ -1,0 +1,77 @@
+"""`compress-lab sensitivity MODEL --data DIR --family palettize [--set nbits=2]`"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from compress_lab.analysis.compressors import AGGRESSIVE, SEARCH_FAMILIES
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="sample model name, model folder, model.py (+ --weights), TorchScript or .mlpackage")
+    parser.add_argument("--weights", type=Path)
+    parser.add_argument("--metadata", type=Path)
+    parser.add_argument("--data", type=Path, required=True, help="validation folder")
+    parser.add_argument("--family", choices=SEARCH_FAMILIES, default="palettize")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="the aggressive setting to apply to one op at a time (default: "
+                             + "; ".join(f"{k}: {v}" for k, v in AGGRESSIVE.items()) + ")")
+    parser.add_argument("--max-images", type=int, default=512, help="evaluate on this many images (evenly spaced)")
+    parser.add_argument("--store", type=Path, help="also record the result in this results store")
+    parser.add_argument("--workdir", type=Path, default=Path(".lab-work"))
+    parser.add_argument("--json", action="store_true")
+
+
+def run(args) -> int:
+    from compress_lab.analysis.sensitivity import sensitivity_for_model
+    from compress_lab.cli import parse_settings
+    from compress_lab.models import load_model
+
+    handle = load_model(args.model, weights=args.weights, metadata=args.metadata)
+    settings = parse_settings(args.set) or None
+    result = sensitivity_for_model(handle, args.data, args.family, settings, workdir=args.workdir,
+                                   max_images=args.max_images, progress=_progress)
+    if args.store:
+        record_sensitivity(args.store, handle, result)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"\n{args.family} {result.settings} on one op at a time, {result.images} images, "
+          f"baseline top-1 {result.baseline_top1}; {result.elapsed_s:.1f}s")
+    print(f"{'op':48s} {'elements':>10s} {'top-1 drop':>10s} {'agreement':>9s} {'SNR dB':>7s}")
+    for layer in result.ranking():
+        drop = "" if layer.top1_drop is None else f"{layer.top1_drop * 100:.2f}"
+        print(f"{layer.name[:48]:48s} {layer.numel:>10,} {drop:>10s} {layer.agreement:>9.4f} {layer.snr_db:>7.1f}")
+    return 0
+
+
+def record_sensitivity(store_folder, handle, result) -> str:
+    """Store a sensitivity analysis as a sweep whose runs are the per-op measurements."""
+    from compress_lab.store import RunSpec, open_store
+
+    store = open_store(store_folder)
+    key = json.dumps([handle.fingerprint, result.family, result.settings, result.images], sort_keys=True)
+    sweep_id = "sens-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    store.create_sweep(sweep_id, f"sensitivity {handle.name} {result.family} {result.settings}",
+                       {"kind": "sensitivity", "family": result.family, "settings": result.settings}, handle.fingerprint)
+    specs = []
+    for layer in result.layers:
+        config = {"technique": "sensitivity", "family": result.family, "settings": result.settings, "op": layer.name}
+        run_id = hashlib.sha256((key + layer.name).encode()).hexdigest()[:32]
+        specs.append(RunSpec(run_id, "sensitivity", "post_training", config, f"{layer.name} {result.family}"))
+    store.add_runs(sweep_id, specs)
+    for spec, layer in zip(specs, result.layers):
+        if store.claim_run(spec.run_id, "sensitivity"):
+            store.complete_run(spec.run_id,
+                               {"top1": layer.top1, "top1_drop": layer.top1_drop, "agreement": layer.agreement,
+                                "snr_db": layer.snr_db, "n": result.images},
+                               {"numel": layer.numel, "bits_saved": layer.bits_saved}, {"total_s": result.elapsed_s / max(len(result.layers), 1)}, None)
+    store.set_sweep_status(sweep_id, "done")
+    return sweep_id
+
+
+def _progress(done: int, total: int, name: str) -> None:
+    print(f"\r[{done}/{total}] {name[:60]:60s}", end="", file=sys.stderr, flush=True)

@@ -1,0 +1,306 @@
+"""The sweep driver: plan the runs, reuse what the store already has, prepare the
+shared inputs (float packages, reference logits), dispatch the rest to an
+executor and record every outcome.
+
+Resuming is running the same spec again: runs left RUNNING by a dead process go
+back to PENDING, COMPLETE runs are reused, nothing is duplicated (run ids are
+content hashes, see keys.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from compress_lab.errors import CancelledError, ConfigError
+from compress_lab.sweep import keys
+from compress_lab.sweep.spec import InvalidPoint, SweepPlan, SweepSpec, expand
+from compress_lab.sweep.task import KIND_FLOAT, KIND_PYTORCH, KIND_TECHNIQUE, RunTask, SweepContext, load_plugins
+
+CANCEL_FILE = "CANCEL"
+HEARTBEAT_S = 10.0
+WORK_DIR = "work"
+CACHE_DIR = "tensor_cache"
+REFERENCE_DIR = "reference"
+
+ProgressCallback = Callable[[int, int, object], None]   # (done, total, last Run)
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    store_folder: Path
+    runs: list                        # store Runs of the sweep, in order
+    counts: dict[str, int]
+    invalid: tuple[InvalidPoint, ...]
+    executed: int                     # runs computed by this call
+    reused: int                       # runs found COMPLETE and reused
+    elapsed_s: float
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.counts.get("FAILED", 0) == 0 and self.status == "done" and not self.invalid
+
+
+@dataclass
+class PreparedSweep:
+    spec: SweepSpec
+    plan: SweepPlan
+    sweep_id: str
+    store: object
+    handle: object
+    tasks: list[RunTask]              # every run of the sweep, baselines first
+    invalid: tuple[InvalidPoint, ...]
+    data_fp: str
+
+
+def default_store_folder(spec_path: str | Path | None, spec: SweepSpec) -> Path:
+    if spec_path is not None:
+        return Path(spec_path).resolve().parent / ".lab" / _safe(spec.name)
+    return Path.cwd() / "lab-store"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "sweep"
+
+
+def stored_spec(spec: SweepSpec) -> dict:
+    """The spec as the store keeps it: what defines the results (not workers, executor, timeout)."""
+    data = spec.to_dict()
+    data["run"] = {"name": spec.run.name}
+    if spec.run.plugins:
+        data["run"]["plugins"] = list(spec.run.plugins)
+    return data
+
+
+def cancel_requested(store_folder: str | Path) -> bool:
+    return (Path(store_folder) / CANCEL_FILE).exists()
+
+
+def request_cancel(store_folder: str | Path) -> None:
+    """Ask a running sweep (in this or another process) to stop after the runs in flight."""
+    Path(store_folder).mkdir(parents=True, exist_ok=True)
+    (Path(store_folder) / CANCEL_FILE).write_text(str(time.time()))
+
+
+# --------------------------------------------------------------------------- planning
+
+def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = None) -> PreparedSweep:
+    """Load the model, compute run ids, register the sweep and its runs in the store."""
+    from compress_lab.models.handle import load_model
+    from compress_lab.store import RunSpec, open_store
+    from compress_lab.techniques import DataNeed
+
+    load_plugins(spec.run.plugins)
+    plan = plan or expand(spec)
+    handle = load_model(spec.model.source, weights=spec.model.weights, metadata=spec.model.metadata)
+    preprocessing = handle.metadata.preprocessing.with_overrides(spec.data.preprocessing or None).to_dict()
+    val_fp = keys.data_fingerprint(spec.data.validation, preprocessing)
+    train_fp = None
+
+    invalid = list(plan.invalid)
+    tasks: list[RunTask] = []
+    baseline_formats = ["pytorch", "fp32", "fp16"] if handle.kind == "torch" else ["coreml"]
+    for fmt in baseline_formats:
+        config = {"technique": "baseline", "format": fmt}
+        kind = KIND_PYTORCH if fmt == "pytorch" else KIND_FLOAT
+        label = f"baseline {'PyTorch' if fmt == 'pytorch' else fmt if fmt != 'coreml' else 'Core ML'}"
+        tasks.append(RunTask(keys.run_id(handle.fingerprint, config, val_fp), kind, config, label, "baseline"))
+    for point in plan.points:
+        config = point.config
+        if config.family == "training_time" and handle.kind != "torch":
+            invalid.append(InvalidPoint(point.grid_index, config.to_dict(),
+                                        f"technique {config.name!r} fine-tunes the PyTorch model; {spec.model.source} "
+                                        "is a Core ML package"))
+            continue
+        data_fp = val_fp
+        if config.data_need is not DataNeed.NONE:
+            if spec.data.train is None:
+                invalid.append(InvalidPoint(point.grid_index, config.to_dict(),
+                                            f"technique {config.name!r} needs {config.data_need.value} data; "
+                                            "add `train = \"FOLDER\"` to [data]"))
+                continue
+            if train_fp is None:
+                train_fp = keys.data_fingerprint(spec.data.validation, preprocessing, spec.data.train)
+            data_fp = train_fp
+        cfg = config.to_dict()
+        tasks.append(RunTask(keys.run_id(handle.fingerprint, cfg, data_fp), KIND_TECHNIQUE, cfg, config.label(),
+                             config.family))
+
+    store = open_store(store_folder)
+    stored = stored_spec(spec)
+    sweep_id = keys.sweep_id(spec.name, stored, handle.fingerprint)
+    store.create_sweep(sweep_id, spec.name, stored, handle.fingerprint)
+    store.add_runs(sweep_id, [RunSpec(t.run_id, t.config["technique"], t.family, t.config, t.label) for t in tasks])
+    return PreparedSweep(spec, plan, sweep_id, store, handle, tasks, tuple(invalid), val_fp)
+
+
+# --------------------------------------------------------------------------- shared inputs
+
+def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record) -> SweepContext:
+    """Float packages, their sizes and the reference logits: converted/computed once, cached in the store folder."""
+    import numpy as np
+
+    from compress_lab.data import TensorCache, scan_folder
+    from compress_lab.evaluate import SNR_CAP_DB, coreml_predictor, evaluate, torch_predictor
+    from compress_lab.models.size import package_size
+    from compress_lab.sweep.task import outcome_ok, torch_sizes
+    from compress_lab.techniques import CompressContext
+
+    spec, handle = prep.spec, prep.handle
+    workdir = store_folder / WORK_DIR
+    cache_dir = store_folder / CACHE_DIR
+    timings: dict[str, float] = {}
+    compress_ctx = CompressContext(handle=handle, workdir=workdir)
+    baseline_sizes = {}
+    for precision in ("fp32", "fp16"):
+        t = time.perf_counter()
+        path = compress_ctx.float_package(precision)
+        timings[f"convert_{precision}_s"] = time.perf_counter() - t
+        report = package_size(path)
+        baseline_sizes[precision] = {"path": str(path), "package_bytes": report.package_bytes,
+                                     "weights_bytes": report.weights_bytes, "n_weights": report.n_weights}
+
+    meta = handle.metadata
+    preprocessing = meta.preprocessing.with_overrides(spec.data.preprocessing or None)
+    reference = store_folder / REFERENCE_DIR / f"{handle.fingerprint[:16]}_{prep.data_fp[:16]}.npy"
+    if not reference.is_file():
+        t = time.perf_counter()
+        predictor = (torch_predictor(handle.module) if handle.kind == "torch"
+                     else coreml_predictor(handle.mlpackage, compute_precision="fp32"))
+        folder = scan_folder(spec.data.validation, class_names=meta.class_names)
+        result = evaluate(predictor, folder, meta.num_classes, batch_size=spec.data.batch_size,
+                          cache=TensorCache(cache_dir), preprocessing=preprocessing, input_shape=meta.input_shape)
+        evaluate_s = time.perf_counter() - t
+        reference.parent.mkdir(parents=True, exist_ok=True)
+        tmp = reference.with_name(f"{reference.stem}.tmp-{os.getpid()}.npy")
+        np.save(tmp, np.asarray(result.logits, dtype=np.float32))
+        os.replace(tmp, reference)
+        # The PyTorch baseline is exactly this evaluation (its own reference: agreement 1, SNR capped).
+        torch_task = next((t for t in prep.tasks if t.kind == KIND_PYTORCH), None)
+        if torch_task is not None and prep.store.claim_run(torch_task.run_id, driver):
+            metrics = result.to_dict()
+            metrics.update(agreement=1.0, snr_db=SNR_CAP_DB)
+            record(torch_task, outcome_ok(metrics, torch_sizes(handle, baseline_sizes),
+                                          {"evaluate_s": evaluate_s, "total_s": evaluate_s}, None), driver)
+    return SweepContext(
+        store_folder=str(store_folder), model=spec.model.to_dict(), validation=str(spec.data.validation),
+        train=str(spec.data.train) if spec.data.train else None, preprocessing=dict(spec.data.preprocessing),
+        batch_size=spec.data.batch_size, reference_path=str(reference), baseline_sizes=baseline_sizes,
+        workdir=str(workdir), cache_dir=str(cache_dir), plugins=tuple(str(p) for p in spec.run.plugins))
+
+
+# --------------------------------------------------------------------------- running
+
+def run_sweep(spec: SweepSpec, store_folder: str | Path, *, workers: int | None = None, executor: str | None = None,
+              address: str | None = None, timeout_s: float | None = None, retry_failed: bool = False,
+              progress: ProgressCallback | None = None, on_event: Callable | None = None,
+              cancel_event: threading.Event | None = None, plan: SweepPlan | None = None) -> SweepResult:
+    """Run (or resume) the sweep; returns when every run is COMPLETE or FAILED, or on cancel.
+
+    `progress(done, total, run)` is called after each run is recorded; `on_event(kind, task, data)`
+    gets every executor event ("started", "progress", "done"). Cancel with `cancel_event` or
+    request_cancel(store_folder) (a CANCEL file)."""
+    from compress_lab.store import COMPLETE, FAILED, PENDING, RUNNING, worker_name
+
+    started = time.perf_counter()
+    store_folder = Path(store_folder).resolve()
+    spec = spec.with_run(workers=workers, executor=executor, timeout_s=timeout_s, address=address)
+    (store_folder / CANCEL_FILE).unlink(missing_ok=True)
+    prep = prepare(spec, store_folder, plan)
+    store = prep.store
+    store.set_sweep_status(prep.sweep_id, "running")
+    store.reset_stale(prep.sweep_id)
+    driver = worker_name("driver")
+
+    by_id = {r.run_id: r for r in store.list_runs(prep.sweep_id)}
+    total = len(prep.tasks)
+    todo_states = (PENDING, FAILED) if retry_failed else (PENDING,)
+    todo = [t for t in prep.tasks if by_id[t.run_id].state in todo_states]
+    reused = sum(1 for t in prep.tasks if by_id[t.run_id].state == COMPLETE)
+    done = total - len(todo) - sum(1 for t in prep.tasks if by_id[t.run_id].state == RUNNING)
+    counters = {"done": done, "executed": 0}
+
+    def record(task: RunTask, outcome: dict, worker: str) -> None:
+        try:
+            if outcome.get("ok"):
+                run = store.complete_run(task.run_id, outcome["metrics"], outcome["sizes"], outcome["timings"],
+                                         outcome.get("artifact_path"), worker=worker)
+            else:
+                run = store.fail_run(task.run_id, outcome.get("error", "failed"), outcome.get("traceback", ""),
+                                     worker=worker)
+        except Exception as e:  # e.g. the run was reset by another process meanwhile
+            print(f"warning: could not record run {task.run_id} ({task.label}): {e}", file=sys.stderr)
+            return
+        counters["done"] += 1
+        counters["executed"] += 1
+        if progress is not None:
+            progress(counters["done"], total, run)
+
+    status = "done"
+    if todo:
+        runner = None
+        try:
+            from compress_lab.sweep.executors import make_executor
+            runner = make_executor(spec.run.executor, spec.run.workers, spec.run.timeout_s, spec.run.address)
+            runner.start()   # workers import torch/coremltools while the driver prepares the shared inputs
+            ctx = _prepare_inputs(prep, store_folder, driver, record)
+            status = _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_event, store_folder)
+        except CancelledError:
+            status = "cancelled"
+        except KeyboardInterrupt:
+            runner.stop(kill=True)
+            runner = None
+            store.reset_stale(prep.sweep_id, older_than_s=0.0 if spec.run.executor == "ray" else None)
+            store.set_sweep_status(prep.sweep_id, "cancelled")
+            raise
+        finally:
+            if runner is not None:
+                runner.stop(kill=status == "cancelled")
+    if status == "cancelled":  # the runs in flight were stopped: they go back to PENDING
+        store.reset_stale(prep.sweep_id, older_than_s=0.0 if spec.run.executor == "ray" else None)
+    store.set_sweep_status(prep.sweep_id, status)
+    runs = store.list_runs(prep.sweep_id)
+    return SweepResult(prep.sweep_id, store_folder, runs, store.counts(prep.sweep_id), prep.invalid,
+                       counters["executed"], reused, time.perf_counter() - started, status)
+
+
+def _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_event, store_folder) -> str:
+    store = prep.store
+    queue = list(todo)
+    last_beat = time.monotonic()
+    claimed: dict[str, str] = {}
+    while queue or runner.busy():
+        if (cancel_event is not None and cancel_event.is_set()) or cancel_requested(store_folder):
+            return "cancelled"
+        for slot in runner.free_slots():
+            while queue:
+                task = queue.pop(0)
+                if store.claim_run(task.run_id, slot.worker, retry=retry_failed):
+                    claimed[task.run_id] = slot.worker
+                    runner.submit(slot, task, ctx)
+                    if on_event is not None:
+                        on_event("queued", task, None)
+                    break
+            if not queue:
+                break
+        for event in runner.poll(0.5):
+            if event.kind == "done":
+                record(event.task, event.outcome, claimed.pop(event.task.run_id, None))
+            if on_event is not None:
+                on_event(event.kind, event.task, event.outcome if event.kind == "done" else event.progress)
+        if time.monotonic() - last_beat > HEARTBEAT_S:
+            last_beat = time.monotonic()
+            for task, worker in runner.running():
+                try:
+                    store.heartbeat(task.run_id, worker)
+                except Exception:
+                    pass
+    return "done"
+

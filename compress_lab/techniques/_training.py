@@ -1,0 +1,460 @@
+"""What the training-time techniques share: the fine-tuning settings every one of
+them takes, the training images held in memory, a deterministic and cancellable
+fine-tuning loop, the export that converts the finalized model and checks the
+package really holds compressed weights, and honest time estimates."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress_lab.errors import ConfigError, DataError
+from compress_lab.models.handle import ModelHandle
+from compress_lab.techniques.base import CompressContext, CompressOutcome, DataNeed, Progress, TechniqueConfig
+
+OPTIMIZERS = ("sgd", "adam")
+MAX_BATCH_SIZE = 4096
+METADATA_SUFFIX = "compression_type"
+
+# Core ML ops that hold compressed weights, by kind of compression.
+PALETTIZED_OPS = ("constexpr_lut_to_dense", "constexpr_lut_to_sparse")
+QUANTIZED_OPS = ("constexpr_blockwise_shift_scale", "constexpr_sparse_blockwise_shift_scale")
+SPARSE_OPS = ("constexpr_sparse_to_dense", "constexpr_lut_to_sparse", "constexpr_sparse_blockwise_shift_scale")
+
+
+# --------------------------------------------------------------------------- settings
+
+@dataclass(frozen=True)
+class FinetuneConfig(TechniqueConfig):
+    """Fine-tuning settings shared by every training technique. `steps`, when
+    given, wins over `epochs`; a given `seed` gives identical weights and losses."""
+
+    epochs: int = 1
+    steps: int | None = None
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    optimizer: Literal["sgd", "adam"] = "adam"
+    seed: int = 0
+
+    data_need = DataNeed.TRAINING
+    family = "training_time"
+
+    def __post_init__(self) -> None:
+        name = self.name or type(self).__name__
+        _check_int(name, "epochs", self.epochs, 1)
+        if self.steps is not None:
+            _check_int(name, "steps", self.steps, 1)
+        _check_int(name, "batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        if not isinstance(self.learning_rate, (int, float)) or isinstance(self.learning_rate, bool) \
+                or not (0 < self.learning_rate <= 10):
+            raise ConfigError(f"technique {name!r}: learning_rate = {self.learning_rate!r} must be a number in (0, 10]")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"technique {name!r}: optimizer = {self.optimizer!r} is not supported; use one of {list(OPTIMIZERS)}")
+        _check_int(name, "seed", self.seed, 0)
+
+    def total_steps(self, train_count: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return self.epochs * max(1, math.ceil(train_count / self.batch_size))
+
+
+def _check_int(technique: str, key: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ConfigError(f"technique {technique!r}: {key} = {value!r} must be an integer {bound}")
+
+
+def check_choice(technique: str, key: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"technique {technique!r}: {key} = {value!r} is not allowed; use one of {list(allowed)}")
+
+
+# --------------------------------------------------------------------------- data
+
+@dataclass(frozen=True)
+class TrainingData:
+    x: torch.Tensor        # float32 (N, C, H, W)
+    y: torch.Tensor        # int64 (N,)
+    skipped: int           # unreadable images left out
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+_DATA_CACHE: "OrderedDict[tuple, TrainingData]" = OrderedDict()
+_DATA_LOCK = threading.Lock()
+_DATA_CACHE_SIZE = 4
+
+
+def training_folder(ctx: CompressContext, calibration: bool = False) -> Path:
+    folder = (ctx.calibration_dir or ctx.train_dir) if calibration else ctx.train_dir
+    if folder is None:
+        what = "a calibration or training folder" if calibration else "a training folder"
+        raise ConfigError(f"this technique needs {what} (--train DIR / [data] train = ...)")
+    return Path(folder)
+
+
+def load_training_data(ctx: CompressContext, folder: Path | None = None) -> TrainingData:
+    """The labelled images of `folder` (default: the training folder) decoded with
+    the model's preprocessing, held in memory and memoised for the process."""
+    from compress_lab import data
+
+    folder = Path(folder) if folder is not None else training_folder(ctx)
+    meta = ctx.handle.metadata
+    preprocessing = meta.preprocessing.with_overrides(ctx.preprocessing_overrides)
+    scanned = data.scan_folder(folder, class_names=meta.class_names)
+    if not scanned.labelled:
+        raise DataError(
+            f"training folder {folder} has no class sub-folders: fine-tuning needs labelled images "
+            f"({folder}/<class>/<image>, class folders named after the model's classes)")
+    stamp = tuple((str(p), label, _mtime(p)) for p, label in scanned.samples)
+    key = (str(folder.resolve()), tuple(sorted(preprocessing.to_dict().items(), key=lambda kv: kv[0]).__repr__()),
+           tuple(meta.input_shape), hash(stamp))
+    with _DATA_LOCK:
+        if key in _DATA_CACHE:
+            _DATA_CACHE.move_to_end(key)
+            return _DATA_CACHE[key]
+    xs, ys = [], []
+    for batch in data.iter_batches(scanned, preprocessing, meta.input_shape, batch_size=256):
+        xs.append(batch.x)
+        ys.append(batch.labels)
+    if not xs:
+        raise DataError(f"no readable image in training folder {folder}: {scanned.skipped[:3]}")
+    loaded = TrainingData(x=torch.from_numpy(np.concatenate(xs)), y=torch.from_numpy(np.concatenate(ys)),
+                          skipped=len(scanned.skipped))
+    with _DATA_LOCK:
+        _DATA_CACHE[key] = loaded
+        while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
+            _DATA_CACHE.popitem(last=False)
+    return loaded
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+def pick_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class Prepared:
+    """A model wrapped for compression-aware training, the compressors whose
+    `step()` follows each optimizer step, and how to finalize the model."""
+
+    model: nn.Module
+    steppers: list[Any]
+    finalize: Callable[[nn.Module], nn.Module]
+
+
+# prepare(fresh model copy, one example input, total fine-tuning steps) -> Prepared
+Prepare = Callable[[nn.Module, torch.Tensor, int], Prepared]
+
+
+@dataclass
+class FinetuneResult:
+    model: nn.Module          # finalized, eval mode, on the CPU
+    losses: list[float]
+    seconds: float
+    device: str
+    train_images: int
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    def summary(self) -> dict[str, Any]:
+        tail = self.losses[-10:]
+        return {"steps": self.steps, "first_loss": self.losses[0] if self.losses else None,
+                "final_loss": float(np.mean(tail)) if tail else None, "device": self.device,
+                "train_images": self.train_images}
+
+
+def finetune(config: FinetuneConfig, ctx: CompressContext, prepare: Prepare) -> FinetuneResult:
+    """Fine-tune a fresh copy of the model wrapped by `prepare`, then finalize it.
+
+    Deterministic for a given seed: the seed drives weight-side randomness and
+    the data order; deterministic kernels are requested; the global RNG state
+    is restored afterwards. Cancellable between steps (ctx.check_cancelled)."""
+    ctx.check_cancelled()
+    train = load_training_data(ctx)
+    total = config.total_steps(len(train))
+    device = pick_device()
+    ctx.report(Progress("finetune", 0, total, f"preparing {config.name} on {device.type}"))
+    started = time.perf_counter()
+    with _deterministic(config.seed, device):
+        model = ctx.handle.torch_copy()
+        with quiet_coremltools():
+            prepared = prepare(model, train.x[:1].clone(), total)
+        trainable = prepared.model.to(device)
+        trainable.train()
+        optimizer = _make_optimizer(config, trainable)
+        order = _batch_order(len(train), config.batch_size, total, config.seed)
+        losses: list[float] = []
+        last_report = 0.0
+        for step, index in enumerate(order, start=1):
+            ctx.check_cancelled()
+            x = train.x[index].to(device)
+            y = train.y[index].to(device)
+            with quiet_coremltools():
+                logits = trainable(x)
+                loss = _loss(logits, y, ctx.handle)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for stepper in prepared.steppers:
+                    stepper.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise ConfigError(
+                    f"fine-tuning {config.name} diverged at step {step} (loss {value}); lower learning_rate "
+                    f"(now {config.learning_rate}) or use optimizer 'adam'")
+            losses.append(value)
+            now = time.perf_counter()
+            if step == total or step == 1 or now - last_report >= 0.25:
+                last_report = now
+                ctx.report(Progress("finetune", step, total, f"step {step}/{total}", loss=value,
+                                    elapsed_s=now - started))
+        trainable = trainable.cpu().eval()
+        with quiet_coremltools():
+            final = prepared.finalize(trainable)
+    final = final.cpu().eval()
+    return FinetuneResult(model=final, losses=losses, seconds=time.perf_counter() - started,
+                          device=device.type, train_images=len(train))
+
+
+def _batch_order(count: int, batch_size: int, total: int, seed: int) -> list[torch.Tensor]:
+    """Index batches for `total` steps: a fresh seeded permutation each epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    batch_size = min(batch_size, count)
+    order: list[torch.Tensor] = []
+    while len(order) < total:
+        perm = torch.randperm(count, generator=generator)
+        for start in range(0, count, batch_size):
+            chunk = perm[start:start + batch_size]
+            if len(chunk) < batch_size and start > 0:
+                break  # drop a ragged last batch: steady batch statistics
+            order.append(chunk)
+            if len(order) == total:
+                break
+    return order
+
+
+def _make_optimizer(config: FinetuneConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"model {config.name}: nothing to fine-tune (no parameter requires a gradient)")
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.learning_rate, momentum=0.9)
+    return torch.optim.Adam(params, lr=config.learning_rate)
+
+
+def _loss(logits: Any, y: torch.Tensor, handle: ModelHandle) -> torch.Tensor:
+    if isinstance(logits, (tuple, list)) and logits and isinstance(logits[0], torch.Tensor):
+        logits = logits[0]
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ConfigError(
+            f"model {handle.name} must return logits of shape (batch, classes) to be fine-tuned; "
+            f"it returned {type(logits).__name__}{tuple(getattr(logits, 'shape', ()))}")
+    if logits.shape[1] != handle.metadata.num_classes:
+        raise ConfigError(
+            f"model {handle.name} returns {logits.shape[1]} logits but its metadata names "
+            f"{handle.metadata.num_classes} classes; fix class_names in metadata.json")
+    return nn.functional.cross_entropy(logits, y)
+
+
+@contextlib.contextmanager
+def _deterministic(seed: int, device: torch.device):
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    devices = [torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        np_state = np.random.get_state()
+        np.random.seed(seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+            np.random.set_state(np_state)
+
+
+@contextlib.contextmanager
+def quiet_coremltools():
+    """Silence coremltools' info logging (k-means progress, layer names) for the duration."""
+    loggers = [logging.getLogger("coremltools")] + [
+        logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("coremltools")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+# --------------------------------------------------------------------------- export
+
+def compressed_parameter_names(model: nn.Module) -> list[str]:
+    """Parameters coremltools' optimize.torch marked as compressed (its `_COREML_` metadata buffers)."""
+    names = []
+    for key in model.state_dict():
+        parts = key.split("_COREML_/")
+        if len(parts) == 2 and parts[1].endswith("/" + METADATA_SUFFIX):
+            names.append(parts[0] + parts[1].split("/")[0])
+    return names
+
+
+def op_counts(package: Path) -> dict[str, int]:
+    """How many times each MIL op type appears in the package's program."""
+    import coremltools as ct
+    spec = ct.utils.load_spec(str(package))
+    counts: dict[str, int] = {}
+
+    def walk(block) -> None:
+        for op in block.operations:
+            counts[op.type] = counts.get(op.type, 0) + 1
+            for inner in op.blocks:
+                walk(inner)
+
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            walk(block)
+    return counts
+
+
+def package_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def export(config: TechniqueConfig, ctx: CompressContext, model: nn.Module, out_path: Path,
+           expected_ops: tuple[str, ...], *, pass_pipeline=None, precision: str = "fp16") -> tuple[Path, float, dict]:
+    """Convert the finalized `model` and check the package holds compressed weights:
+    at least one op of `expected_ops` per parameter the compressor marked. Returns
+    (path, seconds, details)."""
+    from compress_lab.models.convert import convert_module
+
+    marked = compressed_parameter_names(model)
+    if not marked:
+        raise ConfigError(
+            f"{config.name}: no layer of model {ctx.handle.name} was compressed (every weight is below the size "
+            "threshold, or no layer is of a supported type: Conv/Linear); lower weight_threshold or pick another model")
+    ctx.check_cancelled()
+    ctx.report(Progress("convert", 0, 1, "converting to Core ML"))
+    started = time.perf_counter()
+    with quiet_coremltools():
+        convert_module(model, ctx.handle.metadata, out_path, precision=precision, pass_pipeline=pass_pipeline)
+    seconds = time.perf_counter() - started
+    counts = op_counts(out_path)
+    found = {op: counts[op] for op in expected_ops if counts.get(op)}
+    if sum(found.values()) < len(marked):
+        raise ConfigError(
+            f"{config.name}: the converted package {out_path} is not compressed as expected: "
+            f"{len(marked)} weight(s) were compressed in PyTorch ({', '.join(marked[:5])}) but the program holds "
+            f"{sum(found.values())} of the ops {list(expected_ops)} (found {sorted(k for k in counts if k.startswith('constexpr')) or 'none'}). "
+            "The weights would be stored as float; this coremltools version may not export this mode.")
+    ctx.report(Progress("convert", 1, 1, "converted", elapsed_s=seconds))
+    return out_path, seconds, {"compressed_weights": len(marked), "compressed_ops": found,
+                               "size_bytes": package_bytes(out_path)}
+
+
+def run_training_technique(config: FinetuneConfig, ctx: CompressContext, out_path: Path, prepare: Prepare,
+                           expected_ops: tuple[str, ...]) -> CompressOutcome:
+    """The whole handler of a fine-tuning technique: fine-tune, finalize, convert, check."""
+    result = finetune(config, ctx, prepare)
+    path, convert_s, details = export(config, ctx, result.model, out_path, expected_ops)
+    details.update(result.summary())
+    return CompressOutcome(path=path, timings={"finetune_s": result.seconds, "convert_s": convert_s,
+                                               "compress_s": result.seconds + convert_s}, details=details)
+
+
+# --------------------------------------------------------------------------- estimates
+
+_STEP_COST: dict[tuple, tuple[float, float]] = {}
+_COST_LOCK = threading.Lock()
+CONVERT_OVERHEAD_S = 3.0
+DECODE_S_PER_IMAGE = 0.0005
+
+
+def measure_step_cost(config: FinetuneConfig, handle: ModelHandle, prepare: Prepare) -> tuple[float, float]:
+    """(first step seconds, later step seconds) of fine-tuning `handle` with `config`,
+    measured on random inputs once per process and per setting."""
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+              if f.name not in ("epochs", "steps", "learning_rate", "seed")}
+    device = pick_device()
+    key = (type(config).__name__, tuple(sorted((k, repr(v)) for k, v in fields.items())), handle.fingerprint, device.type)
+    with _COST_LOCK:
+        if key in _STEP_COST:
+            return _STEP_COST[key]
+    shape = (config.batch_size, *handle.metadata.input_shape)
+    with _deterministic(0, device):
+        with quiet_coremltools():
+            prepared = prepare(handle.torch_copy(), torch.zeros((1, *handle.metadata.input_shape)), 100)
+            model = prepared.model.to(device).train()
+            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-9)
+            x = torch.randn(shape, device=device)
+            y = torch.randint(0, handle.metadata.num_classes, (config.batch_size,), device=device)
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                loss = _loss(model(x), y, handle)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                for stepper in prepared.steppers:
+                    stepper.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - started)
+    cost = (times[0], float(np.median(times[1:])))
+    with _COST_LOCK:
+        _STEP_COST[key] = cost
+    return cost
+
+
+def estimate_finetune_seconds(config: FinetuneConfig, handle: ModelHandle, train_count: int, prepare: Prepare) -> float:
+    first, later = measure_step_cost(config, handle, prepare)
+    steps = config.total_steps(train_count)
+    return first + later * max(steps - 1, 0) + DECODE_S_PER_IMAGE * train_count + CONVERT_OVERHEAD_S
+
+
+def estimate_seconds(config: TechniqueConfig, handle: ModelHandle, train_count: int) -> float:
+    """Seconds `config` is expected to take on `handle` with `train_count` training
+    images, for any training-time technique (each module defines its own
+    `estimate_seconds`). The first call for a setting measures a few steps."""
+    module = sys.modules.get(type(config).__module__)
+    estimator = getattr(module, "estimate_seconds", None)
+    if estimator is None or estimator is estimate_seconds:
+        raise ConfigError(f"technique {config.name!r} has no time estimate")
+    return float(estimator(config, handle, train_count))

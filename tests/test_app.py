@@ -1,0 +1,189 @@
+"""The Streamlit app, page by page, with Streamlit's AppTest: every page renders
+without an exception, and the key interactions work against the real engine."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the pages import compress_lab_app from the repository
+    sys.path.insert(0, str(ROOT))
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+TIMEOUT = 120
+MNIST = ROOT / "sample_models" / "mnist_cnn"
+
+
+def page(name: str, store: Path) -> AppTest:
+    at = AppTest.from_file(str(ROOT / name), default_timeout=TIMEOUT)
+    return at
+
+
+def no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.fixture(scope="module")
+def lab_store(tmp_path_factory, mnist_dir):
+    """A real store: a tiny real sweep of mnist_cnn (two palettizations and one that fails) on 100 images."""
+    from compress_lab.sweep import run_sweep
+    from compress_lab_app import sweep_control
+    from compress_lab_app.session import DataChoice, ModelChoice
+
+    folder = tmp_path_factory.mktemp("lab-store")
+    grid = [{"technique": "palettize", "nbits": [2, 4]},
+            {"technique": "palettize", "granularity": "per_grouped_channel", "group_size": 7}]
+    spec = sweep_control.build_spec(ModelChoice("mnist_cnn"), DataChoice(str(MNIST / "val"), None, {}, 100),
+                                    grid, "app-test", 1, folder)
+    result = run_sweep(spec, folder, workers=1)
+    assert result.counts["COMPLETE"] == 5 and result.counts["FAILED"] == 1
+    return folder
+
+
+@pytest.fixture
+def store_env(monkeypatch, lab_store):
+    monkeypatch.setenv("COMPRESS_LAB_STORE", str(lab_store))
+    return lab_store
+
+
+@pytest.fixture
+def empty_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("COMPRESS_LAB_STORE", str(tmp_path / "store"))
+    return tmp_path / "store"
+
+
+def test_home_starts_on_the_sample_model(empty_store, mnist_dir):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    no_errors(at)
+    assert at.title[0].value == "compress lab"
+    assert any("mnist_cnn" in m.value for m in at.markdown)
+    assert "Where to go" in [h.value for h in at.subheader]
+
+
+def test_model_page_summarizes_the_sample(empty_store, mnist_dir):
+    at = AppTest.from_file(str(ROOT / "pages/1_model.py"), default_timeout=TIMEOUT).run()
+    no_errors(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Parameters"] == "390,410"
+    assert metrics["Input (C×H×W)"] == "1×28×28" and metrics["Classes"] == "10"
+    layers = at.dataframe[0].value
+    assert list(layers["layer"]) == ["conv_layers.0", "conv_layers.3", "conv_layers.6", "fc_layers.0", "fc_layers.2"]
+    assert not layers.loc[0, "post-training"] and layers.loc[0, "training-time"]  # 288 weights < 2048: left alone
+
+
+def test_model_page_converts_and_measures(empty_store, mnist_dir):
+    at = AppTest.from_file(str(ROOT / "pages/1_model.py"), default_timeout=TIMEOUT).run()
+    at.button[0].click().run()
+    no_errors(at)
+    sizes = at.dataframe[0].value.set_index("package")["bytes on disk"]
+    assert 1.5e6 < sizes["fp32"] < 1.7e6 and 0.75e6 < sizes["fp16"] < 0.85e6
+
+
+def test_model_page_loads_a_path_and_reports_a_bad_one(empty_store, mnist_dir):
+    at = AppTest.from_file(str(ROOT / "pages/1_model.py"), default_timeout=TIMEOUT).run()
+    at.radio(key="model.where").set_value("A path on this computer").run()
+    at.text_input[0].set_value(str(MNIST / "model.py"))
+    at.text_input[1].set_value(str(MNIST / "weights.pt"))
+    at.button[0].click().run()
+    no_errors(at)
+    assert {m.label: m.value for m in at.metric}["Parameters"] == "390,410"
+    at.text_input[0].set_value("/no/such/model.py")
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("does not exist" in e.value for e in at.error)
+
+
+def test_data_page_scans_and_limits_the_validation_set(empty_store, mnist_dir):
+    at = AppTest.from_file(str(ROOT / "pages/2_data.py"), default_timeout=TIMEOUT).run()
+    no_errors(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "1,000 images, 10 classes" in captions and "4,000 images" in captions
+    at.number_input[0].set_value(100)
+    at.button[0].click().run()  # "Scan"
+    no_errors(at)
+    assert "class-balanced 100" in " ".join(c.value for c in at.caption)
+
+
+def test_data_page_reports_bad_preprocessing(empty_store, mnist_dir):
+    at = AppTest.from_file(str(ROOT / "pages/2_data.py"), default_timeout=TIMEOUT).run()
+    at.text_input(key=None) if False else None
+    mean = next(t for t in at.text_input if t.label.startswith("Mean"))
+    mean.set_value("abc")
+    next(b for b in at.button if b.label == "Apply").click().run()
+    assert not at.exception
+    assert any("must be numbers" in e.value for e in at.error)
+
+
+def test_sweep_page_counts_runs_as_the_grid_changes(empty_store, mnist_dir):
+    at = AppTest.from_file(str(ROOT / "pages/3_sweep.py"), default_timeout=TIMEOUT).run()
+    no_errors(at)
+    runs = lambda: {m.label: m.value for m in at.metric}["Runs"]  # noqa: E731
+    assert runs() == "1"
+    at.multiselect(key="grid.palettize.nbits").set_value([2, 4, 8]).run()
+    no_errors(at)
+    assert runs() == "3"
+    at.checkbox(key="grid.use.quantize").check().run()
+    at.multiselect(key="grid.quantize.dtype").set_value(["int8", "int4"]).run()
+    no_errors(at)
+    assert runs() == "5"
+    assert any(m.label == "Estimated time" for m in at.metric)
+
+
+def test_sweep_page_shows_invalid_points(empty_store, mnist_dir):
+    at = AppTest.from_file(str(ROOT / "pages/3_sweep.py"), default_timeout=TIMEOUT).run()
+    at.multiselect(key="grid.palettize.mode").set_value(["kmeans", "unique"]).run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Runs"] == "1"
+    assert any("Left out" in w.value and "unique" in w.value for w in at.warning)
+
+
+def test_sweep_page_lists_a_finished_sweep(store_env):
+    at = AppTest.from_file(str(ROOT / "pages/3_sweep.py"), default_timeout=TIMEOUT).run()
+    no_errors(at)
+    assert "6 of 6 runs finished" in at.get("progress")[0].proto.text
+    states = list(at.dataframe[0].value["state"])
+    assert states.count("COMPLETE") == 5 and states.count("FAILED") == 1
+
+
+def test_results_page_plots_and_details(store_env):
+    at = AppTest.from_file(str(ROOT / "pages/4_results.py"), default_timeout=TIMEOUT).run()
+    no_errors(at)
+    chart = at.get("plotly_chart")[0].proto.spec
+    assert '"post-training"' in chart and '"baseline (uncompressed)"' in chart and "Pareto frontier" in chart
+    assert "nbits" in chart  # hover text carries the config
+    table = at.dataframe[0].value
+    assert len(table) == 6 and set(table["family"]) == {"baseline", "post_training"}
+    at.selectbox(key="results.x").set_value("bits_per_weight").run()
+    at.selectbox(key="results.y").set_value("agreement").run()
+    no_errors(at)
+    failed = next(i for i, label in zip(table["run_id"], table["label"]) if "group_size=7" in label)
+    at.selectbox(key="results.run").set_value(failed).run()
+    assert not at.exception
+    assert any("does not divide" in e.value for e in at.error)  # the failed run's own error, shown as such
+    assert any("ConfigError" in c.value for c in at.code)
+    complete = next(i for i, label in zip(table["run_id"], table["label"]) if label == "palettize nbits=2")
+    at.selectbox(key="results.run").set_value(complete).run()
+    no_errors(at)
+    assert len(at.get("plotly_chart")) == 3  # trade-off, per-class accuracy, confusion matrix
+
+
+def test_export_page_offers_downloads(store_env):
+    at = AppTest.from_file(str(ROOT / "pages/5_export.py"), default_timeout=TIMEOUT).run()
+    no_errors(at)
+    buttons = at.get("download_button")
+    assert len(buttons) == 2
+    assert ".zip" in buttons[0].proto.label and "CSV (6 runs)" in buttons[1].proto.label
+    code = " ".join(c.value for c in at.code)
+    assert "Manifest.json" in code and "config.json" in code and "metrics.json" in code
+
+
+def test_results_page_without_sweeps_says_what_to_do(empty_store):
+    for name in ("pages/4_results.py", "pages/5_export.py"):
+        at = AppTest.from_file(str(ROOT / name), default_timeout=TIMEOUT).run()
+        no_errors(at)
+        assert any("No sweeps" in i.value for i in at.info)
