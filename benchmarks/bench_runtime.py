@@ -5,7 +5,7 @@ the runtime and eager PyTorch side by side, interleaved (alternating which goes
 first), with the same torch thread count; reports medians.
 
     .venv/bin/python benchmarks/bench_runtime.py [--model dog_mobilenetv2] [--batches 1 64]
-        [--repeats 7] [--threads 2] [--out benchmarks/results/runtime.json]
+        [--repeats 5] [--threads 2] [--out benchmarks/results/runtime.json]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def bench(model_name: str, batches: list[int], repeats: int, threads: int, preci
             program = load_program(path)
             for batch in batches:
                 x = torch.randn(batch, *handle.metadata.input_shape)
-                inner = max(1, 64 // batch)
+                inner = max(1, 16 // batch)
 
                 def eager():
                     with torch.inference_mode():
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="dog_mobilenetv2")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16"])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runtime.json")
     args = parser.parse_args(argv)

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+FAMILY_NAMES = {"baseline": "baseline", "post_training": "post-training", "training_time": "training-time",
+                "mixed": "mixed precision"}
+
+
+def family_name(family: str | None) -> str:
+    return FAMILY_NAMES.get(family or "", family or "?")
+
 
 def human_bytes(n) -> str:
     """1,234,567 -> '1.23 MB' (decimal units, as file browsers show them)."""

@@ -17,9 +17,11 @@ import streamlit as st
 from compress_lab.errors import ConfigError
 
 # Shown first and outside "More settings" when a technique has them.
-MAIN_FIELDS = ("mode", "nbits", "dtype", "granularity", "group_size", "block_size", "cluster_dim",
+MAIN_FIELDS = ("mode", "nbits", "dtype", "weight_dtype", "granularity", "group_size", "block_size", "cluster_dim",
                "target_sparsity", "sparsity", "n_m_ratio", "steps", "epochs", "batch_size", "lr",
-               "learning_rate", "max_train_images")
+               "learning_rate", "optimizer")
+# Fine-tuning settings: shown after the technique's own settings.
+FINETUNE_FIELDS = ("steps", "epochs", "batch_size", "lr", "learning_rate", "optimizer")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def field_infos(config_cls) -> list[FieldInfo]:
             default = None
         out.append(_info(f.name, hints.get(f.name), default))
     order = {name: i for i, name in enumerate(MAIN_FIELDS)}
-    return sorted(out, key=lambda i: (not i.main, order.get(i.name, len(order))))
+    return sorted(out, key=lambda i: (not i.main, i.name in FINETUNE_FIELDS, order.get(i.name, len(order))))
 
 
 def _nbits_choices() -> tuple:

@@ -52,12 +52,23 @@ def baseline_count(is_torch: bool) -> int:
     return 3 if is_torch else 1  # PyTorch, fp32 and fp16 Core ML / the package as given
 
 
-def estimate(result: SweepPlan, workers: int, handle=None) -> float:
-    """Seconds the sweep should take: the techniques' own estimates where they give one, rough defaults otherwise."""
-    total = 0.0
+BASELINE_S = 4.0            # convert + evaluate one uncompressed baseline (small models)
+POST_TRAINING_S = 2.0       # fixed cost of one post-training run ...
+POST_TRAINING_S_PER_MPARAM = 8.0  # ... plus this per million parameters (k-means dominates)
+
+
+def estimate(result: SweepPlan, workers: int, handle=None, train_count: int = 0) -> float:
+    """Seconds the sweep should take: training-time techniques give their own estimate
+    (measured on a few steps); post-training runs scale with the parameter count."""
+    params = (handle.parameter_count() if handle is not None else None) or 1_000_000
+    total = BASELINE_S * baseline_count(handle is None or handle.kind == "torch")
     rest = []
     for point in result.points:
-        seconds = _technique_estimate(point.config, handle)
+        config = point.config
+        if config.family == "post_training":
+            total += POST_TRAINING_S + POST_TRAINING_S_PER_MPARAM * params / 1e6
+            continue
+        seconds = _training_estimate(config, handle, train_count)
         if seconds is None:
             rest.append(point)
         else:
@@ -65,13 +76,14 @@ def estimate(result: SweepPlan, workers: int, handle=None) -> float:
     return total / max(1, workers) + estimate_seconds(rest, workers)
 
 
-def _technique_estimate(config, handle) -> float | None:
-    method = getattr(config, "estimate_seconds", None)
-    if method is None or handle is None:
+def _training_estimate(config, handle, train_count: int) -> float | None:
+    if handle is None or handle.kind != "torch" or not train_count:
         return None
+    from compress_lab.errors import LabError
+    from compress_lab.techniques import _training
     try:
-        return float(method(handle))
-    except Exception:
+        return _training.estimate_seconds(config, handle, train_count)
+    except LabError:
         return None
 
 

@@ -19,13 +19,13 @@ def sweep_caption(sweep) -> str:
     return f"{sweep.name} · {sweep.status} · {when} · {sweep.sweep_id}"
 
 
-def choose_sweep(key: str, label: str = "Sweep"):
+def choose_sweep(key: str, label: str = "Sweep", empty: str | None = None):
     """A selectbox of the store's sweeps (newest first), defaulting to the session's sweep. None if there are none."""
     store = open_lab_store()
     sweeps = store.list_sweeps()
     if not sweeps:
-        st.info(f"No sweeps in the store `{store_folder()}` yet. Start one on the **Sweep** page "
-                "(or with `compress-lab sweep SPEC.toml`).")
+        st.info(empty or f"No sweeps in the store `{store_folder()}` yet. Start one on the **Sweep** page "
+                         "(or with `compress-lab sweep SPEC.toml --store " + str(store_folder()) + "`).")
         return None
     ids = [s.sweep_id for s in sweeps]
     current = current_sweep_id()

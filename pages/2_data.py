@@ -94,8 +94,10 @@ def show_folder(title: str, path: str | None, metadata, preprocessing, limit: in
         with st.expander(f"{len(folder.skipped)} file(s) skipped"):
             st.dataframe([{"file": str(p), "reason": r} for p, r in folder.skipped], hide_index=True)
     if counts:
-        st.plotly_chart(bar_figure({"names": list(counts), "values": list(counts.values())}, "class", "images"),
-                        key=f"counts-{title}")
+        figure = bar_figure({"names": list(counts), "values": list(counts.values())}, "class", "images")
+        figure.update_xaxes(type="category")
+        figure.update_layout(height=260)
+        st.plotly_chart(figure, key=f"counts-{title}")
     if "Validation" in title:
         show_samples(folder, metadata, preprocessing)
 

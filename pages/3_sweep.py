@@ -28,7 +28,8 @@ GROUPS = (("post_training", "Post-training (data-free)",
 
 def watch() -> None:
     st.subheader("Progress")
-    sweep = choose_sweep("sweep.watch", label="Sweep in the store")
+    sweep = choose_sweep("sweep.watch", label="Sweep in the store",
+                         empty="No sweep in the store yet: build one below and start it.")
     if sweep is None:
         return
     progress_panel(sweep.sweep_id, live=sweep.status == "running")
@@ -57,7 +58,7 @@ def progress_panel(sweep_id: str, live: bool) -> None:
                                                          help="stops after the runs in flight are dropped"):
                 sweep_control.cancel(store_folder(), sweep_id)
                 st.toast("Cancel requested")
-            rows = runs_table(store.list_runs(sweep_id))
+            rows = [dict(r, error=r["error"] or "") for r in runs_table(store.list_runs(sweep_id))]
             frame = pd.DataFrame(rows, columns=["label", "family", "state", "top1", "bytes", "ratio_fp16", "total_s", "error"])
             st.dataframe(frame, hide_index=True, width="stretch", key=f"sweep.table", column_config={
                 "top1": st.column_config.NumberColumn("top-1", format="%.4f"),
@@ -117,7 +118,9 @@ def build() -> None:
     plan, refused = sweep_control.plan(spec, has_train=bool(data.train), is_torch=is_torch)
     runs = len(plan.points) - len(refused)
     baselines = sweep_control.baseline_count(is_torch)
-    seconds = sweep_control.estimate(plan, int(workers), handle)
+    train_count = len(cached.scan_folder_cached(data.train, handle.metadata.class_names)) if data.train else 0
+    with st.spinner("Estimating the time (measuring a few training steps)…"):
+        seconds = sweep_control.estimate(plan, int(workers), handle, train_count)
     cols = st.columns(3)
     cols[0].metric("Runs", runs, help=f"grid points, plus {baselines} uncompressed baselines")
     cols[1].metric("Baselines", baselines)

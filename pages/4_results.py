@@ -11,11 +11,12 @@ import streamlit as st
 from compress_lab.analysis.table import AXIS_LABELS, runs_table
 from compress_lab.plots import bar_data, bar_figure, confusion_data, confusion_figure, tradeoff_data, tradeoff_figure
 from compress_lab_app.edge import error_edge
-from compress_lab_app.fmt import human_bytes, human_seconds
+from compress_lab_app.fmt import family_name, human_bytes, human_seconds
 from compress_lab_app.sweeps import choose_sweep, open_lab_store
 
 X_AXES = ("bytes", "ratio_fp16", "ratio_fp32", "bits_per_weight")
 Y_AXES = ("top1", "top5", "agreement", "snr_db")
+FRACTION_AXES = ("top1", "top5", "agreement")
 TABLE_COLUMNS = ("label", "family", "state", "top1", "top5", "agreement", "snr_db", "bytes", "ratio_fp16",
                  "ratio_fp32", "bits_per_weight", "total_s", "error", "run_id")
 
@@ -29,6 +30,10 @@ def tradeoff(rows: list[dict], runs: dict) -> str | None:
         st.info(f"No finished run has both {x} and {y} yet.")
         return None
     figure = with_config_hover(tradeoff_figure(data), runs)
+    if y in FRACTION_AXES:  # accuracies: never above 1, and a flat line of 1.0 does not stretch to 2
+        values = [r[y] for pts in data["series"].values() for r in pts] + [r[y] for r in data["baselines"]]
+        low = min(values)
+        figure.update_yaxes(range=[max(0.0, low - max(0.02, (1 - low) * 0.15)), 1.005])
     event = st.plotly_chart(figure, key="results.plot", on_select="rerun", selection_mode="points")
     names = {"post_training": "post-training", "training_time": "training-time"}
     st.caption("Series: " + ", ".join(f"{names.get(f, f)} ({len(p)} runs)" for f, p in data["series"].items())
@@ -44,8 +49,11 @@ def tradeoff(rows: list[dict], runs: dict) -> str | None:
 
 
 def with_config_hover(figure, runs: dict):
-    """Hover text with the run's full config, not only its label."""
+    """Hover text with the run's full config, not only its label; baseline labels that
+    would sit on top of each other alternate above and below their markers."""
     for trace in figure.data:
+        if trace.name == "baseline (uncompressed)" and trace.x is not None:
+            trace.textposition = ["top center" if i % 2 == 0 else "bottom center" for i in range(len(trace.x))]
         ids = trace.customdata
         if ids is None:
             continue
@@ -80,8 +88,12 @@ def detail(runs: dict, preselected: str | None) -> None:
     ids = list(runs)
     if preselected in ids:
         st.session_state["results.run"] = preselected
-    run_id = st.selectbox("Run", ids, key="results.run",
-                          format_func=lambda i: f"{runs[i].label} · {runs[i].family} · {runs[i].state}")
+    elif "results.run" not in st.session_state or st.session_state["results.run"] not in ids:
+        compressed = [i for i in ids if runs[i].family != "baseline"]
+        st.session_state["results.run"] = (compressed or ids)[0]
+    run_id = st.selectbox("Run (or click a point of the plot)", ids, key="results.run",
+                          format_func=lambda i: f"{runs[i].label} · {family_name(runs[i].family)}"
+                                                f" · {runs[i].state.lower()}")
     run = runs[run_id]
     if run.state == "FAILED":
         st.error(f"This run failed: {run.error}")
@@ -105,11 +117,16 @@ def detail(runs: dict, preselected: str | None) -> None:
     per_class = metrics.get("per_class") or {}
     if per_class:
         left.markdown("**Per-class accuracy**")
-        left.plotly_chart(bar_figure(bar_data(per_class, descending=False), "class", "accuracy"), key="results.per_class")
+        figure = bar_figure(bar_data(per_class, descending=False), "class (worst first)", "accuracy")
+        figure.update_xaxes(type="category")
+        left.plotly_chart(figure, key="results.per_class")
     confusion = metrics.get("confusion") or []
     if confusion:
         right.markdown("**Confusion matrix**")
-        right.plotly_chart(confusion_figure(confusion_data(confusion, list(per_class))), key="results.confusion")
+        figure = confusion_figure(confusion_data(confusion, list(per_class)))
+        figure.update_xaxes(type="category")
+        figure.update_yaxes(type="category")
+        right.plotly_chart(figure, key="results.confusion")
 
 
 def _pct(value) -> str:

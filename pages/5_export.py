@@ -8,13 +8,15 @@ import streamlit as st
 from compress_lab.analysis.table import runs_table
 from compress_lab.export import export_run, results_csv, safe_name
 from compress_lab_app.edge import error_edge
-from compress_lab_app.fmt import human_bytes
+from compress_lab_app.fmt import family_name, human_bytes
 from compress_lab_app.sweeps import choose_sweep, open_lab_store
 
 
 def export_model(sweep, runs) -> None:
     st.subheader("A compressed model")
     done = [r for r in runs if r.state == "COMPLETE" and r.artifact_path]
+    # compressed runs first, most accurate first; the baselines last
+    done.sort(key=lambda r: (r.family == "baseline", -((r.metrics or {}).get("top1") or 0.0)))
     if not done:
         st.info("No finished run with a model package in this sweep yet.")
         return
@@ -23,7 +25,8 @@ def export_model(sweep, runs) -> None:
     def describe(run_id: str) -> str:
         run = by_id[run_id]
         top1 = (run.metrics or {}).get("top1")
-        return (f"{run.label} · {run.family} · top-1 {top1:.2%}" if top1 is not None else f"{run.label} · {run.family}") \
+        family = family_name(run.family)
+        return (f"{run.label} · {family} · top-1 {top1:.2%}" if top1 is not None else f"{run.label} · {family}") \
             + f" · {human_bytes((run.sizes or {}).get('bytes'))}"
 
     run_id = st.selectbox("Run", list(by_id), format_func=describe, key="export.run")
@@ -32,6 +35,8 @@ def export_model(sweep, runs) -> None:
         bundle = export_run(open_lab_store().folder, run, model_name=sweep.name)
     st.download_button(f"Download {bundle.file_name} ({human_bytes(len(bundle.data))})", bundle.data,
                        file_name=bundle.file_name, mime="application/zip", type="primary", key="export.download_run")
+    st.caption("The zip holds the compressed Core ML package (open it in Xcode or load it with "
+               "`coremltools.models.MLModel`), the run's config.json (to reproduce it) and metrics.json (accuracy, sizes, timings).")
     with st.expander("What is in the zip"):
         st.code("\n".join(bundle.entries), language="text")
 

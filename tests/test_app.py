@@ -187,3 +187,30 @@ def test_results_page_without_sweeps_says_what_to_do(empty_store):
         at = AppTest.from_file(str(ROOT / name), default_timeout=TIMEOUT).run()
         no_errors(at)
         assert any("No sweeps" in i.value for i in at.info)
+
+
+def test_sweep_starts_in_the_background_and_cancels(empty_store, mnist_dir):
+    """Start a real background sweep from the page, see it listed, cancel it from the page."""
+    from compress_lab.store import open_store
+    from compress_lab.sweep.background import SweepHandle
+
+    at = AppTest.from_file(str(ROOT / "pages/3_sweep.py"), default_timeout=TIMEOUT).run()
+    at.checkbox(key="grid.use.palettize").uncheck().run()
+    training = next(n for n in ("magnitude_pruning", "dkm", "qat") if any(c.key == f"grid.use.{n}" for c in at.checkbox))
+    at.checkbox(key=f"grid.use.{training}").check().run()
+    at.text_input(key=f"grid.{training}.steps").set_value("5000").run()
+    no_errors(at)
+    at.button(key="sweep.start").click().run()
+    no_errors(at)
+    handle = SweepHandle.find(empty_store)
+    assert handle is not None and handle.is_running()
+    sweep = open_store(empty_store).list_sweeps()[0]
+    assert at.session_state["lab.sweep_id"] == sweep.sweep_id
+    assert "runs finished" in at.get("progress")[0].proto.text
+    assert at.button(key="sweep.start").disabled  # one sweep at a time per store
+    at.button(key="sweep.cancel").click().run()
+    assert handle.wait(timeout_s=90), "the sweep process did not stop after cancel"
+    assert open_store(empty_store).get_sweep(sweep.sweep_id).status == "cancelled"
+    at.run()
+    no_errors(at)
+    assert "sweep cancelled" in at.get("progress")[0].proto.text

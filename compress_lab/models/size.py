@@ -146,7 +146,7 @@ def _weight_tensors(prog):
                 if not types.is_tensor(var.sym_type) or not types.is_float(var.dtype) or var.rank < 1:
                     continue
                 seen.add(id(var))
-                leaves, kinds = _chain(producer)
+                leaves, kinds = _chain(producer, set())
                 shape = tuple(int(d) for d in var.shape)
                 yield WeightSize(
                     name=producer.name, used_by=op.name, op_type=op.op_type, shape=shape,
@@ -154,9 +154,13 @@ def _weight_tensors(prog):
                     kind="+".join(kinds) if kinds else "dense")
 
 
-def _chain(op) -> tuple[list, list[str]]:
-    """The const outputs a weight is built from, and the compression steps."""
+def _chain(op, visited: set) -> tuple[list, list[str]]:
+    """The const outputs a weight is built from (each once: a multi-output constexpr such as
+    lut_to_sparse feeds two inputs of the next op), and the compression steps."""
     from coremltools.converters.mil.mil import types
+    if id(op) in visited:
+        return [], []
+    visited.add(id(op))
     if op.op_type == "const":
         return [op.outputs[0]], []
     leaves, kinds = [], []
@@ -167,7 +171,7 @@ def _chain(op) -> tuple[list, list[str]]:
     for var in _inputs(op):
         if var.op is None:
             continue
-        sub_leaves, sub_kinds = _chain(var.op)
+        sub_leaves, sub_kinds = _chain(var.op, visited)
         leaves += sub_leaves
         kinds += [k for k in sub_kinds if k not in kinds]
     if kind not in kinds:

@@ -28,7 +28,7 @@ class Interpreter:
     def __init__(self, source: MilSource, compute_precision: str = "fp32"):
         self.source = source
         self.round_fp16 = compute_precision == "fp16"
-        self.constants: dict[str, Any] = decompress_constants(source.function, source.origin)
+        self.constants: dict[str, Any] = decompress_constants(source.program, source.function, source.origin)
         self._tensors = {name: self._to_torch(value) for name, value in self.constants.items()}
         self._input_name = source.input_name
         self._output_names = [v.name for v in source.function.outputs]

@@ -21,6 +21,7 @@ class MilSource:
 
     origin: str
     mlmodel: Any  # coremltools.models.MLModel (not loaded into a native runtime)
+    program: Any  # coremltools.converters.mil.mil.Program, the runtime's own copy
     function: Any  # coremltools.converters.mil.mil.Function
     function_name: str
     input_name: str
@@ -58,7 +59,7 @@ def load_mil_source(source) -> MilSource:
             "the lab's runtime needs a multi-array (tensor) input")
     fixed_batch, input_shape, max_batch = _input_facts(function, input_desc)
     output_names = tuple(o.name for o in spec.description.output)
-    return MilSource(origin=origin, mlmodel=mlmodel, function=function, function_name=function_name,
+    return MilSource(origin=origin, mlmodel=mlmodel, program=program, function=function, function_name=function_name,
                      input_name=input_desc.name, output_names=output_names, input_shape=input_shape,
                      fixed_batch=fixed_batch, max_batch=max_batch)
 

@@ -125,7 +125,7 @@ class NativeProgram(CoreMLProgram):
 
     def weights(self) -> dict[str, np.ndarray]:
         if self._constants is None:
-            self._constants = decompress_constants(self._source.function, self.origin)
+            self._constants = decompress_constants(self._source.program, self._source.function, self.origin)
         return {name: value.copy() for name, value in weight_values(self._source.function, self._constants).items()}
 
 

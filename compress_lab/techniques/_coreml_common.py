@@ -106,9 +106,6 @@ class Step:
     apply: Callable[[Any, Any, bool, Any], Any]           # (mlmodel, OptimizationConfig, joint, global single config)
     only_compressed: bool = False  # as a later step: touch only weights an earlier step compressed
 
-    def joint_variant(self, **changes) -> "Step":
-        return dataclasses.replace(self, **changes)
-
 
 @dataclass(frozen=True)
 class WeightLayer:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress_lab.errors import ConfigError, DataError
+from compress_lab.errors import ConfigError, DataError, LabError
 from compress_lab.models.handle import ModelHandle
 from compress_lab.techniques.base import CompressContext, CompressOutcome, DataNeed, Progress, TechniqueConfig
 
@@ -108,16 +108,17 @@ def training_folder(ctx: CompressContext, calibration: bool = False) -> Path:
     return Path(folder)
 
 
-def load_training_data(ctx: CompressContext, folder: Path | None = None) -> TrainingData:
+def load_training_data(ctx: CompressContext, folder: Path | None = None, labelled: bool = True) -> TrainingData:
     """The labelled images of `folder` (default: the training folder) decoded with
-    the model's preprocessing, held in memory and memoised for the process."""
+    the model's preprocessing, held in memory and memoised for the process.
+    With `labelled=False` a flat folder is accepted (labels are then -1)."""
     from compress_lab import data
 
     folder = Path(folder) if folder is not None else training_folder(ctx)
     meta = ctx.handle.metadata
     preprocessing = meta.preprocessing.with_overrides(ctx.preprocessing_overrides)
     scanned = data.scan_folder(folder, class_names=meta.class_names)
-    if not scanned.labelled:
+    if labelled and not scanned.labelled:
         raise DataError(
             f"training folder {folder} has no class sub-folders: fine-tuning needs labelled images "
             f"({folder}/<class>/<image>, class folders named after the model's classes)")
@@ -208,8 +209,7 @@ def finetune(config: FinetuneConfig, ctx: CompressContext, prepare: Prepare) -> 
     started = time.perf_counter()
     with _deterministic(config.seed, device):
         model = ctx.handle.torch_copy()
-        with quiet_coremltools():
-            prepared = prepare(model, train.x[:1].clone(), total)
+        prepared = prepare_or_explain(config, ctx.handle, prepare, model, train.x[:1].clone(), total)
         trainable = prepared.model.to(device)
         trainable.train()
         optimizer = _make_optimizer(config, trainable)
@@ -245,6 +245,21 @@ def finetune(config: FinetuneConfig, ctx: CompressContext, prepare: Prepare) -> 
     final = final.cpu().eval()
     return FinetuneResult(model=final, losses=losses, seconds=time.perf_counter() - started,
                           device=device.type, train_images=len(train))
+
+
+def prepare_or_explain(config: TechniqueConfig, handle: ModelHandle, prepare: Prepare, model: nn.Module,
+                       example: torch.Tensor, total: int) -> Prepared:
+    """Run `prepare`; a failure inside coremltools becomes a ConfigError that names the model and technique."""
+    try:
+        with quiet_coremltools():
+            return prepare(model, example, total)
+    except LabError:
+        raise
+    except Exception as e:
+        raise ConfigError(
+            f"{config.name}: coremltools could not prepare model {handle.name} "
+            f"({type(e).__name__}: {str(e).strip()[:300]}). Models must be traceable (torch.fx) for QAT and use "
+            "Conv/Linear layers for palettization and pruning.") from e
 
 
 def _batch_order(count: int, batch_size: int, total: int, seed: int) -> list[torch.Tensor]:

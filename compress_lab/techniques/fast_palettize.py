@@ -12,6 +12,14 @@ expects (lut with 2**nbits entries in the weight's dtype, uint8 index per elemen
 it infers nbits from the LUT length, so the emitted ops and package layout are the
 ones coremltools emits for k-means. Configs the lab cannot serve (other modes,
 vector palettization with cluster_dim > 1) are passed through untouched.
+
+After the pass, coremltools' palettize_weights re-runs the whole default MIL pipeline
+(~90 passes) on a program that was already optimised when it was converted; on the
+sample models and a ResNet-18 that costs 1-5 s per call and leaves every file of the
+saved package byte-identical (tests/test_kmeans1d.py checks it). By default this module
+serialises the palettized program directly (coremltools' own `_apply_graph_pass` with
+`return_pymil_prog=True`, then `_mil_convert` with the empty pipeline, coremltools 9.0);
+`rerun_default_pipeline=True` takes the public palettize_weights route instead.
 """
 
 from __future__ import annotations
@@ -64,9 +72,25 @@ def exact_config(config):
     )
 
 
-def fast_palettize_weights(mlmodel, config, joint_compression: bool = False):
+def fast_palettize_weights(mlmodel, config, joint_compression: bool = False, rerun_default_pipeline: bool = False):
     """Drop-in for `ct.optimize.coreml.palettize_weights(mlmodel, config)`; returns a new model."""
     import coremltools as ct
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.models.utils import _apply_graph_pass, _mil_convert
 
-    return ct.optimize.coreml.palettize_weights(mlmodel, config=exact_config(config),
-                                                joint_compression=joint_compression)
+    exact = exact_config(config)
+    if rerun_default_pipeline:
+        return ct.optimize.coreml.palettize_weights(mlmodel, config=exact, joint_compression=joint_compression)
+    if mlmodel._is_multifunction():
+        raise ConfigError("fast_palettize_weights cannot palettize a multifunction model (coremltools cannot either); "
+                          "palettize each function's model before combining them")
+    palettizer = PASS_REGISTRY["compression::palettize_weights"]
+    palettizer.set_options([PassOption("config", exact), PassOption("joint_compression", joint_compression)])
+    spec = mlmodel.get_spec()
+    spec_version = max(spec.specificationVersion, ct._SPECIFICATION_VERSION_IOS_16)
+    program = _apply_graph_pass(mlmodel, palettizer, spec_version=spec_version, return_pymil_prog=True)
+    return _mil_convert(program, convert_to="mlprogram", convert_from="milinternal",
+                        specification_version=spec_version, compute_units=mlmodel.compute_unit,
+                        model_description=spec.description, skip_model_load=mlmodel.__proxy__ is None,
+                        pass_pipeline=ct.PassPipeline.EMPTY)

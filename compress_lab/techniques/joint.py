@@ -76,16 +76,11 @@ class PrunePalettizeConfig(JointConfig):
     n_m_ratio: tuple[int, int] | None = None
     prune_block_size: int | None = None
     threshold: float | None = None
-    palettize_mode: Literal["kmeans", "uniform", "unique"] = "kmeans"
+    palettize_mode: Literal["kmeans", "uniform", "unique", "fast_kmeans"] = "kmeans"
     nbits: int | None = 4
     granularity: Literal["per_tensor", "per_grouped_channel"] = "per_tensor"
     group_size: int | None = None
     num_kmeans_workers: int = 1
-
-    def validate(self) -> None:
-        if self.palettize_mode == "fast_kmeans":
-            self._fail("palettize_mode", self.palettize_mode, "cannot follow pruning (no joint compression); use 'kmeans'")
-        super().validate()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,52 @@
+"""`compress-lab mixed MODEL --data DIR --family palettize --budget-top1-drop 1` (or --budget-agreement 0.99)"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from compress_lab.analysis.compressors import SEARCH_FAMILIES
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="sample model name, model folder, model.py (+ --weights), TorchScript or .mlpackage")
+    parser.add_argument("--weights", type=Path)
+    parser.add_argument("--metadata", type=Path)
+    parser.add_argument("--data", type=Path, required=True, help="validation folder")
+    parser.add_argument("--family", choices=SEARCH_FAMILIES, default="palettize")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-top1-drop", type=float, metavar="POINTS", help="max top-1 drop in percentage points")
+    budget.add_argument("--budget-agreement", type=float, metavar="FRACTION", help="min top-1 agreement, e.g. 0.99")
+    parser.add_argument("--max-images", type=int, default=512, help="images used by the search (the result is verified on all)")
+    parser.add_argument("--out", type=Path, help="where to write the chosen .mlpackage (default: WORKDIR/mixed.mlpackage)")
+    parser.add_argument("--workdir", type=Path, default=Path(".lab-work"))
+    parser.add_argument("--json", action="store_true")
+
+
+def run(args) -> int:
+    from compress_lab.analysis.mixed import Budget
+    from compress_lab.analysis.mixed_run import run_mixed
+    from compress_lab.models import load_model
+
+    handle = load_model(args.model, weights=args.weights, metadata=args.metadata)
+    budget = Budget("top1_drop", args.budget_top1_drop) if args.budget_top1_drop is not None \
+        else Budget("agreement", args.budget_agreement)
+    out = args.out or args.workdir / "mixed.mlpackage"
+    outcome = run_mixed(handle, args.data, args.family, budget, out, workdir=args.workdir, max_images=args.max_images,
+                        progress=_progress)
+    if args.json:
+        print(json.dumps(outcome, indent=2, default=str))
+        return 0
+    print()
+    verified = outcome["verified"]
+    print(f"budget: {budget.describe()}; search chose {outcome['search']['chosen']} "
+          f"({outcome['search']['evaluations']} evaluations, {outcome['search']['elapsed_s']:.1f}s)")
+    print(f"config: {json.dumps(outcome['config'])}")
+    print(f"wrote {outcome['path']}: {verified['bytes']:,} bytes; full validation: top-1 {verified['top1']}, "
+          f"agreement {verified['agreement']}, meets budget: {verified['meets_budget']}")
+    return 0
+
+
+def _progress(stage: str, done: int, total: int) -> None:
+    print(f"\r{stage}: {done}/{total}        ", end="", file=sys.stderr, flush=True)

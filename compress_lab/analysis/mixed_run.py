@@ -1,0 +1,48 @@
+"""Search a mixed-precision assignment, then compress it for real and measure it
+on the whole validation folder, next to the uncompressed float package."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from compress_lab.analysis.mixed import Budget, search_mixed
+from compress_lab.analysis.subset import Measurement, SubsetEvaluator
+
+
+def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_path: str | Path, *,
+              workdir: str | Path, max_images: int = 512, precision: str = "fp16", progress=None) -> dict[str, Any]:
+    from compress_lab.evaluate import coreml_predictor, evaluate
+    from compress_lab.data import scan_folder
+    from compress_lab.models.size import package_size
+    from compress_lab.techniques import CompressContext, compress, config_from_dict
+
+    started = time.perf_counter()
+    ctx = CompressContext(handle=handle, workdir=Path(workdir))
+    float_package = ctx.float_package(precision)
+    evaluator = SubsetEvaluator(float_package, data_dir, handle.metadata, max_images=max_images)
+    result = search_mixed(evaluator, family, budget, progress=progress)
+    config = config_from_dict(result.technique_config({"precision": precision}))
+    outcome = compress(handle, config, out_path, context=ctx)
+
+    meta = handle.metadata
+    folder = scan_folder(data_dir, meta.class_names)
+    kwargs = dict(preprocessing=meta.preprocessing, input_shape=meta.input_shape, class_names=meta.class_names)
+    reference = evaluate(coreml_predictor(float_package), folder, meta.num_classes, **kwargs)
+    measured = evaluate(coreml_predictor(outcome.path), scan_folder(data_dir, meta.class_names), meta.num_classes,
+                        reference_logits=reference.logits, **kwargs)
+    full_baseline = Measurement(top1=reference.top1, agreement=1.0, snr_db=200.0)
+    full = Measurement(top1=measured.top1, agreement=measured.agreement, snr_db=measured.snr_db)
+    size = package_size(outcome.path).to_dict()
+    return {
+        "path": str(outcome.path),
+        "config": config.to_dict(),
+        "search": result.to_dict(),
+        "verified": {"top1": measured.top1, "baseline_top1": reference.top1, "agreement": measured.agreement,
+                     "snr_db": measured.snr_db, "bytes": size.get("bytes"), "meets_budget": budget.met(full, full_baseline),
+                     "images": measured.n},
+        "metrics": measured.to_dict(),
+        "sizes": size,
+        "timings": {"search_s": result.elapsed_s, **outcome.timings, "total_s": time.perf_counter() - started},
+    }
