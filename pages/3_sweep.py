@@ -17,6 +17,7 @@ from compress_lab_app.session import current_data, current_model, set_sweep_id, 
 from compress_lab_app.sweeps import choose_sweep, open_lab_store
 
 POLL_S = 2.0
+CANCELLED_KEY = "sweep.cancelled"
 DEFAULT_ON = ("palettize",)
 GROUPS = (("post_training", "Post-training (data-free)",
            "Compress the weights of the Core ML model directly: seconds per run, no data needed."),
@@ -54,10 +55,14 @@ def progress_panel(sweep_id: str, live: bool) -> None:
                 if st.button("Resume", key="sweep.resume"):
                     sweep_control.resume(store, sweep_id, store_folder())
                     st.rerun(scope="app")
+            elif sweep.status == "running" and st.session_state.get(CANCELLED_KEY) == sweep_id:
+                sweep_control.keep_cancel_requested(store_folder())
+                st.info("Cancelling: the runs in flight are stopped; finished runs stay in the store.")
             elif sweep.status == "running" and st.button("Cancel the sweep", key="sweep.cancel",
-                                                         help="stops after the runs in flight are dropped"):
+                                                         help="stops the runs in flight; finished runs stay in the store"):
                 sweep_control.cancel(store_folder(), sweep_id)
-                st.toast("Cancel requested")
+                st.session_state[CANCELLED_KEY] = sweep_id
+                st.rerun()
             rows = [dict(r, error=r["error"] or "") for r in runs_table(store.list_runs(sweep_id))]
             frame = pd.DataFrame(rows, columns=["label", "family", "state", "top1", "bytes", "ratio_fp16", "total_s", "error"])
             st.dataframe(frame, hide_index=True, width="stretch", key=f"sweep.table", column_config={

@@ -3,7 +3,10 @@ without an exception, and the key interactions work against the real engine."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,7 +192,16 @@ def test_results_page_without_sweeps_says_what_to_do(empty_store):
         assert any("No sweeps" in i.value for i in at.info)
 
 
-def test_sweep_starts_in_the_background_and_cancels(empty_store, mnist_dir):
+def _stop(handle) -> None:
+    """Never leave a background sweep behind, whatever the test's outcome."""
+    if handle.is_running():
+        handle.terminate()  # SIGTERM to the driver: it stops its workers and marks the sweep cancelled
+        if not handle.wait(timeout_s=30):
+            os.killpg(handle.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_sweep_starts_in_the_background_and_cancels(empty_store, mnist_dir, request):
     """Start a real background sweep from the page, see it listed, cancel it from the page."""
     from compress_lab.store import open_store
     from compress_lab.sweep.background import SweepHandle
@@ -204,12 +216,18 @@ def test_sweep_starts_in_the_background_and_cancels(empty_store, mnist_dir):
     no_errors(at)
     handle = SweepHandle.find(empty_store)
     assert handle is not None and handle.is_running()
+    request.addfinalizer(lambda: _stop(handle))
     sweep = open_store(empty_store).list_sweeps()[0]
     assert at.session_state["lab.sweep_id"] == sweep.sweep_id
     assert "runs finished" in at.get("progress")[0].proto.text
     assert at.button(key="sweep.start").disabled  # one sweep at a time per store
     at.button(key="sweep.cancel").click().run()
-    assert handle.wait(timeout_s=90), "the sweep process did not stop after cancel"
+    assert any("Cancelling" in i.value for i in at.info)
+    deadline = time.monotonic() + 120
+    while handle.is_running() and time.monotonic() < deadline:
+        at.run()  # the page polls the store (and keeps the cancel request) while the sweep runs
+        time.sleep(2)
+    assert handle.wait(timeout_s=5), "the sweep process did not stop after cancel"
     assert open_store(empty_store).get_sweep(sweep.sweep_id).status == "cancelled"
     at.run()
     no_errors(at)

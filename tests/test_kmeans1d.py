@@ -52,6 +52,27 @@ def test_matches_exhaustive_optimum(k):
         assert np.all(np.diff(assignment[np.argsort(x[perm])]) >= 0)
 
 
+def test_ties_on_an_integer_grid_still_reach_the_optimum():
+    rng = np.random.default_rng(7)
+    for _ in range(80):
+        x = np.unique(rng.integers(0, 12, 9)).astype(float)
+        w = rng.integers(1, 3, len(x)).astype(float)
+        for k in range(1, min(4, len(x)) + 1):
+            centres, assignment = optimal_kmeans_1d(x, w, k)
+            assert sse(x, w, centres, assignment) <= brute_force_sse(x, w, k) + 1e-9
+
+
+def test_matches_coremltools_bundled_exact_solver_on_a_large_histogram(real_weights, k=32):
+    from coremltools._deps import kmeans1d as bundled
+
+    w = sorted(real_weights.values(), key=np.size)[-2].astype(np.float16).astype(np.float64).ravel()
+    x, counts = np.unique(w, return_counts=True)
+    centres, assignment = optimal_kmeans_1d(x, counts.astype(float), k)
+    ref = bundled.cluster(x, k, weights=counts.astype(float))
+    ref_sse = sse(x, counts, np.asarray(ref.centroids), np.asarray(ref.clusters))
+    assert sse(x, counts, centres, assignment) <= ref_sse * (1 + 1e-9)
+
+
 def test_duplicates_are_merged_and_few_values_keep_zero_error():
     centres, assignment = optimal_kmeans_1d([3.0, 1.0, 3.0, 2.0], None, 4)
     np.testing.assert_array_equal(centres, [1.0, 2.0, 3.0])
@@ -95,8 +116,8 @@ def coremltools_kmeans(w: np.ndarray, nbits: int, group_size: int = 0):
     return pass_.grouped_channelwise_compress(w, "KMEANS", nbits, 0, group_size)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
-@pytest.mark.parametrize("nbits,group_size", [(2, 0), (4, 0), (4, 16), (6, 0)])
+@pytest.mark.parametrize("dtype,nbits,group_size", [
+    (np.float16, 2, 0), (np.float16, 4, 16), (np.float16, 6, 0), (np.float32, 4, 0), (np.float32, 2, 16)])
 def test_never_worse_than_coremltools_kmeans_on_real_layers(real_weights, dtype, nbits, group_size):
     from coremltools.optimize import _utils as optimize_utils
 
@@ -196,6 +217,23 @@ def test_model_matches_coremltools_package_with_lower_error(fp16_model, tmp_path
         err, ref_err = np.mean((mine[name] - value) ** 2), np.mean((ref[name] - value) ** 2)
         assert err <= ref_err * (1 + 1e-6), f"{name}: {err} > {ref_err}"
     assert compressed >= 2
+
+
+def test_direct_serialisation_equals_the_full_coremltools_route(fp16_model, tmp_path):
+    import coremltools as ct
+
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    config = ct.optimize.coreml.OptimizationConfig(
+        global_config=ct.optimize.coreml.OpPalettizerConfig(mode="kmeans", nbits=3))
+    fast = fast_palettize_weights(fp16_model, config)
+    full = fast_palettize_weights(fp16_model, config, rerun_default_pipeline=True)
+    fast.save(str(tmp_path / "fast.mlpackage"))
+    full.save(str(tmp_path / "full.mlpackage"))
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+                if p.is_file() and p.name != "Manifest.json"}  # the manifest holds random item ids
+    assert files(tmp_path / "fast.mlpackage") == files(tmp_path / "full.mlpackage")
 
 
 def test_model_honours_op_name_overrides_and_skips(fp16_model):

@@ -115,9 +115,6 @@ CASES = {
                                   {"constexpr_sparse_blockwise_shift_scale", SPARSE}),
     "joint-palettize-then-quantize-lut": ("fp16", [pal(mode="kmeans", nbits=4),
                                                    quant(dtype="int8", mode="linear_symmetric", granularity="per_tensor")], {LUT, SHIFT_SCALE}),
-    "joint-prune-palettize-quantize-lut": ("fp16", [prune(target_sparsity=0.5), pal(mode="kmeans", nbits=2),
-                                                    quant(dtype="int8", mode="linear_symmetric", granularity="per_tensor")],
-                                           {"constexpr_lut_to_sparse", SHIFT_SCALE, SPARSE}),
 }
 
 

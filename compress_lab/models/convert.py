@@ -8,8 +8,6 @@ user-defined metadata under METADATA_KEY."""
 
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 
 import torch
@@ -17,6 +15,7 @@ import torch
 from compress_lab.errors import ConfigError, ModelLoadError
 from compress_lab.models.handle import METADATA_KEY
 from compress_lab.models.metadata import ModelMetadata
+from compress_lab.quiet import quiet_coremltools
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -65,8 +64,7 @@ def convert_module(module: torch.nn.Module, metadata: ModelMetadata, out_path: s
         if pass_pipeline is not None:
             kwargs["pass_pipeline"] = pass_pipeline
         try:
-            with warnings.catch_warnings(), _quiet_coremltools():
-                warnings.simplefilter("ignore")
+            with quiet_coremltools():
                 mlmodel = ct.convert(traced, **kwargs)
             break
         except Exception as e:  # a program whose shape arithmetic needs a static batch
@@ -87,23 +85,9 @@ def save_mlmodel(mlmodel, out_path: str | Path) -> Path:
     tmp = out_path.with_name(out_path.name + ".tmp.mlpackage")
     if tmp.exists():
         shutil.rmtree(tmp)
-    with _quiet_coremltools():
+    with quiet_coremltools():
         mlmodel.save(str(tmp))
     if out_path.exists():
         shutil.rmtree(out_path)
     tmp.rename(out_path)
     return out_path
-
-
-class _quiet_coremltools:
-    """Silence coremltools' progress bars and version warnings for the duration."""
-
-    def __enter__(self):
-        self._logger = logging.getLogger("coremltools")
-        self._level = self._logger.level
-        self._logger.setLevel(logging.ERROR)
-        return self
-
-    def __exit__(self, *exc):
-        self._logger.setLevel(self._level)
-        return False

@@ -121,10 +121,14 @@ class Interpreter:
         return [tuple(s) for s in steps]
 
     # --- run time -------------------------------------------------------------------------
-    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run(self, x: torch.Tensor, observe=None) -> dict[str, torch.Tensor]:
+        """Outputs by name. `observe(name, value)`, if given, sees every computed value
+        (calibration uses it to record activation ranges)."""
         if self.round_fp16:
             x = x.half().float()
         env: dict[str, Any] = {self._input_name: x}
+        if observe is not None:
+            observe(self._input_name, x)
         with torch.inference_mode():
             for fn, args, refs, outs, frees in self._steps:
                 call = args.copy()  # a copy per call keeps one program usable from several threads
@@ -136,6 +140,9 @@ class Interpreter:
                 else:
                     for name, value in zip(outs, result):
                         env[name] = value
+                if observe is not None:
+                    for name in outs:
+                        observe(name, env[name])
                 for name in frees:
                     del env[name]
         return {name: env[name] if name in env else self._tensors[name] for name in self._output_names}

@@ -66,8 +66,11 @@ def check_palettization(technique: str, n_bits, granularity, group_size) -> None
 
 
 def module_config(config: DKMConfig) -> dict:
+    # k-means initialisation: the exact 1-D solver instead of coremltools' "auto" (torch k-means++ with 10
+    # restarts for layers over 1024 weights): deterministic, optimal, and ~10x faster on a CPU.
     module = {"n_bits": config.n_bits, "granularity": config.granularity, "weight_threshold": config.weight_threshold,
-              "enable_per_channel_scale": config.enable_per_channel_scale, "milestone": config.milestone}
+              "enable_per_channel_scale": config.enable_per_channel_scale, "milestone": config.milestone,
+              "kmeans_init": "opt1d"}
     if config.group_size is not None:
         module["group_size"] = config.group_size
     return module

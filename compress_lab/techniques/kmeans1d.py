@@ -45,9 +45,8 @@ def _dp_boundaries(x, w, k):
 
     D[m][j] = min over i of D[m-1][i] + SSE(x[i:j]) (cluster m covers [i, j)); opt[m][j]
     is the smallest minimising i. The SSE cost satisfies the quadrangle inequality, so
-    opt[m][j] <= opt[m][j+1] and opt[m-1][j] <= opt[m][j]. Early layers use the first
-    (divide and conquer over j, O(n log n) a layer); later layers, whose last cluster
-    is short, scan only [opt[m-1][j], opt[m][j+1]] (Knuth), close to O(n) a layer.
+    opt[m][j] <= opt[m][j+1] (divide and conquer over j: O(n log n) a layer) and
+    opt[m-1][j] <= opt[m][j] (Knuth's bound, which halves the scans on weight tensors).
     Returns `starts` (k,) with starts[0] == 0: cluster c covers x[starts[c]:starts[c+1]]."""
     n = x.shape[0]
     p0 = np.zeros(n + 1)
@@ -65,33 +64,8 @@ def _dp_boundaries(x, w, k):
         prev[j] = p2[j] - s * s / p0[j]
     opt = np.zeros((k, n + 1), dtype=np.int32)
     stack = np.empty((4 * (n + 2) + 64, 4), dtype=np.int64)
-    log_n = np.log2(n)
-    knuth_from = max(2, int(np.sqrt(n / (2.0 * log_n))))
     for m in range(1, k):
-        if m >= knuth_from:
-            for j in range(n, m, -1):
-                lo = opt[m - 1, j]
-                if lo < m:
-                    lo = m
-                hi = j - 1
-                if j < n and opt[m, j + 1] < hi:
-                    hi = opt[m, j + 1]
-                if hi < lo:  # only reachable through rounding noise
-                    hi = lo
-                best = np.inf
-                bi = lo
-                for i in range(lo, hi + 1):
-                    wt = p0[j] - p0[i]
-                    s = p1[j] - p1[i]
-                    v = prev[i] + (p2[j] - p2[i]) - s * s / wt
-                    if v < best:
-                        best = v
-                        bi = i
-                cur[j] = best
-                opt[m, j] = bi
-            prev, cur = cur, prev
-            continue
-        stack[0, 0] = m + 1
+        stack[0, 0] = n if m == k - 1 else m + 1  # the last layer needs only D[k-1][n]
         stack[0, 1] = n
         stack[0, 2] = m
         stack[0, 3] = n - 1
@@ -106,9 +80,12 @@ def _dp_boundaries(x, w, k):
                 continue
             mid = (a + b) // 2
             hi = min(ohi, mid - 1)
+            lo = max(olo, opt[m - 1, mid])
+            if hi < lo:  # only reachable through rounding noise
+                lo = hi
             best = np.inf
-            bi = olo
-            for i in range(olo, hi + 1):
+            bi = lo
+            for i in range(lo, hi + 1):
                 wt = p0[mid] - p0[i]
                 s = p1[mid] - p1[i]
                 v = prev[i] + (p2[mid] - p2[i]) - s * s / wt

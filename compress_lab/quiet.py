@@ -1,0 +1,84 @@
+"""Quiet coremltools: no progress bars or version warnings on the console;
+its warnings (e.g. "Skipped this op") can be captured per thread."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import warnings
+from typing import Any
+
+_log_lock = threading.Lock()
+_log_users = 0
+_log_state: dict[str, Any] = {}
+_capture = threading.local()
+
+
+class _CaptureHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        sink = getattr(_capture, "messages", None)
+        if sink is not None and record.levelno >= logging.WARNING:
+            sink.append(record.getMessage())
+
+
+_HANDLER = _CaptureHandler()
+
+
+@contextlib.contextmanager
+def _silenced_logger():
+    """Route coremltools' log records to the capturing handler instead of stderr."""
+    global _log_users
+    logger = logging.getLogger("coremltools")
+    with _log_lock:
+        if _log_users == 0:
+            _log_state.update(level=logger.level, propagate=logger.propagate)
+            logger.setLevel(logging.WARNING)
+            logger.propagate = False
+            logger.addHandler(_HANDLER)
+        _log_users += 1
+    try:
+        yield
+    finally:
+        with _log_lock:
+            _log_users -= 1
+            if _log_users == 0:
+                logger.removeHandler(_HANDLER)
+                logger.setLevel(_log_state["level"])
+                logger.propagate = _log_state["propagate"]
+
+
+@functools.lru_cache(maxsize=1)
+def _disable_progress_bars() -> None:
+    """coremltools draws tqdm bars for every pass and conversion; the lab reports progress itself.
+    (Process-wide: swaps the `tqdm` those modules imported for one that is disabled.)"""
+    import importlib
+
+    import tqdm
+    quiet_tqdm = functools.partial(tqdm.tqdm, disable=True)
+    for module_name, attr in (("coremltools.converters.mil.mil.passes.pass_pipeline", "tqdm"),
+                              ("coremltools.optimize.coreml._post_training_quantization", "tqdm"),
+                              ("coremltools.optimize.coreml._quantization_passes", "tqdm"),
+                              ("coremltools.converters.mil.frontend.torch.ops", "_tqdm")):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if getattr(module, attr, None) is tqdm.tqdm:
+            setattr(module, attr, quiet_tqdm)
+
+
+@contextlib.contextmanager
+def quiet_coremltools(messages: list[str] | None = None):
+    """No progress bars or version warnings; coremltools' warnings (e.g. "Skipped this op")
+    from this thread are appended to `messages`."""
+    _disable_progress_bars()
+    previous = getattr(_capture, "messages", None)
+    _capture.messages = messages if messages is not None else []
+    try:
+        with warnings.catch_warnings(), _silenced_logger():
+            warnings.simplefilter("ignore")
+            yield _capture.messages
+    finally:
+        _capture.messages = previous
