@@ -17,7 +17,7 @@ def human_bytes(n) -> str:
     n = float(n)
     for unit in ("B", "kB", "MB", "GB"):
         if abs(n) < 1000 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
         n /= 1000
     return f"{n:,.2f} GB"
 

@@ -79,3 +79,10 @@ def sidebar_glance() -> None:
 def _short(text: str, keep: int = 2) -> str:
     parts = str(text).replace("\\", "/").rstrip("/").split("/")
     return "/".join(parts[-keep:]) if len(parts) > keep else str(text)
+
+
+def page_setup(title: str) -> None:
+    """The layout every page wants, also when a page is opened by its URL on a freshly
+    started server (Streamlit then runs the page file without app.py once)."""
+    st.set_page_config(page_title=f"{title} · compress lab", page_icon=":material/compress:", layout="wide")
+    st.title(title)

@@ -8,6 +8,7 @@ import streamlit as st
 from compress_lab.models.handle import SAMPLE_MODELS_DIR, list_sample_models
 from compress_lab_app import cached
 from compress_lab_app.edge import error_edge
+from compress_lab_app.pages_index import page_setup
 from compress_lab_app.fmt import human_bytes
 from compress_lab_app.session import ModelChoice, current_model, session_id, set_model, store_folder
 from compress_lab_app.uploads import MODEL_SUFFIXES, model_from_folder, save_files, upload_folder
@@ -116,7 +117,7 @@ def touched(summary: dict) -> None:
         right.warning("**Training-time** techniques need the PyTorch model; load model.py + weights or TorchScript.")
 
 
-st.title("Model")
+page_setup("Model")
 with error_edge("Choosing the model"):
     choose_model()
 with error_edge(f"Loading {current_model().source}"):

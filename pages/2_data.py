@@ -14,6 +14,7 @@ from compress_lab.models.metadata import COLOR_MODES
 from compress_lab.plots import bar_figure
 from compress_lab_app import cached
 from compress_lab_app.edge import error_edge
+from compress_lab_app.pages_index import page_setup
 from compress_lab_app.session import current_data, current_model, default_data, set_data
 
 SAMPLES_SHOWN = 20
@@ -133,7 +134,7 @@ def _displayable(x: np.ndarray, preprocessing) -> np.ndarray:
     return image[:, :, 0] if image.shape[2] == 1 else image
 
 
-st.title("Data")
+page_setup("Data")
 with error_edge("Choosing folders"):
     choose_folders()
 with error_edge("Reading the model"):

@@ -11,6 +11,7 @@ from compress_lab.analysis.table import runs_table
 from compress_lab.techniques import REGISTRY
 from compress_lab_app import cached, sweep_control
 from compress_lab_app.edge import error_edge
+from compress_lab_app.pages_index import page_setup
 from compress_lab_app.fmt import human_bytes, human_seconds
 from compress_lab_app.grid_widgets import technique_table
 from compress_lab_app.session import current_data, current_model, set_sweep_id, store_folder
@@ -147,7 +148,7 @@ def build() -> None:
         st.rerun()
 
 
-st.title("Sweep")
+page_setup("Sweep")
 with error_edge("Sweeps in the store"):
     watch()
 st.divider()

@@ -11,6 +11,7 @@ import streamlit as st
 from compress_lab.analysis.table import AXIS_LABELS, runs_table
 from compress_lab.plots import bar_data, bar_figure, confusion_data, confusion_figure, tradeoff_data, tradeoff_figure
 from compress_lab_app.edge import error_edge
+from compress_lab_app.pages_index import page_setup
 from compress_lab_app.fmt import family_name, human_bytes, human_seconds
 from compress_lab_app.sweeps import choose_sweep, open_lab_store
 
@@ -33,7 +34,9 @@ def tradeoff(rows: list[dict], runs: dict) -> str | None:
     if y in FRACTION_AXES:  # accuracies: never above 1, and a flat line of 1.0 does not stretch to 2
         values = [r[y] for pts in data["series"].values() for r in pts] + [r[y] for r in data["baselines"]]
         low = min(values)
-        figure.update_yaxes(range=[max(0.0, low - max(0.02, (1 - low) * 0.15)), 1.005])
+        figure.update_yaxes(range=[max(0.0, low - max(0.005, (1 - low) * 0.5)), 1.005])
+    if x in ("bytes", "weight_bytes"):
+        figure.update_xaxes(tickformat="~s")
     event = st.plotly_chart(figure, key="results.plot", on_select="rerun", selection_mode="points")
     names = {"post_training": "post-training", "training_time": "training-time"}
     st.caption("Series: " + ", ".join(f"{names.get(f, f)} ({len(p)} runs)" for f, p in data["series"].items())
@@ -133,7 +136,7 @@ def _pct(value) -> str:
     return "?" if value is None else f"{value:.2%}"
 
 
-st.title("Results")
+page_setup("Results")
 with error_edge("Reading the results"):
     sweep = choose_sweep("results.sweep")
     if sweep is not None:

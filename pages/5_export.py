@@ -8,6 +8,7 @@ import streamlit as st
 from compress_lab.analysis.table import runs_table
 from compress_lab.export import export_run, results_csv, safe_name
 from compress_lab_app.edge import error_edge
+from compress_lab_app.pages_index import page_setup
 from compress_lab_app.fmt import family_name, human_bytes
 from compress_lab_app.sweeps import choose_sweep, open_lab_store
 
@@ -48,7 +49,7 @@ def export_table(sweep, runs) -> None:
                        file_name=f"{safe_name(sweep.name, 'sweep')}-results.csv", mime="text/csv", key="export.download_csv")
 
 
-st.title("Export")
+page_setup("Export")
 with error_edge("Exporting"):
     sweep = choose_sweep("export.sweep")
     if sweep is not None:

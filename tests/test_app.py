@@ -232,3 +232,71 @@ def test_sweep_starts_in_the_background_and_cancels(empty_store, mnist_dir, requ
     at.run()
     no_errors(at)
     assert "sweep cancelled" in at.get("progress")[0].proto.text
+
+
+def test_uploads_stay_in_their_folder_and_make_a_model(tmp_path, mnist_handle):
+    import zipfile
+
+    from compress_lab.errors import ModelLoadError
+    from compress_lab.models.convert import convert_module
+    from compress_lab.models.handle import load_model
+    from compress_lab_app.uploads import extract_zip, model_from_folder, save_files, upload_folder
+
+    folder = upload_folder(tmp_path / "uploads", "../../session")
+    assert folder.resolve().is_relative_to((tmp_path / "uploads").resolve())
+    saved = save_files(folder, [("../../evil.py", b"x = 1"), ("C:\\\\temp\\\\w.pt", b"")])
+    assert [p.name for p in saved] == ["evil.py", "w.pt"] and all(p.parent == folder for p in saved)
+
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("../escape.txt", "no")
+    with pytest.raises(ModelLoadError, match="outside"):
+        extract_zip(bad, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+
+    # a real .mlpackage, zipped as a user would upload it
+    package = convert_module(mnist_handle.torch_copy(), mnist_handle.metadata, tmp_path / "m.mlpackage", precision="fp16")
+    archive = tmp_path / "upload" / "m.mlpackage.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in package.rglob("*"):
+            if f.is_file():
+                zf.write(f, f"m.mlpackage/{f.relative_to(package)}")
+    choice = model_from_folder(archive.parent)
+    assert choice.origin == "upload" and choice.source.endswith("m.mlpackage")
+    assert load_model(choice.source).kind == "coreml"
+
+    with pytest.raises(ModelLoadError, match="metadata.json"):
+        model_from_folder(upload_folder(tmp_path / "uploads", "s2"))
+
+
+def test_validation_subset_is_class_balanced_and_reused(tmp_path, mnist_dir):
+    from compress_lab.data import scan_folder
+    from compress_lab_app.subset import subset_folder
+
+    first = subset_folder(mnist_dir / "val", 50, tmp_path)
+    folder = scan_folder(first)
+    assert len(folder) == 50 and set(folder.class_counts().values()) == {5}
+    assert subset_folder(mnist_dir / "val", 50, tmp_path) == first
+    assert subset_folder(mnist_dir / "val", 5000, tmp_path) == mnist_dir / "val"  # no subset needed
+
+
+def test_error_edge_turns_errors_into_messages(tmp_path):
+    script = tmp_path / "page.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from compress_lab.errors import DataError\n"
+        "from compress_lab_app.edge import error_edge\n"
+        "with error_edge('Scanning'):\n"
+        "    raise DataError('folder x has no images; add some')\n"
+        "with error_edge():\n"
+        "    {}['missing']\n"
+        "import streamlit as st\n"
+        "st.write('after')\n")
+    at = AppTest.from_file(str(script), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "Scanning: folder x has no images; add some",
+        "Unexpected KeyError: 'missing'. The full traceback is in the terminal running the app."]
+    assert at.markdown[0].value == "after"

@@ -113,16 +113,19 @@ def test_end_to_end(app_url, page):
     page.goto(app_url)
     page.get_by_text("Where to go").first.wait_for(timeout=60_000)
     wait_idle(page)
-    assert page.get_by_text("mnist_cnn").count() > 0
+    expect(page.get_by_text("mnist_cnn").first).to_be_visible()
     no_error_on(page)
     shot(page, "1_home")
 
     open_page(page, "Model", "Layers")
-    shot(page, "2_model")
-    assert page.get_by_text("390,410").count() > 0
+    expect(page.get_by_text("390,410")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("conv_layers.0").or_(page.locator('[data-testid="stDataFrame"]'))).not_to_have_count(0)
+    wait_idle(page)
     no_error_on(page)
+    shot(page, "2_model")
 
     open_page(page, "Data", "Samples after preprocessing")
+    expect(page.locator('[data-testid="stImage"]').first).to_be_visible(timeout=60_000)
     page.get_by_role("spinbutton", name="Use at most N validation images").fill("100")
     page.get_by_role("button", name="Scan").click()
     page.get_by_text("a sweep uses a class-balanced 100").wait_for(timeout=60_000)

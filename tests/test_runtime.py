@@ -319,3 +319,33 @@ def test_sample_models_fp16_programs_match_eager(sample, name):
     module, shape, path = sample(name, "fp16")
     x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(4))
     _assert_close(load_program(path).predict(x), _eager(module, x), FP16_TOLERANCE)
+
+
+# --- W8A8 through the runtime's calibration -----------------------------------------------
+def test_activation_quantization_calibrated_by_the_runtime(converted):
+    import coremltools.optimize.coreml as cto
+
+    from compress_lab.errors import ConfigError
+    from compress_lab.runtime import activation_quantization_available, linear_quantize_activations
+
+    available, reason = activation_quantization_available()
+    assert available, reason
+    module, shape, path = converted("resnet", "fp16")
+    float_model = ct.models.MLModel(str(path), skip_model_load=True)
+    rng = np.random.default_rng(5)
+    samples = [rng.standard_normal((8, *shape)).astype(np.float32) for _ in range(3)]
+    config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric"))
+    quantized = linear_quantize_activations(float_model, config, samples)
+    spec = quantized.get_spec()
+    function = spec.mlProgram.functions["main"]
+    op_types = [op.type for op in function.block_specializations[function.opset].operations]
+    assert op_types.count("quantize") >= 5 and "dequantize" in op_types
+    x = samples[0]
+    ref = _eager(module, torch.from_numpy(x))
+    out = load_program(quantized).predict(x)
+    _assert_close(out, ref, 5e-2)  # 8-bit activations: within 5% of the output scale
+    assert np.abs(out - load_program(path).predict(x)).max() > 0, "activation quantization changed nothing"
+
+    _, _, fp32_path = converted("resnet", "fp32")
+    with pytest.raises(ConfigError, match="fp16"):
+        linear_quantize_activations(ct.models.MLModel(str(fp32_path), skip_model_load=True), config, samples)

@@ -57,15 +57,15 @@ def calibrate_activations(model, sample_data: Iterable, compute_precision: str =
         array = batch.get(program.input_name, batch.get(None)) if isinstance(batch, dict) else batch
         if array is None:
             raise DataError(f"calibration sample {sorted(batch)} has no array for input {program.input_name!r}")
-        x = program._check_input(array)
-        program._interpreter.run(x, observe=observe)
+        program.observe(array, observe)
         count += 1
     if count == 0:
         raise DataError("linear_quantize_activations needs calibration data; sample_data is empty")
     concat_groups = [
         [v.name for v in op.inputs["values"]] + [op.outputs[0].name]
-        for op in program._source.function.operations if op.op_type == "concat"
-    ]
+        for op in program.mil_function.operations
+        if op.op_type == "concat" and any(v.name in stats for v in [*op.inputs["values"], op.outputs[0]])
+    ]  # integer shape arithmetic has no recorded range
     _adjust_concat_surrounding_activation_stats(concat_groups, stats)
     return {name: {"rmin": np.float32(v["rmin"]), "rmax": np.float32(v["rmax"])} for name, v in stats.items()}
 

@@ -70,7 +70,7 @@ class Interpreter:
             try:
                 kernel = builder(OpContext(op, self._tensors, self.constants, location))
             except UnsupportedOpError as e:
-                problems.append(str(e).split("; the lab's")[0])
+                problems.append(str(e))
                 continue
             fn = kernel.fn
             ctx_out_float = [self._is_float(v) for v in op.outputs]

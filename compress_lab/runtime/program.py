@@ -78,6 +78,16 @@ class CoreMLProgram:
     def _run_batch(self, x: torch.Tensor) -> dict:
         return self._interpreter.run(x)
 
+    def observe(self, x, callback) -> None:
+        """Run one batch, calling `callback(var_name, torch_value)` for the input and every
+        computed value (activation calibration records ranges with it)."""
+        self._interpreter.run(self._check_input(x), observe=callback)
+
+    @property
+    def mil_function(self):
+        """The pymil function being run (constexpr ops already decompressed to const)."""
+        return self._source.function
+
     def _check_input(self, x) -> torch.Tensor:
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))

@@ -156,6 +156,9 @@ class _Reporter:
             self.bar.refresh()
 
     def event(self, kind: str, task, data) -> None:
+        if kind == "invalid":
+            print(f"invalid point (skipped): {data}", file=sys.stderr)
+            return
         if self.quiet or self.bar is None:
             return
         if kind == "done":

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from compress_lab.errors import ConfigError
+from compress_lab.errors import ConfigError, LabError
 from compress_lab.sweep.task import RunTask, SweepContext, execute, outcome_failed
 
 PRELOAD = ["torch", "coremltools", "compress_lab.evaluate", "compress_lab.runtime", "compress_lab.models.size",
@@ -161,7 +161,7 @@ class LocalExecutor:
         self.threads = threads or max(1, (os.cpu_count() or 1) // self.workers)
         self._ctx = None
         self._slots: list[_Slot] = []
-        self._queue: list[tuple[RunTask, SweepContext]] = []
+        self._idle_deaths = 0
 
     # lifecycle
     def start(self) -> None:
@@ -272,6 +272,10 @@ class LocalExecutor:
         if not slot.process.is_alive():
             slot.process.join(timeout=1)
             task = slot.task
+            self._idle_deaths = 0 if task is not None else self._idle_deaths + 1
+            if self._idle_deaths > 3 * self.workers:
+                raise LabError(f"sweep worker processes keep dying before running anything ({describe_exit(slot.process.exitcode)}); "
+                               "run `python -c 'import compress_lab.techniques, compress_lab.evaluate'` to see why")
             self._replace(slot)
             if task is not None:
                 events.append(Event("done", task, outcome_failed(

@@ -198,6 +198,19 @@ def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record
 
 # --------------------------------------------------------------------------- running
 
+def _reset_stale(store, sweep_id: str, grace_s: float = 5.0) -> None:
+    """RUNNING runs whose worker died go back to PENDING. Workers of a killed driver
+    stop within moments (their lifeline breaks): give them `grace_s` to go."""
+    from compress_lab.store import RUNNING, worker_alive
+    deadline = time.monotonic() + grace_s
+    while True:
+        store.reset_stale(sweep_id)
+        held = [r for r in store.list_runs(sweep_id, states=[RUNNING]) if worker_alive(r.worker)]
+        if not held or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
+
+
 def run_sweep(spec: SweepSpec, store_folder: str | Path, *, workers: int | None = None, executor: str | None = None,
               address: str | None = None, timeout_s: float | None = None, retry_failed: bool = False,
               progress: ProgressCallback | None = None, on_event: Callable | None = None,
@@ -205,7 +218,7 @@ def run_sweep(spec: SweepSpec, store_folder: str | Path, *, workers: int | None 
     """Run (or resume) the sweep; returns when every run is COMPLETE or FAILED, or on cancel.
 
     `progress(done, total, run)` is called after each run is recorded; `on_event(kind, task, data)`
-    gets every executor event ("started", "progress", "done"). Cancel with `cancel_event` or
+    gets every event ("invalid", "queued", "started", "progress", "done"). Cancel with `cancel_event` or
     request_cancel(store_folder) (a CANCEL file)."""
     from compress_lab.store import COMPLETE, FAILED, PENDING, RUNNING, worker_name
 
@@ -215,8 +228,11 @@ def run_sweep(spec: SweepSpec, store_folder: str | Path, *, workers: int | None 
     (store_folder / CANCEL_FILE).unlink(missing_ok=True)
     prep = prepare(spec, store_folder, plan)
     store = prep.store
+    if on_event is not None:  # points found invalid only once the model is loaded (e.g. fine-tuning a Core ML model)
+        for bad in prep.invalid[len(prep.plan.invalid):]:
+            on_event("invalid", None, bad)
     store.set_sweep_status(prep.sweep_id, "running")
-    store.reset_stale(prep.sweep_id)
+    _reset_stale(store, prep.sweep_id)
     driver = worker_name("driver")
 
     by_id = {r.run_id: r for r in store.list_runs(prep.sweep_id)}
@@ -263,6 +279,8 @@ def run_sweep(spec: SweepSpec, store_folder: str | Path, *, workers: int | None 
         finally:
             if runner is not None:
                 runner.stop(kill=status == "cancelled")
+    if status == "done" and store.counts(prep.sweep_id)[RUNNING]:
+        status = "running"  # another live process holds some runs: the sweep is not finished
     if status == "cancelled":  # the runs in flight were stopped: they go back to PENDING
         store.reset_stale(prep.sweep_id, older_than_s=0.0 if spec.run.executor == "ray" else None)
     store.set_sweep_status(prep.sweep_id, status)

@@ -189,6 +189,10 @@ def palettize_flat(flat: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray
     Same contract as coremltools' k-means step (and a `lut_function`): unused LUT
     entries (fewer distinct values than 2**nbits) are zero."""
     flat = np.asarray(flat).ravel()
+    if flat.size == 0:
+        raise ConfigError("cannot palettize an empty weight")
+    if flat.dtype.kind == "f" and not np.all(np.isfinite(flat)):
+        raise ConfigError("the weight holds NaN or inf values; k-means palettization needs finite weights")
     k = 1 << nbits
     values, counts, bin_of = _histogram(flat)
     starts = _optimal_starts(values, counts, k)

@@ -17,7 +17,7 @@ def _broadcast(ctx: OpContext, param: str):
     if value is None:
         return None
     value = value.to(torch.float32)
-    if value.dim() == 1:
+    if value.dim() == 1 and ctx.has("axis"):
         rank = ctx.rank("input")
         axis = int(ctx.scalar("axis")) % rank
         shape = [1] * rank

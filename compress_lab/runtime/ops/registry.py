@@ -140,9 +140,7 @@ class OpContext:
         return self.out_dtype(index).is_floating_point
 
     def unsupported(self, reason: str) -> UnsupportedOpError:
-        return UnsupportedOpError(
-            f"op {self.op.op_type!r} named {self.op.name!r} ({self.location}): {reason}; "
-            "the lab's Core ML runtime cannot run this program")
+        return UnsupportedOpError(f"op {self.op.op_type!r} named {self.op.name!r} ({self.location}): {reason}")
 
 
 def _static_dim(d):
