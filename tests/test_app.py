@@ -101,6 +101,14 @@ def test_model_page_loads_a_path_and_reports_a_bad_one(empty_store, mnist_dir):
     assert any("does not exist" in e.value for e in at.error)
 
 
+def test_model_page_offers_uploads(empty_store, mnist_dir):
+    at = AppTest.from_file(str(ROOT / "pages/1_model.py"), default_timeout=TIMEOUT).run()
+    at.radio(key="model.where").set_value("Upload files").run()
+    no_errors(at)
+    assert at.button[0].label == "Use the uploaded files" and at.button[0].disabled
+    assert {m.label: m.value for m in at.metric}["Parameters"] == "390,410"  # still the current model
+
+
 def test_data_page_scans_and_limits_the_validation_set(empty_store, mnist_dir):
     at = AppTest.from_file(str(ROOT / "pages/2_data.py"), default_timeout=TIMEOUT).run()
     no_errors(at)

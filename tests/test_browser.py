@@ -100,6 +100,7 @@ def open_page(page, title: str, expect: str) -> None:
 
 def shot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("() => document.querySelectorAll('[data-testid=\"stMain\"], section.main').forEach(e => e.scrollTo(0, 0))")
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 

@@ -40,7 +40,7 @@ def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_pat
         "config": config.to_dict(),
         "search": result.to_dict(),
         "verified": {"top1": measured.top1, "baseline_top1": reference.top1, "agreement": measured.agreement,
-                     "snr_db": measured.snr_db, "bytes": size.get("bytes"), "meets_budget": budget.met(full, full_baseline),
+                     "snr_db": measured.snr_db, "bytes": size["package_bytes"], "meets_budget": budget.met(full, full_baseline),
                      "images": measured.n},
         "metrics": measured.to_dict(),
         "sizes": size,

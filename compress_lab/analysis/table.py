@@ -14,7 +14,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "snr_db": ("metrics", "snr_db"),
     "n": ("metrics", "n"),
     "bytes": ("sizes", "bytes"),
-    "weight_bytes": ("sizes", "weight_bytes"),
+    "weight_bytes": ("sizes", "weights_bytes"),
     "ratio_fp16": ("sizes", "ratio_fp16"),
     "ratio_fp32": ("sizes", "ratio_fp32"),
     "bits_per_weight": ("sizes", "bits_per_weight"),

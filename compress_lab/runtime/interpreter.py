@@ -30,9 +30,29 @@ class Interpreter:
         self.round_fp16 = compute_precision == "fp16"
         self.constants: dict[str, Any] = decompress_constants(source.program, source.function, source.origin)
         self._tensors = {name: self._to_torch(value) for name, value in self.constants.items()}
-        self._input_name = source.input_name
-        self._output_names = [v.name for v in source.function.outputs]
+        self._setup()
+
+    def _setup(self) -> None:
+        self._unfolded = (dict(self.constants), dict(self._tensors))  # before folding, for with_constants
+        self._input_name = self.source.input_name
+        self._output_names = [v.name for v in self.source.function.outputs]
         self._steps = self._compile()
+
+    def with_constants(self, overrides: dict[str, Any]) -> "Interpreter":
+        """A new interpreter of the same program with some constants replaced (same
+        shapes); nothing is decompressed again. Used to measure a weight change fast."""
+        constants, tensors = self._unfolded
+        for name, value in overrides.items():
+            if name not in constants:
+                raise KeyError(f"{name!r} is not a constant of {self.source.origin}")
+            if np.shape(value) != np.shape(constants[name]):
+                raise ValueError(f"constant {name!r} has shape {np.shape(constants[name])}, not {np.shape(value)}")
+        clone = object.__new__(Interpreter)
+        clone.source, clone.round_fp16 = self.source, self.round_fp16
+        clone.constants = {**constants, **overrides}
+        clone._tensors = {**tensors, **{name: clone._to_torch(value) for name, value in overrides.items()}}
+        clone._setup()
+        return clone
 
     # --- load time ------------------------------------------------------------------------
     def _to_torch(self, value):

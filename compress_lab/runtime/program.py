@@ -105,6 +105,13 @@ class CoreMLProgram:
         return x
 
     # --- weights --------------------------------------------------------------------------
+    def with_constants(self, overrides: dict[str, np.ndarray]) -> "CoreMLProgram":
+        """The same program with some weight constants replaced (keys as in `weights()`)."""
+        clone = object.__new__(type(self))
+        clone._init_facts(self._source, self.compute_precision)
+        clone._interpreter = self._interpreter.with_constants(overrides)
+        return clone
+
     def weights(self) -> dict[str, np.ndarray]:
         """Decompressed constant weights keyed by the const / constexpr op's output name,
         in their stored dtype (an fp16 program's weights are fp16)."""

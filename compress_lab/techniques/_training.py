@@ -405,11 +405,37 @@ def export(config: TechniqueConfig, ctx: CompressContext, model: nn.Module, out_
                                "size_bytes": package_bytes(out_path)}
 
 
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of exact zeros over the weights coremltools marked as compressed."""
+    state = model.state_dict()
+    zeros = total = 0
+    for name in compressed_parameter_names(model):
+        tensor = state.get(name)
+        if tensor is not None and tensor.is_floating_point():
+            zeros += int((tensor == 0).sum())
+            total += tensor.numel()
+    return zeros / total if total else 0.0
+
+
+def check_sparsity(config: TechniqueConfig, model: nn.Module, target: float) -> float:
+    """The achieved sparsity; a ConfigError when it falls well short of `target`
+    (the package would carry sparse ops around mostly non-zero weights)."""
+    achieved = weight_sparsity(model)
+    if achieved < 0.9 * target:
+        raise ConfigError(
+            f"{config.name}: the fine-tuned weights are only {achieved:.0%} zeros, short of target_sparsity "
+            f"{target:.0%}; give more steps (the schedule needs at least one pruner step) or use schedule 'constant'")
+    return achieved
+
+
 def run_training_technique(config: FinetuneConfig, ctx: CompressContext, out_path: Path, prepare: Prepare,
-                           expected_ops: tuple[str, ...]) -> CompressOutcome:
+                           expected_ops: tuple[str, ...], target_sparsity: float | None = None) -> CompressOutcome:
     """The whole handler of a fine-tuning technique: fine-tune, finalize, convert, check."""
     result = finetune(config, ctx, prepare)
+    sparsity = check_sparsity(config, result.model, target_sparsity) if target_sparsity else None
     path, convert_s, details = export(config, ctx, result.model, out_path, expected_ops)
+    if sparsity is not None:
+        details["sparsity"] = sparsity
     details.update(result.summary())
     return CompressOutcome(path=path, timings={"finetune_s": result.seconds, "convert_s": convert_s,
                                                "compress_s": result.seconds + convert_s}, details=details)

@@ -53,6 +53,10 @@ class TechniqueConfig:
         if technique != cls.name:
             raise ConfigError(f"config is for technique {technique!r}, not {cls.name!r}")
         allowed = {f.name: f for f in dataclasses.fields(cls)}
+        not_names = [k for k in data if not isinstance(k, str)]
+        if not_names:
+            raise ConfigError(f"unknown setting(s) {not_names!r} for technique {cls.name!r}: setting names are strings; "
+                              f"allowed: {sorted(allowed)}")
         unknown = sorted(set(data) - set(allowed))
         if unknown:
             hints = []
@@ -236,6 +240,8 @@ class Registry:
         return sorted(n for n, (cls, _) in self._entries.items() if family is None or cls.family == family)
 
     def _entry(self, name: str):
+        if not isinstance(name, str):
+            raise ConfigError(f"unknown technique {name!r}: a technique is named by a string, one of: {', '.join(self.names())}")
         try:
             return self._entries[name]
         except KeyError:

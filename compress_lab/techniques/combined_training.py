@@ -144,7 +144,8 @@ def estimate_seconds(config: PruneDKMConfig | PruneQATConfig, handle: ModelHandl
 
 def _handle(config, ctx: CompressContext, out_path: Path) -> CompressOutcome:
     prepare, expected = _PREPARERS[type(config)]
-    return _training.run_training_technique(config, ctx, out_path, prepare(config), expected)
+    return _training.run_training_technique(config, ctx, out_path, prepare(config), expected,
+                                            target_sparsity=magnitude_pruning.target_of(config.target_sparsity, config.n_m))
 
 
 for _config_cls in _PREPARERS:

@@ -61,17 +61,22 @@ def check_pruning(technique: str, target_sparsity, schedule, block_size, n_m) ->
 
 
 def update_steps(total_steps: int) -> list[int]:
-    """Steps at which the polynomial schedule raises sparsity: evenly spread over the ramp."""
-    end = max(0, int(total_steps * RAMP_FRACTION) - 1)
-    count = min(MAX_UPDATES, end + 1)
+    """Steps at which the polynomial schedule raises sparsity, evenly spread over the
+    ramp. coremltools' pruner counts steps from 1 (step() increments, then updates)."""
+    end = max(1, int(total_steps * RAMP_FRACTION))
+    count = min(MAX_UPDATES, end)
     if count <= 1:
-        return [0]
-    return sorted({round(i * end / (count - 1)) for i in range(count)})
+        return [end]
+    return sorted({1 + round(i * (end - 1) / (count - 1)) for i in range(count)})
+
+
+def target_of(target_sparsity: float, n_m) -> float:
+    return float(target_sparsity if n_m is None else n_m[0] / n_m[1])
 
 
 def pruner_config(target_sparsity: float, schedule: str, block_size: int, n_m, total_steps: int):
     import coremltools.optimize.torch as cto
-    module: dict = {"target_sparsity": float(target_sparsity if n_m is None else n_m[0] / n_m[1]),
+    module: dict = {"target_sparsity": target_of(target_sparsity, n_m),
                     "block_size": block_size}
     if n_m is not None:
         module["n_m_ratio"] = list(n_m)
@@ -108,4 +113,5 @@ def estimate_seconds(config: MagnitudePruningConfig, handle: ModelHandle, train_
 
 @register(MagnitudePruningConfig)
 def compress_magnitude_pruning(config: MagnitudePruningConfig, ctx: CompressContext, out_path: Path) -> CompressOutcome:
-    return _training.run_training_technique(config, ctx, out_path, _prepare(config), _training.SPARSE_OPS)
+    return _training.run_training_technique(config, ctx, out_path, _prepare(config), _training.SPARSE_OPS,
+                                            target_sparsity=target_of(config.target_sparsity, config.n_m))
