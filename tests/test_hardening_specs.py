@@ -59,6 +59,37 @@ def technique_dicts(draw):
     return data
 
 
+def typed_values(hint):
+    """Values of the field's own type, including extreme ones (so __post_init__ range checks are exercised)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, __import__("types").UnionType):
+        return st.one_of(*[st.none() if a is type(None) else typed_values(a) for a in args])
+    if origin is typing.Literal:
+        return st.sampled_from(args)
+    if hint is int:
+        return st.one_of(st.integers(-2, 70), st.integers(), st.sampled_from([2**31, 2**63, 10**30]))
+    if hint is float:
+        return st.one_of(st.floats(), st.floats(-2, 2), st.sampled_from([0.0, 1.0, -0.0, 1e-300]))
+    if hint is bool:
+        return st.booleans()
+    if hint is str:
+        return st.text(max_size=8)
+    if hint is dict or origin is dict:
+        return st.dictionaries(st.text(max_size=8), values, max_size=3)
+    if origin in (tuple, list):
+        return st.lists(typed_values(args[0]) if args and args[0] is not Ellipsis else values, max_size=4)
+    return values
+
+
+@st.composite
+def typed_technique_dicts(draw):
+    technique = draw(st.sampled_from(TECHNIQUES))
+    cls = REGISTRY.config_class(technique)
+    hints = typing.get_type_hints(cls)
+    names = draw(st.lists(st.sampled_from(field_names(technique)), unique=True))
+    return {"technique": technique, **{n: draw(typed_values(hints[n])) for n in names}}
+
+
 def assert_lab_error_or_config(fn, *args):
     """Call `fn`; it may succeed or raise a LabError. Anything else is an escape."""
     try:
@@ -76,6 +107,15 @@ def test_config_from_dict_raises_only_lab_errors(data):
     config = assert_lab_error_or_config(config_from_dict, data)
     if config is not None:  # a config that validated round-trips as plain data
         assert config_from_dict(config.to_dict()) == config
+
+
+@FUZZ
+@given(typed_technique_dicts())
+def test_config_validation_of_well_typed_extreme_values_raises_only_lab_errors(data):
+    config = assert_lab_error_or_config(config_from_dict, data)
+    if config is not None:
+        assert config_from_dict(config.to_dict()) == config
+        assert isinstance(config.label(), str)
 
 
 @FUZZ

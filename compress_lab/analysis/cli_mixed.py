@@ -21,6 +21,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-images", type=int, default=512, help="images used by the search (the result is verified on all)")
     parser.add_argument("--out", type=Path, help="where to write the chosen .mlpackage (default: WORKDIR/mixed.mlpackage)")
     parser.add_argument("--workdir", type=Path, default=Path(".lab-work"))
+    parser.add_argument("--sweep", type=Path, metavar="SPEC.toml",
+                        help="add the answer to this sweep as a 'mixed' point (measured like its other points)")
+    parser.add_argument("--store", type=Path, help="the sweep's store folder (default: the sweep's default)")
     parser.add_argument("--json", action="store_true")
 
 
@@ -32,6 +35,8 @@ def run(args) -> int:
     handle = load_model(args.model, weights=args.weights, metadata=args.metadata)
     budget = Budget("top1_drop", args.budget_top1_drop) if args.budget_top1_drop is not None \
         else Budget("agreement", args.budget_agreement)
+    if args.sweep:
+        return _add_to_sweep(args, handle, budget)
     out = args.out or args.workdir / "mixed.mlpackage"
     outcome = run_mixed(handle, args.data, args.family, budget, out, workdir=args.workdir, max_images=args.max_images,
                         progress=_progress)
@@ -46,6 +51,30 @@ def run(args) -> int:
     print(f"wrote {outcome['path']}: {verified['bytes']:,} bytes; full validation: top-1 {verified['top1']}, "
           f"agreement {verified['agreement']}, meets budget: {verified['meets_budget']}")
     return 0
+
+
+def _add_to_sweep(args, handle, budget) -> int:
+    from compress_lab.analysis.mixed_run import search_config
+    from compress_lab.sweep.add_point import add_point
+    from compress_lab.sweep.runner import default_store_folder
+    from compress_lab.sweep.spec import load_spec
+
+    spec = load_spec(args.sweep)
+    store = args.store or default_store_folder(args.sweep, spec)
+    config, result = search_config(handle, args.data, args.family, budget, workdir=args.workdir,
+                                   max_images=args.max_images, progress=_progress)
+    run = add_point(spec, store, config, family="mixed" if result.chosen == "mixed" else "post_training",
+                    label=f"mixed {args.family} ({budget.describe()})" if result.chosen == "mixed" else None)
+    if args.json:
+        print(json.dumps({"search": result.to_dict(), "run": run.to_dict()}, indent=2, default=str))
+        return 0
+    print()
+    print(f"search chose {result.chosen} in {result.elapsed_s:.1f}s; added run {run.run_id} ({run.state}) to {store}")
+    if run.state == "COMPLETE":
+        print(f"top-1 {run.metrics.get('top1')}, agreement {run.metrics.get('agreement')}, {run.sizes.get('bytes'):,} bytes")
+    else:
+        print(f"error: {run.error}")
+    return 0 if run.state == "COMPLETE" else 1
 
 
 def _progress(stage: str, done: int, total: int) -> None:

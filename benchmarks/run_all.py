@@ -1,0 +1,329 @@
+"""Run every benchmark in benchmarks/ and print one table of every ratio against its target.
+
+    .venv/bin/python benchmarks/run_all.py            # full suite (< 15 min on 2 cores)
+    .venv/bin/python benchmarks/run_all.py --quick    # each benchmark's light settings
+    .venv/bin/python benchmarks/run_all.py --only bench_sweep,bench_eval_scaling
+
+Each benchmark runs as its own subprocess (its output goes to
+benchmarks/results/logs/<name>.log) and writes its JSON under benchmarks/results/;
+a benchmark script that does not exist yet is reported as such. The combined
+table goes to stdout, benchmarks/results/summary.md and summary.json.
+
+The full run uses lighter settings than some benchmarks' own defaults so the
+whole suite fits in 15 minutes (see FULL_ARGS below and benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "benchmarks"
+RESULTS = BENCH_DIR / "results"
+RUNTIME_TARGET_7 = 1.10    # issue 7: runtime / eager, dog_mobilenetv2, batch 1 and 64
+RUNTIME_TARGET_3 = 1.15    # issue 3: runtime / eager, dog_mobilenetv2, batch 64
+SWEEP_1_WORKER = 1.10      # lab sweep / hand loop, 1 worker
+SWEEP_2_WORKERS = 0.65     # lab sweep with 2 workers / hand loop
+CACHED_RERUN = 0.05        # cached re-run / first run
+EVAL_LINEARITY = 1.25      # time per image at 20k / at 1k
+EVAL_PEAK = 1.30           # peak RSS at 20k / at 1k
+PALETTIZE_SPEEDUP = 5.0    # coremltools kmeans time / lab palettizer time, over the benchmark set
+PALETTIZE_MSE = 1.0        # lab palettizer weight MSE / coremltools kmeans MSE
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str                       # script stem in benchmarks/
+    measures: str
+    full_args: tuple[str, ...] = ()
+    quick_args: tuple[str, ...] = ("--quick",)
+    result: str | None = None       # JSON file it writes under benchmarks/results/
+    timeout_s: int = 900
+
+    @property
+    def script(self) -> Path:
+        return BENCH_DIR / f"{self.name}.py"
+
+
+# Known benchmarks, in run order. Full-run arguments are lighter than a script's own
+# defaults where the script alone would not leave room for the rest in 15 minutes.
+KNOWN = (
+    Benchmark("bench_runtime", "lab runtime vs eager PyTorch, dog_mobilenetv2, batch 1 and 64",
+              full_args=(), quick_args=("--precisions", "fp32", "--repeats", "3"), result="runtime.json"),
+    Benchmark("bench_palettize", "lab palettizer vs coremltools palettize_weights(mode='kmeans')",
+              full_args=(), quick_args=("--quick",), result="palettize.json", timeout_s=1200),
+    Benchmark("bench_sweep", "lab sweep (1 and 2 workers, cached re-run) vs a hand-written loop",
+              full_args=(), quick_args=(), result="sweep.json"),
+    Benchmark("bench_eval_scaling", "evaluation time and peak memory at 1k / 5k / 20k images",
+              full_args=(), quick_args=("--quick",), result="eval_scaling.json"),
+    Benchmark("size_table", "bytes on disk per technique and setting (no target)",
+              full_args=("--quick",), quick_args=("--quick",), result=None),
+)
+
+
+def discover(bench_dir: Path = BENCH_DIR) -> list[Benchmark]:
+    """The known benchmarks plus any other script in bench_dir (run with --quick
+    in quick mode if its source mentions that flag)."""
+    known = {b.name for b in KNOWN}
+    extra = []
+    for script in sorted(bench_dir.glob("*.py")):
+        if script.stem in known or script.stem == "run_all" or script.stem.startswith("_"):
+            continue
+        quick = ("--quick",) if "--quick" in script.read_text(errors="replace") else ()
+        extra.append(Benchmark(script.stem, "(no targets known to run_all)", quick_args=quick,
+                               result=f"{script.stem}.json"))
+    return list(KNOWN) + extra
+
+
+# ---------------------------------------------------------------- results -> rows (pure)
+
+@dataclass
+class Row:
+    benchmark: str
+    measure: str
+    value: float | None
+    shown: str                     # the value as printed
+    target: str = ""               # e.g. "<= 1.10x (issue 7)"; "" when there is none
+    met: bool | None = None        # None: no target, or nothing measured
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check(value: float | None, op: str, bound: float) -> bool | None:
+    if value is None:
+        return None
+    return value <= bound if op == "<=" else value >= bound
+
+
+def _row(bench: str, measure: str, value: float | None, shown: str, op: str | None = None,
+         bound: float | None = None, unit: str = "x", source: str = "") -> Row:
+    if op is None:
+        return Row(bench, measure, value, shown)
+    text = f"{op} {bound:g}{unit}" if unit != "%" else f"{op} {bound:.0%}"
+    return Row(bench, measure, value, shown, text + (f" ({source})" if source else ""), _check(value, op, bound))
+
+
+def runtime_rows(data: dict) -> list[Row]:
+    rows = []
+    for r in data.get("rows", []):
+        label = f"runtime / eager, {r['model']} {r['program']} batch {r['batch']}"
+        shown = f"{r['ratio']:.3f}x ({r['runtime_ms']:.1f} vs {r['eager_ms']:.1f} ms)"
+        rows.append(_row("bench_runtime", label, r["ratio"], shown, "<=", RUNTIME_TARGET_7, source="issue 7"))
+        if r["batch"] == 64 and r["model"] == "dog_mobilenetv2":
+            rows.append(_row("bench_runtime", label, r["ratio"], shown, "<=", RUNTIME_TARGET_3, source="issue 3"))
+    return rows
+
+
+def sweep_rows(data: dict) -> list[Row]:
+    ratios = data.get("ratios", {})
+    hand = data.get("hand_loop", {}).get("seconds")
+    lab1, lab2 = data.get("lab_1_worker", {}), data.get("lab_2_workers", {})
+
+    def secs(part: dict, key: str = "seconds") -> str:
+        return f"{part[key]:.1f} s" if key in part else "?"
+
+    hand_text = f"{hand:.1f} s" if hand is not None else "?"
+    spec = [
+        ("lab sweep / hand loop, 1 worker", "lab1_vs_hand", f"{secs(lab1)} vs {hand_text}", SWEEP_1_WORKER),
+        ("lab sweep / hand loop, 2 workers", "lab2_vs_hand", f"{secs(lab2)} vs {hand_text}", SWEEP_2_WORKERS),
+        ("cached re-run / first run, 1 worker", "cached_vs_first_1", f"{secs(lab1, 'cached_seconds')} vs {secs(lab1)}",
+         CACHED_RERUN),
+        ("cached re-run / first run, 2 workers", "cached_vs_first_2",
+         f"{secs(lab2, 'cached_seconds')} vs {secs(lab2)}", CACHED_RERUN),
+    ]
+    rows = []
+    for label, key, detail, bound in spec:
+        value = ratios.get(key)
+        cached = key.startswith("cached")
+        shown = "-" if value is None else (f"{value:.1%} ({detail})" if cached else f"{value:.2f}x ({detail})")
+        rows.append(_row("bench_sweep", label, value, shown, "<=", bound, unit="%" if cached else "x",
+                         source="issue 7"))
+    return rows
+
+
+def palettize_rows(data: dict) -> list[Row]:
+    s = data.get("summary") or {}
+    if not s:
+        return [_row("bench_palettize", "palettizer speed-up vs coremltools kmeans", None,
+                     "no case timed against coremltools", ">=", PALETTIZE_SPEEDUP, source="issue 7")]
+    cases = f"{s['cases']} cases, {s['coremltools_total_s']:.1f} s vs {s['ours_total_s']:.1f} s"
+    return [
+        _row("bench_palettize", "palettizer speed-up vs coremltools kmeans (total time)", s["overall_speedup"],
+             f"{s['overall_speedup']:.1f}x ({cases})", ">=", PALETTIZE_SPEEDUP, source="issue 7"),
+        _row("bench_palettize", "palettizer weight MSE / coremltools (worst case)", s["max_mse_ratio"],
+             f"{s['max_mse_ratio']:.6f} (geomean {s['geomean_mse_ratio']:.6f})", "<=", PALETTIZE_MSE, unit="",
+             source="issue 7"),
+        _row("bench_palettize", "palettizer speed-up, slowest case", s["min_case_speedup"],
+             f"{s['min_case_speedup']:.1f}x"),
+    ]
+
+
+def eval_scaling_rows(data: dict) -> list[Row]:
+    s = data["summary"]
+    n = f"{s['largest']:,} vs {s['smallest']:,} images"
+    rows = []
+    for kind in ("uncached", "cached"):
+        value = s[f"linearity_{kind}"]
+        shown = f"{value:.2f} ({n}: {s[f'time_ratio_{kind}']:.1f}x time for {s['ideal_time_ratio']:.0f}x images)"
+        rows.append(_row("bench_eval_scaling", f"eval time per image, largest / smallest, {kind}", value, shown,
+                         "<=", EVAL_LINEARITY, unit="", source="linear"))
+    small = min(data["rows"], key=lambda r: r["images"])
+    large = max(data["rows"], key=lambda r: r["images"])
+    rows.append(_row("bench_eval_scaling", "eval peak memory, largest / smallest", s["peak_ratio"],
+                     f"{s['peak_ratio']:.2f}x ({large['peak_mb']:.0f} vs {small['peak_mb']:.0f} MB)", "<=", EVAL_PEAK,
+                     source="flat"))
+    return rows
+
+
+ROW_BUILDERS: dict[str, Callable[[dict], list[Row]]] = {
+    "bench_runtime": runtime_rows,
+    "bench_sweep": sweep_rows,
+    "bench_palettize": palettize_rows,
+    "bench_eval_scaling": eval_scaling_rows,
+}
+
+
+def build_rows(results: dict[str, dict | None], statuses: dict[str, str] | None = None) -> list[Row]:
+    """Table rows from each benchmark's JSON (None when it wrote none). A benchmark
+    whose JSON is missing or unreadable gets one row saying why."""
+    statuses = statuses or {}
+    rows: list[Row] = []
+    for name, data in results.items():
+        status = statuses.get(name, "ok")
+        builder = ROW_BUILDERS.get(name)
+        if data is None or builder is None:
+            shown = status if status != "ok" else ("ran; see its log" if builder is None else "wrote no JSON")
+            rows.append(Row(name, "-", None, shown))
+            continue
+        try:
+            rows.extend(builder(data))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            rows.append(Row(name, "-", None, f"unreadable result ({type(e).__name__}: {e})"))
+    return rows
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| benchmark | measure | value | target | met |", "|---|---|---|---|:---:|"]
+    for r in rows:
+        met = "" if r.met is None else ("yes" if r.met else "**no**")
+        lines.append(f"| {r.benchmark} | {r.measure} | {r.shown} | {r.target} | {met} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- running
+
+@dataclass
+class RunRecord:
+    name: str
+    args: list[str] = field(default_factory=list)
+    status: str = "ok"             # ok | missing | failed (exit N) | timed out | stale result
+    seconds: float = 0.0
+    log: str | None = None
+
+
+def run_benchmark(bench: Benchmark, quick: bool, logs: Path) -> tuple[RunRecord, dict | None]:
+    args = list(bench.quick_args if quick else bench.full_args)
+    record = RunRecord(bench.name, args)
+    if not bench.script.is_file():
+        record.status = "not written yet (skipped)"
+        return record, None
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{bench.name}.log"
+    record.log = str(log.relative_to(ROOT)) if log.is_relative_to(ROOT) else str(log)
+    started = time.time()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+    with open(log, "w") as out:
+        try:
+            proc = subprocess.run([sys.executable, str(bench.script), *args], stdout=out, stderr=subprocess.STDOUT,
+                                  cwd=ROOT, env=env, timeout=bench.timeout_s)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    record.seconds = round(time.time() - started, 1)
+    if code is None:
+        record.status = f"timed out after {bench.timeout_s} s"
+    elif code != 0:
+        record.status = f"failed (exit {code}; see {record.log})"
+    if bench.name == "size_table" and code == 0:
+        (RESULTS / "size_table.md").write_text(log.read_text())
+    data = None
+    if bench.result:
+        path = RESULTS / bench.result
+        if path.is_file() and path.stat().st_mtime >= started - 1:
+            try:
+                data = json.loads(path.read_text())
+            except ValueError as e:
+                record.status = f"unreadable {bench.result}: {e}"
+        elif record.status == "ok" and bench.name in ROW_BUILDERS:
+            record.status = f"wrote no {bench.result}"
+    return record, data
+
+
+def runs_table(records: list[RunRecord]) -> str:
+    lines = ["| benchmark | arguments | seconds | status |", "|---|---|---:|---|"]
+    for r in records:
+        lines.append(f"| {r.name} | {' '.join(r.args) or '(defaults)'} | {r.seconds:.0f} | {r.status} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="each benchmark's light settings")
+    parser.add_argument("--only", default=None, help="comma-separated benchmark names (script stems)")
+    args = parser.parse_args(argv)
+
+    benchmarks = discover()
+    if args.only:
+        wanted = [w.strip().removesuffix(".py") for w in args.only.split(",") if w.strip()]
+        unknown = sorted(set(wanted) - {b.name for b in benchmarks})
+        if unknown:
+            parser.error(f"unknown benchmark(s) {unknown}; known: {[b.name for b in benchmarks]}")
+        benchmarks = [b for b in benchmarks if b.name in wanted]
+
+    started = time.perf_counter()
+    records, results, statuses = [], {}, {}
+    for bench in benchmarks:
+        print(f"[run_all] {bench.name} {' '.join(bench.quick_args if args.quick else bench.full_args)} ...",
+              file=sys.stderr, flush=True)
+        record, data = run_benchmark(bench, args.quick, RESULTS / "logs")
+        print(f"[run_all] {bench.name}: {record.status} in {record.seconds:.0f} s", file=sys.stderr, flush=True)
+        records.append(record)
+        results[bench.name] = data
+        statuses[bench.name] = record.status
+    total = time.perf_counter() - started
+
+    rows = build_rows(results, statuses)
+    checked = [r for r in rows if r.met is not None]
+    met = sum(r.met for r in checked)
+    mode = "quick" if args.quick else "full"
+    text = "\n".join([
+        f"# Benchmarks ({mode} run)", "",
+        f"{platform.platform()}, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}; "
+        f"total {total:.0f} s ({total / 60:.1f} min). Every ratio is measured side by side in one run.", "",
+        markdown_table(rows), "",
+        f"{met} of {len(checked)} targets met.", "",
+        runs_table(records), "",
+    ])
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "summary.md").write_text(text)
+    (RESULTS / "summary.json").write_text(json.dumps({
+        "mode": mode, "total_s": round(total, 1), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+        "platform": platform.platform(), "targets_met": met, "targets_checked": len(checked),
+        "runs": [asdict(r) for r in records], "rows": [r.to_dict() for r in rows],
+    }, indent=2) + "\n")
+    print(f"written {RESULTS / 'summary.md'} and summary.json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
