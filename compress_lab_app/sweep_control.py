@@ -142,14 +142,6 @@ def cancel(store_folder: Path, sweep_id: str) -> None:
     request_cancel(store_folder)
 
 
-def keep_cancel_requested(store_folder: Path) -> None:
-    """Write the cancel request again if it vanished: a sweep process that was still
-    starting when the user cancelled clears the flag as it begins."""
-    from compress_lab.sweep.runner import cancel_requested, request_cancel
-    if not cancel_requested(store_folder):
-        request_cancel(store_folder)
-
-
 def process_state(store_folder: Path, sweep_id: str) -> ProcessState:
     from compress_lab.store import RUNNING, worker_alive
     from compress_lab.sweep.background import SweepHandle

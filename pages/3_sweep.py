@@ -57,7 +57,6 @@ def progress_panel(sweep_id: str, live: bool) -> None:
                     sweep_control.resume(store, sweep_id, store_folder())
                     st.rerun(scope="app")
             elif sweep.status == "running" and st.session_state.get(CANCELLED_KEY) == sweep_id:
-                sweep_control.keep_cancel_requested(store_folder())
                 st.info("Cancelling: the runs in flight are stopped; finished runs stay in the store.")
             elif sweep.status == "running" and st.button("Cancel the sweep", key="sweep.cancel",
                                                          help="stops the runs in flight; finished runs stay in the store"):

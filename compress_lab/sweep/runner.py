@@ -23,6 +23,7 @@ from compress_lab.sweep.spec import InvalidPoint, SweepPlan, SweepSpec, expand
 from compress_lab.sweep.task import KIND_FLOAT, KIND_PYTORCH, KIND_TECHNIQUE, RunTask, SweepContext, load_plugins
 
 CANCEL_FILE = "CANCEL"
+_IMPORTED_AT = time.time()  # a CANCEL file older than this process is stale
 HEARTBEAT_S = 10.0
 WORK_DIR = "work"
 CACHE_DIR = "tensor_cache"
@@ -225,7 +226,9 @@ def run_sweep(spec: SweepSpec, store_folder: str | Path, *, workers: int | None 
     started = time.perf_counter()
     store_folder = Path(store_folder).resolve()
     spec = spec.with_run(workers=workers, executor=executor, timeout_s=timeout_s, address=address)
-    (store_folder / CANCEL_FILE).unlink(missing_ok=True)
+    cancel_file = store_folder / CANCEL_FILE
+    if cancel_file.exists() and cancel_file.stat().st_mtime < _IMPORTED_AT - 1.0:
+        cancel_file.unlink(missing_ok=True)  # left over from an earlier, cancelled sweep
     prep = prepare(spec, store_folder, plan)
     store = prep.store
     if on_event is not None:  # points found invalid only once the model is loaded (e.g. fine-tuning a Core ML model)

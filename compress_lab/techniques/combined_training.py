@@ -1,15 +1,16 @@
 """Joint compression while fine-tuning, as coremltools supports it: the
 palettizer or quantizer is prepared first, the MagnitudePruner second on the same
-model; both step during training; finalize in the reverse order. The exported
-weights are sparse *and* palettized (constexpr_lut_to_sparse) or sparse *and*
-quantized (constexpr_sparse_blockwise_shift_scale).
+model; both act during training; finalize in that order too (palettizer or
+quantizer, then pruner). The exported weights are sparse *and* palettized
+(constexpr_lut_to_sparse) or sparse *and* quantized
+(constexpr_sparse_blockwise_shift_scale); the achieved sparsity is checked.
 
-- `prune_dkm`: MagnitudePruner + DKMPalettizer.
-- `prune_qat`: MagnitudePruner + LinearQuantizer (weight-only).
+- `prune_dkm`: MagnitudePruner + DKMPalettizer (pruned zeros keep a zero centroid).
+- `prune_qat`: MagnitudePruner + LinearQuantizer (int8/int4 weights, optional int8 activations).
 
-Refused: activation quantization with pruning (coremltools exports joint sparse
-weights only for weight compression), and per-channel scales with pruning (the
-scale would break the zeros of the sparse lookup table)."""
+Other pairs are not offered: palettization + quantization of the same weights
+is a quantized lookup table, and a palettized model cannot also be QAT-prepared
+(coremltools refuses to insert a second fake-quantization)."""
 
 from __future__ import annotations
 
@@ -83,25 +84,9 @@ class PruneQATConfig(_training.FinetuneConfig):
                              batch_size=self.batch_size)
 
 
-class _FirstStepOnly:
-    """Steps the DKM palettizer once (that step sets its prune threshold from the
-    pruning masks). coremltools 9.0's DKMPalettizer.step() fails on every later step
-    of joint pruning (FakePalettize.palettize() called without its arguments); the
-    later steps only adapt that threshold, so they are skipped."""
-
-    def __init__(self, palettizer) -> None:
-        self.palettizer = palettizer
-        self.calls = 0
-
-    def step(self) -> None:
-        if self.calls == 0:
-            self.palettizer.step()
-        self.calls += 1
-
-
 def _prepare_prune_dkm(config: PruneDKMConfig):
     def prepare(model: nn.Module, example: torch.Tensor, total_steps: int) -> _training.Prepared:
-        prepared, palettizer = dkm.prepare_palettizer(config.dkm_config(), model)
+        prepared, palettizer = dkm.prepare_palettizer(config.dkm_config(), model, keep_zeros=True)
         prepared, pruner = magnitude_pruning.prepare_pruner(
             config.target_sparsity, config.schedule, config.block_size, config.n_m, prepared, total_steps)
 
@@ -109,7 +94,10 @@ def _prepare_prune_dkm(config: PruneDKMConfig):
             m = palettizer.finalize(m, inplace=True)
             return pruner.finalize(m, inplace=True)
 
-        return _training.Prepared(model=prepared, steppers=[pruner, _FirstStepOnly(palettizer)], finalize=finalize)
+        # The palettizer is not stepped: with milestone 0 it is active from the start, and its step() would
+        # switch to a magnitude threshold whose update fails in coremltools 9.0 (FakePalettize.palettize()
+        # called without its arguments). Zeros are kept by the zero centroid instead (keep_zeros).
+        return _training.Prepared(model=prepared, steppers=[pruner], finalize=finalize)
     return prepare
 
 

@@ -76,11 +76,16 @@ def module_config(config: DKMConfig) -> dict:
     return module
 
 
-def prepare_palettizer(config: DKMConfig, model: nn.Module) -> tuple[nn.Module, object]:
-    """Insert DKM fake-palettization into `model` (in place); return it and the palettizer."""
+def prepare_palettizer(config: DKMConfig, model: nn.Module, keep_zeros: bool = False) -> tuple[nn.Module, object]:
+    """Insert DKM fake-palettization into `model` (in place); return it and the palettizer.
+    `keep_zeros`: exact zeros (pruned weights) keep a zero centroid of their own and
+    no other weight joins it, so sparsity survives palettization."""
     import coremltools.optimize.torch as cto
+    module = module_config(config)
+    if keep_zeros:
+        module.update(enforce_zero=True, prune_threshold=0.0)
     palettizer = cto.palettization.DKMPalettizer(
-        model, cto.palettization.DKMPalettizerConfig.from_dict({"global_config": module_config(config)}))
+        model, cto.palettization.DKMPalettizerConfig.from_dict({"global_config": module}))
     return palettizer.prepare(inplace=True), palettizer
 
 

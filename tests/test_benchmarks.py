@@ -1,0 +1,147 @@
+"""Smoke tests of the benchmark suite: the evaluation-scaling benchmark in a tiny
+mode (real PNGs, real Core ML conversion, real subprocesses), and run_all's table
+builder on the JSON that run writes plus samples in the other benchmarks' formats."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+run_all = _load("run_all")
+eval_scaling = _load("bench_eval_scaling")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, mnist_dir):
+    tmp = tmp_path_factory.mktemp("eval_scaling")
+    out = tmp / "eval_scaling.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_eval_scaling.py"), "--sizes", "40,80",
+                           "--batch-size", "16", "--data-dir", str(tmp / "data"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return tmp, json.loads(out.read_text()), proc.stdout
+
+
+@pytest.mark.slow
+def test_eval_scaling_tiny_run_writes_every_field(tiny_run):
+    tmp, data, stdout = tiny_run
+    assert data["benchmark"] == "eval_scaling" and data["sizes"] == [40, 80]
+    assert [r["images"] for r in data["rows"]] == [40, 80]
+    for row in data["rows"]:
+        assert row["evaluated"] == row["images"] and row["skipped"] == 0
+        assert row["cached_same_result"] is True
+        assert row["top1"] > 0.9  # real digits, trained model
+        assert row["uncached_s"] > 0 and row["cached_s"] > 0
+        assert row["peak_mb"] >= row["loaded_mb"] > 50  # a process with torch loaded
+        assert row["cache_mb"] == pytest.approx(row["images"] * 28 * 28 * 4 / 2**20, rel=0.05, abs=0.05)
+    summary = data["summary"]
+    assert summary["ideal_time_ratio"] == 2.0
+    for key in ("time_ratio_uncached", "time_ratio_cached", "linearity_uncached", "linearity_cached", "peak_ratio"):
+        assert summary[key] > 0
+    assert summary["memory_flat"] == (summary["peak_ratio"] <= summary["targets"]["peak_ratio_max"])
+    assert "| 80 |" in stdout
+    # the folders are real labelled PNG folders, the smaller a prefix of the larger
+    small, large = tmp / "data" / "n40", tmp / "data" / "n80"
+    small_files = sorted(p.relative_to(small) for p in small.rglob("*.png"))
+    assert len(small_files) == 40 and len(list(large.rglob("*.png"))) == 80
+    assert all((large / f).is_file() for f in small_files)
+    assert len({f.parts[0] for f in small_files}) >= 8  # classes are mixed, not digit 0 first
+
+
+def test_image_sequence_is_deterministic_and_varied():
+    digits, labels = eval_scaling.mnist_digits()
+    order = np.random.default_rng(0).permutation(len(digits))
+    first, label = eval_scaling.image_at(3, digits, labels, order)
+    assert np.array_equal(first, digits[order[3]]) and label == labels[order[3]]
+    again, label_again = eval_scaling.image_at(5003, digits, labels, order)
+    assert label_again == label and again.shape == (28, 28) and again.dtype == np.uint8
+    assert not np.array_equal(again, first)
+    assert np.array_equal(again, eval_scaling.image_at(5003, digits, labels, order)[0])
+
+
+@pytest.mark.slow
+def test_run_all_rows_from_real_and_sample_results(tiny_run):
+    _, data, _ = tiny_run
+    results = {
+        "bench_eval_scaling": data,
+        "bench_sweep": {"hand_loop": {"seconds": 60.0},
+                        "lab_1_worker": {"seconds": 63.0, "cached_seconds": 0.5},
+                        "lab_2_workers": {"seconds": 42.0, "cached_seconds": 3.0},
+                        "ratios": {"lab1_vs_hand": 1.05, "lab2_vs_hand": 0.70,
+                                   "cached_vs_first_1": 0.5 / 63, "cached_vs_first_2": 3.0 / 42}},
+        "bench_runtime": {"rows": [
+            {"model": "dog_mobilenetv2", "program": "fp32", "batch": 1, "eager_ms": 10.0, "runtime_ms": 12.0,
+             "ratio": 1.2},
+            {"model": "dog_mobilenetv2", "program": "fp32", "batch": 64, "eager_ms": 300.0, "runtime_ms": 336.0,
+             "ratio": 1.12}]},
+        "bench_palettize": {"summary": {"cases": 4, "ours_total_s": 2.0, "coremltools_total_s": 30.0,
+                                        "overall_speedup": 15.0, "min_case_speedup": 3.0, "max_mse_ratio": 0.999,
+                                        "geomean_mse_ratio": 0.99}},
+        "size_table": None,
+    }
+    rows = run_all.build_rows(results, {"size_table": "not written yet (skipped)"})
+    met = {(r.benchmark, r.measure, r.target): r.met for r in rows}
+
+    scaling = [r for r in rows if r.benchmark == "bench_eval_scaling"]
+    assert len(scaling) == 3 and all(r.target for r in scaling)
+    peak = next(r for r in scaling if "peak" in r.measure)
+    assert peak.value == data["summary"]["peak_ratio"] and peak.met == (peak.value <= run_all.EVAL_PEAK)
+
+    assert met[("bench_sweep", "lab sweep / hand loop, 1 worker", "<= 1.1x (issue 7)")] is True
+    assert met[("bench_sweep", "lab sweep / hand loop, 2 workers", "<= 0.65x (issue 7)")] is False
+    assert met[("bench_sweep", "cached re-run / first run, 1 worker", "<= 5% (issue 7)")] is True
+    assert met[("bench_sweep", "cached re-run / first run, 2 workers", "<= 5% (issue 7)")] is False
+
+    batch64 = "runtime / eager, dog_mobilenetv2 fp32 batch 64"
+    assert met[("bench_runtime", batch64, "<= 1.1x (issue 7)")] is False
+    assert met[("bench_runtime", batch64, "<= 1.15x (issue 3)")] is True
+    assert met[("bench_runtime", "runtime / eager, dog_mobilenetv2 fp32 batch 1", "<= 1.1x (issue 7)")] is False
+    assert not any(r.target.endswith("(issue 3)") and "batch 1" in r.measure for r in rows)
+
+    palettize = {r.measure: r for r in rows if r.benchmark == "bench_palettize"}
+    assert palettize["palettizer speed-up vs coremltools kmeans (total time)"].met is True
+    assert palettize["palettizer weight MSE / coremltools (worst case)"].met is True
+    assert palettize["palettizer speed-up, slowest case"].met is None  # reported, no target
+
+    skipped = next(r for r in rows if r.benchmark == "size_table")
+    assert skipped.met is None and "not written yet" in skipped.shown
+
+    table = run_all.markdown_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "**no**" in table and "| yes |" in table
+
+
+def test_run_all_reports_broken_and_missing_results(tmp_path):
+    rows = run_all.build_rows({"bench_sweep": {"ratios": "garbage"}, "bench_palettize": {"summary": {}}})
+    assert rows[0].met is None and "unreadable result" in rows[0].shown
+    assert rows[1].met is None and "no case timed" in rows[1].shown
+
+    missing = run_all.Benchmark("bench_does_not_exist", "nothing")
+    record, data = run_all.run_benchmark(missing, quick=True, logs=tmp_path)
+    assert data is None and "not written yet" in record.status
+
+
+def test_run_all_discovers_unknown_scripts(tmp_path):
+    (tmp_path / "training_demo.py").write_text("import argparse\n# --quick: a short run\n")
+    (tmp_path / "run_all.py").write_text("")
+    (tmp_path / "_helpers.py").write_text("")
+    found = {b.name: b for b in run_all.discover(tmp_path)}
+    assert "training_demo" in found and "run_all" not in found and "_helpers" not in found
+    assert found["training_demo"].quick_args == ("--quick",)
+    assert {b.name for b in run_all.KNOWN} <= set(found)
