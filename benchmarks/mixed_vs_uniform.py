@@ -1,6 +1,6 @@
 """Mixed precision under an accuracy budget vs the best uniform setting of a standard sweep.
 
-For each sample model: a sweep of uniform palettization (nbits 8/6/4/3/2, k-means) is
+For each sample model: a sweep of uniform palettization (nbits 8/6/4/3/2/1, k-means) is
 run and measured; the smallest uniform point within the budget is picked from it; then
 the mixed-precision search runs and its answer is added to the same sweep as a
 "mixed" point, measured by the same machinery. Both sizes are bytes on disk.
@@ -43,7 +43,7 @@ def bench(model: str, store: Path, workers: int) -> dict:
         "model": {"source": str(samples)},
         "data": {"validation": str(samples / "val")},
         "run": {"name": f"uniform-{model}", "workers": workers},
-        "grid": [{"technique": "palettize", "nbits": [8, 6, 4, 3, 2]}],
+        "grid": [{"technique": "palettize", "nbits": [8, 6, 4, 3, 2, 1]}],
     })
     metric, value = BUDGETS[model]
     t = time.perf_counter()
@@ -59,7 +59,7 @@ def bench(model: str, store: Path, workers: int) -> dict:
     handle = load_model(model)
     t = time.perf_counter()
     config, search = search_config(handle, samples / "val", "palettize", Budget(metric, value),
-                                   workdir=store / "mixed-work", max_images=512)
+                                   workdir=store / "mixed-work", max_images=2000)
     search_s = time.perf_counter() - t
     t = time.perf_counter()
     run = add_point(spec, store, config, family="mixed" if search.chosen == "mixed" else "post_training",

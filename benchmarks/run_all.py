@@ -64,6 +64,8 @@ KNOWN = (
               full_args=(), quick_args=(), result="sweep.json"),
     Benchmark("bench_eval_scaling", "evaluation time and peak memory at 1k / 5k / 20k images",
               full_args=(), quick_args=("--quick",), result="eval_scaling.json"),
+    Benchmark("mixed_vs_uniform", "mixed-precision palettization vs the best uniform point under a budget",
+              full_args=("--models", "mnist_cnn"), quick_args=("--models", "mnist_cnn"), result="mixed_vs_uniform.json"),
     Benchmark("size_table", "bytes on disk per technique and setting (no target)",
               full_args=("--quick",), quick_args=("--quick",), result=None),
 )
@@ -184,15 +186,34 @@ def eval_scaling_rows(data: dict) -> list[Row]:
     return rows
 
 
-ROW_BUILDERS: dict[str, Callable[[dict], list[Row]]] = {
+def mixed_rows(data: list) -> list[Row]:
+    rows = []
+    for r in data:
+        uniform, mixed = r.get("best_uniform"), r.get("mixed") or {}
+        label = f"mixed / best uniform bytes, {r['model']} ({r['budget']})"
+        if not uniform or not mixed.get("bytes"):
+            rows.append(_row("mixed_vs_uniform", label, None, "no uniform point within budget" if not uniform
+                             else f"mixed point {mixed.get('state')}", "<=", 1.0, unit="x"))
+            continue
+        value = mixed["bytes"] / uniform["bytes"]
+        budget = "" if r.get("mixed_meets_budget") else "; budget NOT met"
+        row = _row("mixed_vs_uniform", label, value, f"{value:.2f}x ({mixed['bytes']:,} vs {uniform['bytes']:,} B{budget})",
+                   "<=", 1.0, unit="x")
+        row.met = row.met and bool(r.get("mixed_meets_budget"))
+        rows.append(row)
+    return rows
+
+
+ROW_BUILDERS: dict[str, Callable[[dict | list], list[Row]]] = {
     "bench_runtime": runtime_rows,
     "bench_sweep": sweep_rows,
     "bench_palettize": palettize_rows,
     "bench_eval_scaling": eval_scaling_rows,
+    "mixed_vs_uniform": mixed_rows,
 }
 
 
-def build_rows(results: dict[str, dict | None], statuses: dict[str, str] | None = None) -> list[Row]:
+def build_rows(results: dict[str, dict | list | None], statuses: dict[str, str] | None = None) -> list[Row]:
     """Table rows from each benchmark's JSON (None when it wrote none). A benchmark
     whose JSON is missing or unreadable gets one row saying why."""
     statuses = statuses or {}
@@ -206,7 +227,7 @@ def build_rows(results: dict[str, dict | None], statuses: dict[str, str] | None 
             continue
         try:
             rows.extend(builder(data))
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError, ZeroDivisionError) as e:
             rows.append(Row(name, "-", None, f"unreadable result ({type(e).__name__}: {e})"))
     return rows
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import threading
+import unicodedata
 import uuid
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +26,7 @@ from PIL import Image, ImageCms
 from compress_lab.errors import ConfigError, DataError
 from compress_lab.models.metadata import Preprocessing
 
+DEFAULT_MAX_PIXELS = 89_478_485   # Pillow's default decompression-bomb limit (~ 9459 x 9459)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 IGNORED_NAMES = {"__MACOSX", "Thumbs.db"}
 CACHE_FORMAT_VERSION = 1
@@ -115,22 +117,27 @@ def scan_folder(path: str | Path, class_names: Sequence[str] | None = None) -> I
         if not images:
             warns.append(f"class folder {name!r} has no images")
     folder_names = sorted(class_images)
+    canonical = {n: n for n in folder_names}
     if class_names is None:
         classes = folder_names
     else:
         classes = [str(c) for c in class_names]
-        unknown = [n for n in folder_names if n not in classes]
+        # the same name typed on another system may use another Unicode form (macOS writes NFD): match on NFC
+        by_nfc = {unicodedata.normalize("NFC", c): c for c in classes}
+        canonical = {n: by_nfc.get(unicodedata.normalize("NFC", n), n) for n in folder_names}
+        unknown = [n for n in folder_names if canonical[n] not in classes]
         if unknown:
             hints = [f"{n!r} (did you mean {m[0]!r}?)" if (m := get_close_matches(n, classes, 1)) else repr(n)
                      for n in unknown]
             raise DataError(
                 f"class folder(s) {', '.join(hints)} in {root} match no class of the model; the model's classes are "
                 f"{_preview(classes)}. Rename the folders to the model's class names (folder name == class name).")
-        missing = [c for c in classes if not class_images.get(c)]
+        present = {canonical[n] for n in folder_names if class_images[n]}
+        missing = [c for c in classes if c not in present]
         if missing:
             warns.append(f"{len(missing)} of the model's {len(classes)} classes have no images in {root}: {_preview(missing)}")
     index = {name: i for i, name in enumerate(classes)}
-    samples = [(p, index[name]) for name in folder_names for p in class_images[name]]
+    samples = [(p, index[canonical[name]]) for name in folder_names for p in class_images[name]]
     return ImageFolder(root=root, classes=classes, samples=samples, labelled=True, warnings=warns, skipped=skipped)
 
 
@@ -233,8 +240,8 @@ def load_image(path: str | Path, preprocessing: Preprocessing, input_shape: Sequ
     path = Path(path)
     try:
         with Image.open(path) as img:
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit is not None and img.width * img.height > limit:
+            limit = Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS  # kept even where a library disabled Pillow's check
+            if img.width * img.height > limit:
                 raise DataError(f"{img.width}x{img.height} pixels exceeds the decompression-bomb limit "
                                 f"of {limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)")
             img.load()

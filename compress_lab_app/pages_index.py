@@ -32,6 +32,8 @@ PAGES = (
              "Accuracy vs size, both families side by side, the Pareto frontier, per-run details."),
     PageInfo("pages/5_export.py", "Export", ":material/download:", "export",
              "Download a compressed .mlpackage with its config and metrics, or the results as CSV."),
+    PageInfo("pages/6_sensitivity.py", "Sensitivity", ":material/equalizer:", "sensitivity",
+             "Per-layer sensitivity, and the smallest mixed-precision model within an accuracy budget."),
 )
 
 

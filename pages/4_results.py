@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from compress_lab.analysis.pareto import smallest_meeting_budget
 from compress_lab.analysis.table import AXIS_LABELS, runs_table
 from compress_lab.plots import bar_data, bar_figure, confusion_data, confusion_figure, tradeoff_data, tradeoff_figure
 from compress_lab_app.edge import error_edge
@@ -30,7 +31,8 @@ def tradeoff(rows: list[dict], runs: dict) -> str | None:
     if not data["series"] and not data["baselines"]:
         st.info(f"No finished run has both {x} and {y} yet.")
         return None
-    figure = with_config_hover(tradeoff_figure(data), runs)
+    best = budget_answer(rows)
+    figure = with_config_hover(tradeoff_figure(data, highlight_run_id=best and best["run_id"]), runs)
     if y in FRACTION_AXES:  # accuracies: never above 1, and a flat line of 1.0 does not stretch to 2
         values = [r[y] for pts in data["series"].values() for r in pts] + [r[y] for r in data["baselines"]]
         low = min(values)
@@ -49,6 +51,27 @@ def tradeoff(rows: list[dict], runs: dict) -> str | None:
         if run_id in runs:
             return run_id
     return None
+
+
+def budget_answer(rows: list[dict]) -> dict | None:
+    """The smallest run within the user's accuracy budget, highlighted on the plot."""
+    left, right, answer = st.columns([2, 1, 3])
+    kind = left.selectbox("Accuracy budget", ("top-1 drop at most (points)", "agreement at least"),
+                          key="results.budget_kind")
+    if kind.startswith("top-1"):
+        value = right.number_input("points", min_value=0.0, max_value=100.0, value=1.0, step=0.5, key="results.budget_top1")
+        best = smallest_meeting_budget(rows, "top1_drop", value)
+    else:
+        value = right.number_input("fraction", min_value=0.0, max_value=1.0, value=0.99, step=0.005, format="%.3f",
+                                   key="results.budget_agreement")
+        best = smallest_meeting_budget(rows, "agreement", value)
+    if best is None:
+        answer.info("No finished compressed run meets this budget.")
+    else:
+        answer.success(f"Smallest within budget: **{best['label']}**, {human_bytes(best['bytes'])}"
+                       + (f", top-1 {best['top1']:.2%}" if best.get("top1") is not None else "")
+                       + (f", agreement {best['agreement']:.2%}" if best.get("agreement") is not None else ""))
+    return best
 
 
 def with_config_hover(figure, runs: dict):

@@ -65,3 +65,13 @@ def test_confusion_and_bars():
     assert confusion_figure(data).data[0].z is not None
     bars = bar_data({"a": 0.1, "b": 0.5, "c": None})
     assert bars == {"names": ["b", "a"], "values": [0.5, 0.1]}
+
+
+def test_smallest_meeting_budget_uses_the_uncompressed_reference():
+    from compress_lab.analysis.pareto import reference_row, smallest_meeting_budget
+    rows = runs_table(RUNS)
+    assert reference_row(rows)["run_id"] == "b16"
+    # 0.99 baseline: within 1 point -> >= 0.98: a (250 B) and d (130 B) qualify; d is smaller
+    assert smallest_meeting_budget(rows, "top1_drop", 1.0)["run_id"] == "d"
+    assert smallest_meeting_budget(rows, "top1_drop", 0.1) is None
+    assert smallest_meeting_budget(rows, "agreement", 0.95)["run_id"] == "d"

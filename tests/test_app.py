@@ -308,3 +308,43 @@ def test_error_edge_turns_errors_into_messages(tmp_path):
         "Scanning: folder x has no images; add some",
         "Unexpected KeyError: 'missing'. The full traceback is in the terminal running the app."]
     assert at.markdown[0].value == "after"
+
+
+def test_results_page_highlights_the_smallest_run_within_budget(store_env):
+    at = AppTest.from_file(str(ROOT / "pages/4_results.py"), default_timeout=TIMEOUT).run()
+    no_errors(at)
+    at.number_input(key="results.budget_top1").set_value(100.0).run()
+    no_errors(at)
+    assert any("Smallest within budget" in s.value and "nbits=2" in s.value for s in at.success)
+    assert "smallest within budget" in at.get("plotly_chart")[0].proto.spec
+    at.number_input(key="results.budget_top1").set_value(0.0).run()
+    assert any("No finished compressed run meets" in i.value for i in at.info) or at.success
+
+
+def test_sensitivity_page_measures_each_layer(empty_store, mnist_dir):
+    at = AppTest.from_file(str(ROOT / "pages/6_sensitivity.py"), default_timeout=TIMEOUT).run()
+    no_errors(at)
+    at.number_input(key="sensitivity.images").set_value(40).run()
+    at.button(key="sensitivity.run").click().run()
+    no_errors(at)
+    frame = at.dataframe[0].value
+    assert len(frame) == 4 and "fc_layers_0_weight_to_fp16" in set(frame["layer"])
+    assert len(at.get("plotly_chart")) == 1
+
+
+@pytest.mark.slow
+def test_sensitivity_page_adds_a_mixed_point_to_a_sweep(store_env):
+    at = AppTest.from_file(str(ROOT / "pages/6_sensitivity.py"), default_timeout=300).run()
+    no_errors(at)
+    at.number_input(key="sensitivity.images").set_value(60).run()
+    at.selectbox(key="mixed.kind").set_value("agreement at least").run()
+    at.button(key="mixed.run").click().run()
+    no_errors(at)
+    message = next(s.value for s in at.success if "Added" in s.value)
+    assert "The search chose" in message
+    from compress_lab.store import open_store
+    store = open_store(store_env)
+    runs = [r for s in store.list_sweeps() for r in store.list_runs(s.sweep_id)]
+    # the answer is a run of the sweep: a new "mixed" point, or the uniform point it equals
+    chosen = message.split("**")[1]
+    assert any(r.state == "COMPLETE" and r.label == chosen for r in runs)

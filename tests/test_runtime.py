@@ -26,6 +26,8 @@ from compress_lab.models.handle import list_sample_models, load_model
 from compress_lab.models.metadata import ModelMetadata, Preprocessing
 from compress_lab.runtime import CoreMLProgram, load_program, native_runtime_available
 
+pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 2e-2
 
@@ -113,8 +115,28 @@ class TinyViT(nn.Module):
         return self.head(self.norm(x)[:, 0])
 
 
+class FusedAttentionDecoder(nn.Module):
+    """Ops that newer nets emit: scaled_dot_product_attention (iOS18), conv_transpose,
+    upsample_nearest_neighbor, einsum, silu, expand_dims."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch, self.qkv, self.head = nn.Conv2d(3, 32, 4, 4), nn.Linear(32, 96), nn.Linear(32, 5)
+        self.up = nn.ConvTranspose2d(32, 8, 2, 2)
+
+    def forward(self, x):
+        features = self.patch(x)
+        tokens = features.flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(tokens).reshape(tokens.shape[0], -1, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(tokens.shape[0], -1, 32)
+        upsampled = F.interpolate(self.up(features), scale_factor=2, mode="nearest").mean([2, 3])
+        energy = torch.einsum("bc,bc->b", upsampled, upsampled)[:, None]
+        return self.head(attended.mean(1)) + energy + F.silu(upsampled).sum(1, keepdim=True)
+
+
 FAMILIES = {"mlp": (MLP, (1, 8, 8)), "resnet": (SmallResNet, (3, 16, 16)),
-            "mobilenet": (SmallMobileNet, (3, 16, 16)), "vit": (TinyViT, (3, 16, 16))}
+            "mobilenet": (SmallMobileNet, (3, 16, 16)), "vit": (TinyViT, (3, 16, 16)),
+            "attention_decoder": (FusedAttentionDecoder, (3, 16, 16))}
 
 
 def _metadata(name, shape) -> ModelMetadata:

@@ -249,5 +249,5 @@ def test_estimates_are_finite_and_dkm_costs_more_per_step(mnist_handle):
     data_free = _training.estimate_seconds(calibrated.TorchQuantizeConfig(), mnist_handle, 0)
     for value in (plain, palettized, joint, data_free):
         assert math.isfinite(value) and value > 0
-    assert palettized > 3 * plain
+    assert palettized > 1.5 * plain  # DKM soft-assigns every weight to every centroid each step
     assert joint > palettized

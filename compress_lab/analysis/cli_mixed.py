@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-top1-drop", type=float, metavar="POINTS", help="max top-1 drop in percentage points")
     budget.add_argument("--budget-agreement", type=float, metavar="FRACTION", help="min top-1 agreement, e.g. 0.99")
-    parser.add_argument("--max-images", type=int, default=512, help="images used by the search (the result is verified on all)")
+    parser.add_argument("--max-images", type=int, default=2000, help="images used by the search (evenly spaced)")
     parser.add_argument("--out", type=Path, help="where to write the chosen .mlpackage (default: WORKDIR/mixed.mlpackage)")
     parser.add_argument("--workdir", type=Path, default=Path(".lab-work"))
     parser.add_argument("--sweep", type=Path, metavar="SPEC.toml",

@@ -17,7 +17,7 @@ SEARCH_FAMILIES = ("palettize", "quantize", "prune")
 # Candidate levels per family, least to most aggressive. Each is the settings of the
 # lab's technique config for that op (see techniques/palettize.py etc.).
 DEFAULT_LEVELS: dict[str, list[dict[str, Any]]] = {
-    "palettize": [{"nbits": 8}, {"nbits": 6}, {"nbits": 4}, {"nbits": 3}, {"nbits": 2}],
+    "palettize": [{"nbits": 8}, {"nbits": 6}, {"nbits": 4}, {"nbits": 3}, {"nbits": 2}, {"nbits": 1}],
     "quantize": [{"dtype": "int8"}, {"dtype": "int4", "granularity": "per_block", "block_size": 32}],
     "prune": [{"target_sparsity": 0.5}, {"target_sparsity": 0.75}, {"target_sparsity": 0.9}],
 }

@@ -183,6 +183,9 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
         if progress:
             progress("uniform", lvl + 1, len(levels))
 
+    levels_used = set(best_assignment.values())
+    if chosen == "mixed" and len(levels_used) == 1 and UNCOMPRESSED not in levels_used:
+        chosen = f"uniform {levels[levels_used.pop()]}"
     return MixedResult(
         family=family, levels=levels, budget=asdict(budget), assignment=best_assignment, chosen=chosen,
         weight_bits=total_bits(best_assignment),

@@ -12,7 +12,7 @@ from compress_lab.analysis.subset import Measurement, SubsetEvaluator
 
 
 def search_config(handle, data_dir: str | Path, family: str, budget: Budget, *, workdir: str | Path,
-                  max_images: int = 512, precision: str = "fp16", progress=None):
+                  max_images: int = 2000, precision: str = "fp16", progress=None):
     """The mixed-precision search on a validation subset: (technique config dict, MixedResult)."""
     from compress_lab.techniques import CompressContext, config_from_dict
 
@@ -24,7 +24,7 @@ def search_config(handle, data_dir: str | Path, family: str, budget: Budget, *, 
 
 
 def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_path: str | Path, *,
-              workdir: str | Path, max_images: int = 512, precision: str = "fp16", progress=None) -> dict[str, Any]:
+              workdir: str | Path, max_images: int = 2000, precision: str = "fp16", progress=None) -> dict[str, Any]:
     """Search, then compress the chosen config for real and measure it on the whole folder."""
     from compress_lab.data import scan_folder
     from compress_lab.evaluate import coreml_predictor, evaluate

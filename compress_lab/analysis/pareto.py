@@ -31,3 +31,25 @@ def smallest_within_budget(rows: Sequence[dict[str, Any]], metric: str, threshol
     ok = [r for r in rows if r.get(metric) is not None and r.get(size_key) is not None
           and (r[metric] <= threshold if smaller_better else r[metric] >= threshold)]
     return min(ok, key=lambda r: r[size_key]) if ok else None
+
+
+def reference_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The uncompressed reference of a sweep: the PyTorch baseline, else the fp32, else any baseline."""
+    baselines = [r for r in rows if r.get("family") == "baseline" and r.get("state") == "COMPLETE"]
+    for key in ("pytorch", "fp32"):
+        for r in baselines:
+            if key in (r.get("label") or "").lower():
+                return r
+    return baselines[0] if baselines else None
+
+
+def smallest_meeting_budget(rows: Sequence[dict[str, Any]], metric: str, value: float) -> dict[str, Any] | None:
+    """The smallest compressed run within an accuracy budget: `top1_drop` (at most `value`
+    points below the uncompressed top-1) or `agreement` (at least `value`)."""
+    compressed = [r for r in rows if r.get("family") != "baseline" and r.get("state") == "COMPLETE"]
+    if metric == "agreement":
+        return smallest_within_budget(compressed, "agreement", value)
+    reference = reference_row(rows)
+    if reference is None or reference.get("top1") is None:
+        return None
+    return smallest_within_budget(compressed, "top1", reference["top1"] - value / 100 - 1e-12)

@@ -124,7 +124,7 @@ def _import_definition(path: Path):
     sys.modules[module_name] = module  # needed for deepcopy/pickling of classes defined there
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a definition calling exit() must not end the lab
         sys.modules.pop(module_name, None)
         raise ModelLoadError(f"model definition {path} raised {type(e).__name__}: {e}; fix the file and load it again") from e
     return module
@@ -141,7 +141,7 @@ def _load_python(path: Path, weights, meta) -> ModelHandle:
         raise ModelLoadError(f"model definition {path} defines none of {FACTORY_NAMES}; add a factory function returning the nn.Module")
     try:
         model = factory()
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise ModelLoadError(f"factory {factory.__name__}() in {path} raised {type(e).__name__}: {e}") from e
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"factory {factory.__name__}() in {path} returned {type(model).__name__}, not a torch.nn.Module")
@@ -154,6 +154,7 @@ def _load_python(path: Path, weights, meta) -> ModelHandle:
             f"weights {weights} do not fit the model defined in {path}: {' '.join(first[:3])[:400]}; "
             "check that the weights were saved from this definition") from None
     model.eval()
+    check_torch_io(model, meta, path)
     return ModelHandle(source=str(path.parent if path.name == "model.py" else path), kind="torch", metadata=meta,
                        fingerprint=_hash_files([path, weights]), module=model)
 
@@ -195,7 +196,43 @@ def _load_torchscript_or_state(path: Path, meta) -> ModelHandle:
                 "the model (compress-lab ... model.py --weights THIS_FILE)") from None
         raise ModelLoadError(f"{path} cannot be loaded as TorchScript ({type(e).__name__}: {str(e)[:200]})") from None
     module.eval()
+    check_torch_io(module, meta, path)
     return ModelHandle(source=str(path), kind="torch", metadata=meta, fingerprint=_hash_files([path]), module=module)
+
+
+IO_HELP = ("the lab works with image classifiers: forward(x) takes one image batch (N, C, H, W) with (C, H, W) = "
+           "metadata input_shape, and returns (N, classes) logits, one per class name in metadata")
+
+
+def check_torch_io(module: torch.nn.Module, meta: ModelMetadata, source) -> None:
+    """Run one blank image through `module` (no gradients, eval mode; nothing changes) and check
+    that it takes a single image tensor and returns one logit per class of `meta`."""
+    try:
+        param = next(p for p in module.parameters() if p.is_floating_point())
+        dtype = param.dtype
+    except StopIteration:
+        dtype = torch.float32
+    x = torch.zeros((1, *meta.input_shape), dtype=dtype)
+    try:
+        with torch.no_grad():
+            out = module(x)
+    except Exception as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ModelLoadError(
+            f"model {source} cannot run on one image of shape {list(x.shape)} ({type(e).__name__}: {detail}); "
+            f"{IO_HELP}. Fix input_shape in metadata.json, or wrap a model with several or non-image inputs "
+            "in a module whose forward takes one image batch") from None
+    if isinstance(out, dict):
+        out = out.get("logits", next(iter(out.values()), None))
+    elif isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise ModelLoadError(f"model {source} returned {type(out).__name__}, not a tensor of logits; {IO_HELP}")
+    if tuple(out.shape) != (1, meta.num_classes):
+        raise ModelLoadError(
+            f"model {source} returns outputs of shape {list(out.shape)} for one image, but its metadata names "
+            f"{meta.num_classes} classes (expected [1, {meta.num_classes}]); make class_names in metadata.json list "
+            "exactly one name per model output, in output order")
 
 
 def _looks_like_state_dict(path: Path) -> bool:
@@ -223,8 +260,34 @@ def _load_mlpackage(path: Path, meta) -> ModelHandle:
     if meta is None and stored:
         meta = ModelMetadata.from_dict(json.loads(stored))
     meta = _require_metadata(meta, path)
+    _check_coreml_io(spec, meta, path)
     files = sorted(p for p in path.rglob("*") if p.is_file())
     return ModelHandle(source=str(path), kind="coreml", metadata=meta, fingerprint=_hash_files(files), mlpackage=path)
+
+
+def _check_coreml_io(spec, meta: ModelMetadata, path: Path) -> None:
+    """One tensor input (N, C, H, W) agreeing with the metadata; an output with one value per class where its shape is declared."""
+    inputs = list(spec.description.input)
+    if len(inputs) != 1:
+        raise ModelLoadError(
+            f"{path} has {len(inputs)} inputs {[i.name for i in inputs]}; {IO_HELP}. Re-convert it with a single image input")
+    kind = inputs[0].type.WhichOneof("Type")
+    if kind != "multiArrayType":
+        raise ModelLoadError(
+            f"input {inputs[0].name!r} of {path} is a {kind}, not a tensor; re-convert it with ct.TensorType inputs")
+    shape = [int(d) for d in inputs[0].type.multiArrayType.shape]
+    if shape and (len(shape) != 4 or tuple(shape[1:]) != tuple(meta.input_shape)):
+        raise ModelLoadError(
+            f"input {inputs[0].name!r} of {path} has shape {shape} but the metadata says (N, {', '.join(map(str, meta.input_shape))}); "
+            f"{IO_HELP}. Fix input_shape in the metadata")
+    outputs = list(spec.description.output)
+    if not outputs:
+        raise ModelLoadError(f"{path} declares no output; {IO_HELP}")
+    out_shape = [int(d) for d in outputs[0].type.multiArrayType.shape] if outputs[0].type.WhichOneof("Type") == "multiArrayType" else []
+    if out_shape and out_shape[-1] != meta.num_classes:
+        raise ModelLoadError(
+            f"output {outputs[0].name!r} of {path} has shape {out_shape} but its metadata names {meta.num_classes} classes; "
+            "make class_names list exactly one name per model output")
 
 
 def _hash_files(paths) -> str:

@@ -32,8 +32,11 @@ def add_point(spec: SweepSpec, store_folder: str | Path, config: dict, *, family
         return store.fail_run(task.run_id, outcome.get("error", "failed"), outcome.get("traceback", ""), worker=worker)
 
     ctx = _prepare_inputs(prep, store_folder, driver, record)
-    task = RunTask(keys.run_id(prep.handle.fingerprint, cfg, prep.data_fp), KIND_TECHNIQUE, cfg,
-                   label or f"{family} {technique.label()}", family)
+    run_id = keys.run_id(prep.handle.fingerprint, cfg, prep.data_fp)
+    existing = store.get_run(run_id)
+    if existing is not None:  # the same config was already a point (e.g. the answer is a uniform setting)
+        family, label = existing.family, existing.label
+    task = RunTask(run_id, KIND_TECHNIQUE, cfg, label or f"{family} {technique.label()}", family)
     store.add_runs(prep.sweep_id, [RunSpec(task.run_id, cfg["technique"], family, cfg, task.label)])
     run = store.get_run(task.run_id)
     if run.state != COMPLETE and store.claim_run(task.run_id, driver, retry=True):

@@ -61,9 +61,30 @@ ESTIMATE_S = {"post_training": 10.0, "training_time": 120.0}
 def _reject_unknown(table: dict, allowed: tuple[str, ...], where: str) -> None:
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table, got {type(table).__name__} {table!r}")
-    unknown = sorted(set(table) - set(allowed))
+    unknown = sorted((k for k in table if k not in allowed), key=str)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; allowed: {list(allowed)}")
+
+
+def _check_preprocessing(overrides: dict) -> None:
+    """Type and range checks of [data.preprocessing] that need no model (the rest is checked against the model's)."""
+    from compress_lab.models.metadata import COLOR_MODES
+
+    def finite(v) -> bool:
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+    for key, value in overrides.items():
+        if key == "color" and value not in COLOR_MODES:
+            raise ConfigError(f"[data.preprocessing] color = {value!r} is not supported; use one of {list(COLOR_MODES)}")
+        if key == "resize" and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"[data.preprocessing] resize = {value!r} must be a positive integer (pixels)")
+        if key == "scale" and not (finite(value) and value != 0):
+            raise ConfigError(f"[data.preprocessing] scale = {value!r} must be a finite non-zero number (e.g. 0.00392 = 1/255)")
+        if key in ("mean", "std"):
+            if not isinstance(value, (list, tuple)) or not value or not all(finite(v) for v in value):
+                raise ConfigError(f"[data.preprocessing] {key} = {value!r} must be a list of 1 or 3 finite numbers")
+            if key == "std" and any(v == 0 for v in value):
+                raise ConfigError(f"[data.preprocessing] std = {value!r} contains 0; every std must be non-zero")
 
 
 def _path(value: Any, base: Path, where: str) -> Path | None:
@@ -123,6 +144,7 @@ class DataSpec:
             from compress_lab.models.metadata import Preprocessing
             allowed = tuple(f.name for f in dataclasses.fields(Preprocessing))
             _reject_unknown(self.preprocessing, allowed, "[data.preprocessing]")
+            _check_preprocessing(self.preprocessing)
 
     @classmethod
     def from_dict(cls, data: dict, base: Path) -> "DataSpec":
@@ -151,7 +173,7 @@ class RunOptions:
     plugins: tuple[str, ...] = ()   # Python files that register extra techniques (imported in every worker)
 
     def __post_init__(self) -> None:
-        if isinstance(self.plugins, str) or not all(isinstance(p, (str, Path)) for p in self.plugins):
+        if not isinstance(self.plugins, (list, tuple)) or not all(isinstance(p, (str, Path)) for p in self.plugins):
             raise ConfigError(f"[run] plugins = {self.plugins!r} must be a list of Python file paths")
         object.__setattr__(self, "plugins", tuple(str(p) for p in self.plugins))
         if not isinstance(self.name, str) or not self.name.strip():
@@ -161,8 +183,11 @@ class RunOptions:
         if self.executor not in EXECUTORS:
             raise ConfigError(f"[run] executor = {self.executor!r} is not known; use one of {list(EXECUTORS)}")
         if self.timeout_s is not None and (isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float))
-                                           or self.timeout_s <= 0):
-            raise ConfigError(f"[run] timeout_s = {self.timeout_s!r} must be a positive number of seconds")
+                                           or not math.isfinite(self.timeout_s) or self.timeout_s <= 0):
+            raise ConfigError(f"[run] timeout_s = {self.timeout_s!r} must be a finite positive number of seconds "
+                              "(leave it out for no limit)")
+        if self.address is not None and (not isinstance(self.address, str) or not self.address.strip()):
+            raise ConfigError(f"[run] address = {self.address!r} must be a Ray address string such as 'ray://host:10001'")
 
     @classmethod
     def from_dict(cls, data: dict, base: Path | None = None) -> "RunOptions":
@@ -232,6 +257,8 @@ def load_spec(path: str | Path) -> SweepSpec:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"sweep spec {path} does not exist; see examples/mnist_sweep.toml") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"sweep spec {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     except OSError as e:
         raise ConfigError(f"cannot read sweep spec {path}: {e.strerror or e}") from None
     try:

@@ -118,13 +118,13 @@ def _coerce(technique: str, key: str, value: Any, hint: Any) -> Any:
         if value not in args:
             raise ConfigError(f"technique {technique!r}: setting {key!r} = {value!r} is not allowed; use one of {list(args)}")
         return value
-    if origin in (tuple, list):
+    if origin in (tuple, list) or hint in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"technique {technique!r}: setting {key!r} = {value!r} must be a list")
         inner = args[0] if args else None
         items = [_coerce(technique, key, v, inner) for v in value]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
+        return tuple(items) if tuple in (origin, hint) else items
+    if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"technique {technique!r}: setting {key!r} = {value!r} must be a table/dict")
         return dict(value)

@@ -92,7 +92,6 @@ def _conv_transpose(ctx: OpContext) -> Kernel:
     n = len(weight_shape) - 2
     if n not in _CONV_T:
         raise ctx.unsupported(f"{n}-D transposed convolution is not supported")
-    kernel = weight_shape[2:]
     strides = tuple(ctx.ints("strides", [1] * n))
     dilations = tuple(ctx.ints("dilations", [1] * n))
     groups = int(ctx.scalar("groups", 1))
