@@ -82,12 +82,20 @@ def save_mlmodel(mlmodel, out_path: str | Path) -> Path:
     """Save atomically: write beside the target, then rename, so a crash never leaves half a package."""
     import shutil
     out_path = Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".tmp.mlpackage")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    with quiet_coremltools():
-        mlmodel.save(str(tmp))
-    if out_path.exists():
-        shutil.rmtree(out_path)
-    tmp.rename(out_path)
+    import os
+    import uuid
+    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.mlpackage")
+    try:
+        with quiet_coremltools():
+            mlmodel.save(str(tmp))
+        if out_path.exists():
+            shutil.rmtree(out_path)
+        tmp.rename(out_path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        from compress_lab.errors import StoreError
+        raise StoreError(f"cannot save the Core ML package {out_path}: {e.strerror or e}; check that the folder is "
+                         "writable and the disk has space") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_path

@@ -240,10 +240,12 @@ def run_sweep(spec: SweepSpec, store_folder: str | Path, *, workers: int | None 
 
     by_id = {r.run_id: r for r in store.list_runs(prep.sweep_id)}
     total = len(prep.tasks)
-    todo_states = (PENDING, FAILED) if retry_failed else (PENDING,)
+    # RUNNING here means held by another live process (e.g. a second sweep on this store): claiming fails
+    # and the run is waited for, so this sweep ends only when all its runs are finished
+    todo_states = (PENDING, FAILED, RUNNING) if retry_failed else (PENDING, RUNNING)
     todo = [t for t in prep.tasks if by_id[t.run_id].state in todo_states]
     reused = sum(1 for t in prep.tasks if by_id[t.run_id].state == COMPLETE)
-    done = total - len(todo) - sum(1 for t in prep.tasks if by_id[t.run_id].state == RUNNING)
+    done = total - len(todo)
     counters = {"done": done, "executed": 0}
 
     def record(task: RunTask, outcome: dict, worker: str) -> None:
@@ -262,6 +264,11 @@ def run_sweep(spec: SweepSpec, store_folder: str | Path, *, workers: int | None 
         if progress is not None:
             progress(counters["done"], total, run)
 
+    def settled(run) -> None:  # a run of this sweep that another process computed meanwhile
+        counters["done"] += 1
+        if progress is not None:
+            progress(counters["done"], total, run)
+
     status = "done"
     if todo:
         runner = None
@@ -270,7 +277,8 @@ def run_sweep(spec: SweepSpec, store_folder: str | Path, *, workers: int | None 
             runner = make_executor(spec.run.executor, spec.run.workers, spec.run.timeout_s, spec.run.address)
             runner.start()   # workers import torch/coremltools while the driver prepares the shared inputs
             ctx = _prepare_inputs(prep, store_folder, driver, record)
-            status = _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_event, store_folder)
+            status = _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_event, store_folder,
+                               settled)
         except CancelledError:
             status = "cancelled"
         except KeyboardInterrupt:
@@ -292,12 +300,17 @@ def run_sweep(spec: SweepSpec, store_folder: str | Path, *, workers: int | None 
                        counters["executed"], reused, time.perf_counter() - started, status)
 
 
-def _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_event, store_folder) -> str:
+WAIT_POLL_S = 1.0
+
+
+def _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_event, store_folder,
+              settled: Callable | None = None) -> str:
     store = prep.store
     queue = list(todo)
-    last_beat = time.monotonic()
+    waiting: list[RunTask] = []   # runs another process (another sweep on this store) holds: wait for its outcome
+    last_beat = last_wait = time.monotonic()
     claimed: dict[str, str] = {}
-    while queue or runner.busy():
+    while queue or runner.busy() or waiting:
         if (cancel_event is not None and cancel_event.is_set()) or cancel_requested(store_folder):
             return "cancelled"
         for slot in runner.free_slots():
@@ -309,8 +322,14 @@ def _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_ev
                     if on_event is not None:
                         on_event("queued", task, None)
                     break
+                waiting.append(task)
             if not queue:
                 break
+        if waiting and (time.monotonic() - last_wait > WAIT_POLL_S or not (queue or runner.busy())):
+            last_wait = time.monotonic()
+            queue.extend(_settle_waiting(store, prep.sweep_id, waiting, retry_failed, settled))
+            if not (queue or runner.busy()) and waiting:
+                time.sleep(WAIT_POLL_S / 2)
         for event in runner.poll(0.5):
             if event.kind == "done":
                 record(event.task, event.outcome, claimed.pop(event.task.run_id, None))
@@ -324,4 +343,26 @@ def _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_ev
                 except Exception:
                     pass
     return "done"
+
+
+def _settle_waiting(store, sweep_id: str, waiting: list, retry_failed: bool, settled) -> list:
+    """Check the runs held elsewhere: finished ones are counted (`settled(run)`), ones whose holder
+    died or let go go back to the queue (returned); `waiting` keeps the rest."""
+    from compress_lab.store import COMPLETE, FAILED, PENDING, RUNNING, worker_alive
+
+    requeue, still = [], []
+    for task in waiting:
+        run = store.get_run(task.run_id)
+        if run.state == RUNNING and not worker_alive(run.worker):
+            store.reset_stale(sweep_id)
+            run = store.get_run(task.run_id)
+        if run.state == PENDING:
+            requeue.append(task)
+        elif run.state in (COMPLETE, FAILED):
+            if settled is not None:
+                settled(run)
+        else:
+            still.append(task)
+    waiting[:] = still
+    return requeue
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
+import shutil
 import sys
 import threading
 import time
@@ -124,8 +126,7 @@ def load_training_data(ctx: CompressContext, folder: Path | None = None, labelle
             f"training folder {folder} has no class sub-folders: fine-tuning needs labelled images "
             f"({folder}/<class>/<image>, class folders named after the model's classes)")
     stamp = tuple((str(p), label, _mtime(p)) for p, label in scanned.samples)
-    key = (str(folder.resolve()), tuple(sorted(preprocessing.to_dict().items(), key=lambda kv: kv[0]).__repr__()),
-           tuple(meta.input_shape), hash(stamp))
+    key = (str(folder.resolve()), json.dumps(preprocessing.to_dict(), sort_keys=True), tuple(meta.input_shape), hash(stamp))
     with _DATA_LOCK:
         if key in _DATA_CACHE:
             _DATA_CACHE.move_to_end(key)
@@ -222,8 +223,7 @@ def finetune(config: FinetuneConfig, ctx: CompressContext, prepare: Prepare) -> 
             x = train.x[index].to(device)
             y = train.y[index].to(device)
             with quiet_coremltools():
-                logits = trainable(x)
-                loss = _loss(logits, y, ctx.handle)
+                loss = _loss(trainable(x), y, ctx.handle)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -325,8 +325,8 @@ def _deterministic(seed: int, device: torch.device):
 @contextlib.contextmanager
 def quiet_coremltools():
     """Silence coremltools' info logging (k-means progress, layer names) for the duration."""
-    loggers = [logging.getLogger("coremltools")] + [
-        logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("coremltools")]
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name == "coremltools" or name.startswith("coremltools.")] or [logging.getLogger("coremltools")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -395,6 +395,7 @@ def export(config: TechniqueConfig, ctx: CompressContext, model: nn.Module, out_
     counts = op_counts(out_path)
     found = {op: n for op, n in counts.items() if op in COMPRESSED_OPS}
     if sum(found.values()) < len(marked) or not any(op in found for op in expected_ops):
+        shutil.rmtree(out_path, ignore_errors=True)  # never leave a float package under a compressed name
         raise ConfigError(
             f"{config.name}: the converted package {out_path} is not compressed as expected: "
             f"{len(marked)} weight(s) were compressed in PyTorch ({', '.join(marked[:5])}) but the program holds "
@@ -468,7 +469,7 @@ def measure_step_cost(config: FinetuneConfig, handle: ModelHandle, prepare: Prep
             x = torch.randn(shape, device=device)
             y = torch.randint(0, handle.metadata.num_classes, (config.batch_size,), device=device)
             times = []
-            for _ in range(3):
+            for _ in range(5):
                 started = time.perf_counter()
                 loss = _loss(model(x), y, handle)
                 optimizer.zero_grad()

@@ -200,7 +200,24 @@ class CompressContext:
         path = Path(self.workdir) / "float" / f"{self.handle.fingerprint[:16]}_{precision}.mlpackage"
         with self._lock:
             if not (path / "Manifest.json").is_file():
-                convert_module(self.handle.torch_copy(), self.handle.metadata, path, precision=precision)
+                # other processes (workers, a second sweep on the same store) may convert it at the same
+                # time: convert beside it, then move into place unless one of them got there first
+                import os
+                import shutil
+                import uuid
+                tmp = path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.mlpackage")
+                try:
+                    convert_module(self.handle.torch_copy(), self.handle.metadata, tmp, precision=precision)
+                    if not (path / "Manifest.json").is_file():
+                        if path.exists():  # a leftover without a manifest (a crash mid-move)
+                            shutil.rmtree(path, ignore_errors=True)
+                        try:
+                            tmp.rename(path)
+                        except OSError:
+                            if not (path / "Manifest.json").is_file():
+                                raise
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
         return path
 
 
