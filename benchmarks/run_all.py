@@ -1,8 +1,9 @@
 """Run every benchmark in benchmarks/ and print one table of every ratio against its target.
 
-    .venv/bin/python benchmarks/run_all.py            # full suite (< 15 min on 2 cores)
+    .venv/bin/python benchmarks/run_all.py            # full suite (~11 min on 2 idle cores)
     .venv/bin/python benchmarks/run_all.py --quick    # each benchmark's light settings
     .venv/bin/python benchmarks/run_all.py --only bench_sweep,bench_eval_scaling
+    .venv/bin/python benchmarks/run_all.py --skip training_demo,size_table
 
 Each benchmark runs as its own subprocess (its output goes to
 benchmarks/results/logs/<name>.log) and writes its JSON under benchmarks/results/;
@@ -57,15 +58,24 @@ class Benchmark:
 # defaults where the script alone would not leave room for the rest in 15 minutes.
 KNOWN = (
     Benchmark("bench_runtime", "lab runtime vs eager PyTorch, dog_mobilenetv2, batch 1 and 64",
-              full_args=(), quick_args=("--precisions", "fp32", "--repeats", "3"), result="runtime.json"),
+              full_args=("--repeats", "3"), quick_args=("--precisions", "fp32", "--repeats", "3"),
+              result="runtime.json"),
     Benchmark("bench_palettize", "lab palettizer vs coremltools palettize_weights(mode='kmeans')",
-              full_args=(), quick_args=("--quick",), result="palettize.json", timeout_s=1200),
+              full_args=("--nbits", "2,4"), quick_args=("--quick",), result="palettize.json", timeout_s=1200),
     Benchmark("bench_sweep", "lab sweep (1 and 2 workers, cached re-run) vs a hand-written loop",
               full_args=(), quick_args=(), result="sweep.json"),
     Benchmark("bench_eval_scaling", "evaluation time and peak memory at 1k / 5k / 20k images",
               full_args=(), quick_args=("--quick",), result="eval_scaling.json"),
+    Benchmark("palettize_accuracy", "accuracy of the lab palettizer vs coremltools kmeans, both sample models",
+              full_args=("--nbits", "2,4", "--granularity", "per_tensor"),
+              quick_args=("--models", "mnist_cnn", "--nbits", "2,4", "--granularity", "per_tensor"),
+              result="palettize_accuracy.json"),
     Benchmark("mixed_vs_uniform", "mixed-precision palettization vs the best uniform point under a budget",
               full_args=("--models", "mnist_cnn"), quick_args=("--models", "mnist_cnn"), result="mixed_vs_uniform.json"),
+    Benchmark("training_demo", "post-training vs training-time compression on mnist_cnn (no target)",
+              full_args=("--dkm-steps", "5", "--prune-steps", "40", "--json", "benchmarks/results/training_demo.json"),
+              quick_args=("--dkm-steps", "3", "--prune-steps", "20", "--json", "benchmarks/results/training_demo.json"),
+              result="training_demo.json"),
     Benchmark("size_table", "bytes on disk per technique and setting (no target)",
               full_args=("--quick",), quick_args=("--quick",), result=None),
 )
@@ -186,6 +196,17 @@ def eval_scaling_rows(data: dict) -> list[Row]:
     return rows
 
 
+def palettize_accuracy_rows(data: list) -> list[Row]:
+    rows = []
+    for r in data:
+        value = r["fast_kmeans_agreement"] - r["kmeans_agreement"]
+        rows.append(_row("palettize_accuracy", f"agreement, lab - coremltools, {r['model']} {r['nbits']}-bit "
+                         f"{r['granularity']}", value,
+                         f"{value:+.4f} ({r['fast_kmeans_agreement']:.4f} vs {r['kmeans_agreement']:.4f})",
+                         ">=", 0.0, unit="", source="issue 7: not lower"))
+    return rows
+
+
 def mixed_rows(data: list) -> list[Row]:
     rows = []
     for r in data:
@@ -204,12 +225,19 @@ def mixed_rows(data: list) -> list[Row]:
     return rows
 
 
+def training_rows(data: list) -> list[Row]:
+    return [_row("training_demo", r["method"], r["accuracy"],
+                 f"top-1 {r['accuracy']:.3f}, {r['size_kb']:.0f} KB, {r['wall_s']:.1f} s") for r in data]
+
+
 ROW_BUILDERS: dict[str, Callable[[dict | list], list[Row]]] = {
     "bench_runtime": runtime_rows,
     "bench_sweep": sweep_rows,
     "bench_palettize": palettize_rows,
     "bench_eval_scaling": eval_scaling_rows,
+    "palettize_accuracy": palettize_accuracy_rows,
     "mixed_vs_uniform": mixed_rows,
+    "training_demo": training_rows,
 }
 
 
@@ -300,15 +328,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="each benchmark's light settings")
     parser.add_argument("--only", default=None, help="comma-separated benchmark names (script stems)")
+    parser.add_argument("--skip", default=None, help="comma-separated benchmark names not to run")
     args = parser.parse_args(argv)
 
     benchmarks = discover()
-    if args.only:
-        wanted = [w.strip().removesuffix(".py") for w in args.only.split(",") if w.strip()]
-        unknown = sorted(set(wanted) - {b.name for b in benchmarks})
+    names = [b.name for b in benchmarks]
+    for option in ("only", "skip"):
+        value = getattr(args, option)
+        if not value:
+            continue
+        chosen = {w.strip().removesuffix(".py") for w in value.split(",") if w.strip()}
+        unknown = sorted(chosen - set(names))
         if unknown:
-            parser.error(f"unknown benchmark(s) {unknown}; known: {[b.name for b in benchmarks]}")
-        benchmarks = [b for b in benchmarks if b.name in wanted]
+            parser.error(f"--{option}: unknown benchmark(s) {unknown}; known: {names}")
+        benchmarks = [b for b in benchmarks if (b.name in chosen) == (option == "only")]
 
     started = time.perf_counter()
     records, results, statuses = [], {}, {}

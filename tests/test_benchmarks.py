@@ -138,10 +138,32 @@ def test_run_all_reports_broken_and_missing_results(tmp_path):
 
 
 def test_run_all_discovers_unknown_scripts(tmp_path):
-    (tmp_path / "training_demo.py").write_text("import argparse\n# --quick: a short run\n")
+    (tmp_path / "bench_new_thing.py").write_text("import argparse\n# --quick: a short run\n")
     (tmp_path / "run_all.py").write_text("")
     (tmp_path / "_helpers.py").write_text("")
     found = {b.name: b for b in run_all.discover(tmp_path)}
-    assert "training_demo" in found and "run_all" not in found and "_helpers" not in found
-    assert found["training_demo"].quick_args == ("--quick",)
+    assert "bench_new_thing" in found and "run_all" not in found and "_helpers" not in found
+    assert found["bench_new_thing"].quick_args == ("--quick",)
     assert {b.name for b in run_all.KNOWN} <= set(found)
+
+
+def test_run_all_rows_for_list_shaped_results():
+    results = {
+        "palettize_accuracy": [
+            {"model": "mnist_cnn", "nbits": 2, "granularity": "per_tensor", "kmeans_s": 1.0, "fast_kmeans_s": 0.1,
+             "kmeans_top1": 0.989, "kmeans_agreement": 0.992, "fast_kmeans_top1": 0.99, "fast_kmeans_agreement": 0.993},
+            {"model": "dog_mobilenetv2", "nbits": 2, "granularity": "per_tensor", "kmeans_s": 5.0,
+             "fast_kmeans_s": 0.5, "kmeans_top1": 0.5, "kmeans_agreement": 0.60, "fast_kmeans_top1": 0.5,
+             "fast_kmeans_agreement": 0.58}],
+        "mixed_vs_uniform": [
+            {"model": "mnist_cnn", "budget": "top1_drop 1.0", "best_uniform": {"bytes": 200_000},
+             "mixed": {"bytes": 150_000, "state": "COMPLETE"}, "mixed_meets_budget": True},
+            {"model": "dog_mobilenetv2", "budget": "agreement 0.99", "best_uniform": {"bytes": 900_000},
+             "mixed": {"bytes": 800_000, "state": "COMPLETE"}, "mixed_meets_budget": False}],
+        "training_demo": [{"method": "fp16 (uncompressed)", "accuracy": 0.997, "size_kb": 773.2, "wall_s": 5.7,
+                           "estimate_s": None}],
+    }
+    rows = run_all.build_rows(results)
+    assert [r.met for r in rows] == [True, False, True, False, None]
+    assert rows[1].value == pytest.approx(-0.02) and rows[2].value == pytest.approx(0.75)
+    assert "budget NOT met" in rows[3].shown and "top-1 0.997" in rows[4].shown

@@ -340,3 +340,138 @@ def test_loading_a_model_error_is_a_lab_error_for_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "2 classes" in err and "Traceback" not in err
     assert issubclass(ModelLoadError, LabError)
+
+
+# ------------------------------------------------------------------ untrusted names and paths
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["../../../tmp/evil", "/etc/cron.d/x", "..", "a/../../b", "C:\\evil", "x\x00y", "   "])
+def test_a_sweep_name_cannot_place_its_store_outside_the_spec_folder(tmp_path, name):
+    from compress_lab.sweep.runner import default_store_folder
+    from compress_lab.sweep.spec import SweepSpec
+    data = {"model": {"source": "mnist_cnn"}, "data": {"validation": "val"}, "grid": [{"technique": "quantize"}],
+            "run": {"name": name}}
+    try:
+        spec = SweepSpec.from_dict(data, tmp_path)
+    except ConfigError:
+        return  # refused outright: fine
+    store = default_store_folder(tmp_path / "spec.toml", spec)
+    assert store.parent == (tmp_path / ".lab").resolve() and store.name not in ("", ".", "..")
+    assert "/" not in store.name and "\x00" not in store.name
+
+
+def test_artifact_and_upload_names_cannot_escape(tmp_path):
+    from compress_lab.errors import StoreError
+    from compress_lab.store.artifacts import artifact_dir, resolve_artifact, safe_join
+    (tmp_path / "store" / "artifacts").mkdir(parents=True)
+    (tmp_path / "store" / "artifacts" / "0123456789abcdef").symlink_to(tmp_path)   # planted link
+    with pytest.raises(StoreError):
+        artifact_dir(tmp_path / "store", "0123456789abcdef")
+    with pytest.raises(StoreError):
+        resolve_artifact(tmp_path / "store", "artifacts/0123456789abcdef/model.mlpackage")
+    for name in ("../x", "/abs", "a/b", "..", "x\x00"):
+        with pytest.raises(StoreError):
+            safe_join(tmp_path, name)
+
+
+def test_uploaded_zips_are_checked_for_traversal_links_and_size(tmp_path, monkeypatch):
+    """The app's upload extraction (compress_lab_app/uploads.py), as an attacker builds the zip."""
+    import stat
+    import zipfile
+
+    from compress_lab_app import uploads
+
+    def archive(name, build):
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            build(zf)
+        return path
+
+    link = zipfile.ZipInfo("m.mlpackage/evil")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    cases = {
+        "abs.zip": lambda zf: zf.writestr("/etc/evil", "x"),
+        "dots.zip": lambda zf: zf.writestr("m/../../evil", "x"),
+        "drive.zip": lambda zf: zf.writestr("C:/evil", "x"),
+        "link.zip": lambda zf: zf.writestr(link, "/etc/passwd"),
+    }
+    for name, build in cases.items():
+        out = tmp_path / f"out_{name}"
+        out.mkdir()
+        with pytest.raises(ModelLoadError, match="refused"):
+            uploads.extract_zip(archive(name, build), out)
+        assert not any(out.rglob("*")), f"{name} wrote files"
+    assert not (tmp_path / "evil").exists()
+    monkeypatch.setattr(uploads, "MAX_UNZIPPED_BYTES", 1 << 20)
+    bomb = archive("bomb.zip", lambda zf: zf.writestr("zeros.bin", b"\0" * (8 << 20)))
+    assert bomb.stat().st_size < 64 << 10
+    out = tmp_path / "out_bomb"
+    out.mkdir()
+    with pytest.raises(ModelLoadError, match="more than"):
+        uploads.extract_zip(bomb, out)
+    assert not any(out.rglob("*"))
+
+
+# ------------------------------------------------------------------ exposure
+
+def test_the_app_is_configured_to_listen_on_localhost_only():
+    import re
+    import tomllib
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["browser"]["gatherUsageStats"] is False
+    run_sh = (ROOT / "run.sh").read_text()
+    assert re.search(r'--server\.address "\$\{COMPRESS_LAB_ADDRESS:-127\.0\.0\.1\}"', run_sh)
+    for path in [ROOT / "run.sh", ROOT / ".streamlit" / "config.toml", *(ROOT / "scripts").glob("*")]:
+        if path.is_file():
+            assert "0.0.0.0" not in path.read_text(), f"{path} binds to every interface"
+
+
+def _listeners(port: int) -> set[str]:
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+@pytest.mark.slow
+def test_the_app_launched_as_run_sh_does_listens_on_127_0_0_1_only(tmp_path):
+    """Runs the launch line of run.sh (without the set-up step) and reads the kernel's socket table."""
+    import signal
+    import socket
+    import time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_sh = (ROOT / "run.sh").read_text()
+    launch = run_sh[run_sh.index("exec .venv/bin/streamlit"):]
+    env = {**os.environ, "COMPRESS_LAB_PORT": str(port), "COMPRESS_LAB_STORE": str(tmp_path / "store")}
+    env.pop("COMPRESS_LAB_ADDRESS", None)
+    proc = subprocess.Popen(["bash", "-c", launch, "run.sh"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not _listeners(port) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+        listening = _listeners(port)
+        assert listening == {"0100007F"}, f"listening on {listening} (hex addresses; 0100007F is 127.0.0.1)"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_the_readme_says_a_model_definition_is_code():
+    readme = (ROOT / "README.md").read_text()
+    assert "A model definition is code" in readme and "Only load definitions you trust" in readme
+    assert "weights_only=True" in readme
+    assert "127.0.0.1" in readme and "no authentication" in readme

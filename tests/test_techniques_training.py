@@ -15,7 +15,7 @@ import torch
 from compress_lab.errors import CancelledError, ConfigError
 from compress_lab.runtime import load_program
 from compress_lab.techniques import REGISTRY, CompressContext, DataNeed, compress, config_from_dict
-from compress_lab.techniques import _training, calibrated, combined_training, dkm, magnitude_pruning, qat
+from compress_lab.techniques import _training, calibrated, dkm, magnitude_pruning, qat
 
 TRAINING_TECHNIQUES = ("qat", "dkm", "magnitude_pruning", "prune_dkm", "prune_qat")
 CALIBRATED_TECHNIQUES = ("skm", "gptq")
@@ -210,8 +210,8 @@ def test_joint_pruning_exports_sparse_compressed_weights(ctx, tmp_path, fp16_siz
 
 
 @pytest.mark.parametrize("data, op", [
-    ({"technique": "skm", "n_bits": 4, "calibration_samples": 16}, "constexpr_lut_to_dense"),
-    ({"technique": "gptq", "weight_dtype": "uint4", "calibration_samples": 16}, "constexpr_blockwise_shift_scale"),
+    ({"technique": "skm", "n_bits": 4, "calibration_samples": 8}, "constexpr_lut_to_dense"),
+    ({"technique": "gptq", "weight_dtype": "uint4", "calibration_samples": 8}, "constexpr_blockwise_shift_scale"),
     ({"technique": "torch_palettize", "n_bits": 4}, "constexpr_lut_to_dense"),
     ({"technique": "torch_quantize", "weight_dtype": "int8"}, "constexpr_blockwise_shift_scale"),
 ])
@@ -243,11 +243,11 @@ def test_cancel_stops_fine_tuning_between_steps(mnist_handle, mnist_dir, tmp_pat
 
 
 def test_estimates_are_finite_and_dkm_costs_more_per_step(mnist_handle):
-    plain = _training.estimate_seconds(magnitude_pruning.MagnitudePruningConfig(steps=200, batch_size=16), mnist_handle, 4000)
-    palettized = _training.estimate_seconds(dkm.DKMConfig(n_bits=2, steps=200, batch_size=16), mnist_handle, 4000)
-    joint = _training.estimate_seconds(combined_training.PruneDKMConfig(n_bits=2, steps=200, batch_size=16), mnist_handle, 4000)
+    plain = _training.estimate_seconds(magnitude_pruning.MagnitudePruningConfig(steps=200, batch_size=8), mnist_handle, 4000)
+    palettized = _training.estimate_seconds(dkm.DKMConfig(n_bits=2, steps=200, batch_size=8), mnist_handle, 4000)
     data_free = _training.estimate_seconds(calibrated.TorchQuantizeConfig(), mnist_handle, 0)
-    for value in (plain, palettized, joint, data_free):
+    for value in (plain, palettized, data_free):
         assert math.isfinite(value) and value > 0
     assert palettized > 1.5 * plain  # DKM soft-assigns every weight to every centroid each step
-    assert joint > palettized
+    longer = _training.estimate_seconds(dkm.DKMConfig(n_bits=2, steps=400, batch_size=8), mnist_handle, 4000)
+    assert longer > palettized  # measured once, then scaled by the steps

@@ -6,7 +6,8 @@ giving its output noise; (2) a greedy sequence of moves (one op one level more
 aggressive), cheapest added noise per bit saved first; (3) a binary search for the
 longest prefix of that sequence that meets the budget, measured with all its
 weights replaced; (4) the uniform settings are measured too, so the answer is never
-larger than the best uniform setting that meets the budget on the subset. The
+larger than the best uniform setting that meets the budget on the subset; (5) from
+the best answer, single ops are pushed one level further while the budget holds. The
 chosen assignment is then compressed for real and evaluated on the whole folder."""
 
 from __future__ import annotations
@@ -182,6 +183,27 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
             best_assignment, best_measured, chosen = assignment, measured, f"uniform {level}"
         if progress:
             progress("uniform", lvl + 1, len(levels))
+
+    # (5) local refinement: from the best answer, push single ops one level further while the budget holds
+    improved = True
+    while improved:
+        improved = False
+        candidates = []
+        for name, level in best_assignment.items():
+            if level + 1 < len(levels):
+                before = float_bits[name] if level == UNCOMPRESSED else bits[name][level]
+                saved = before - bits[name][level + 1]
+                if saved > 0:
+                    cost = noise[name][level + 1] - (0.0 if level == UNCOMPRESSED else noise[name][level])
+                    candidates.append((cost / saved, name))
+        for _, name in sorted(candidates):
+            trial = dict(best_assignment, **{name: best_assignment[name] + 1})
+            measured = evaluator.measure(overrides(trial))
+            if progress:
+                progress("refine", evaluator.evaluations, evaluator.evaluations)
+            if budget.met(measured, baseline):
+                best_assignment, best_measured, chosen, improved = trial, measured, "mixed", True
+                break
 
     levels_used = set(best_assignment.values())
     if chosen == "mixed" and len(levels_used) == 1 and UNCOMPRESSED not in levels_used:

@@ -68,7 +68,8 @@ def default_store_folder(spec_path: str | Path | None, spec: SweepSpec) -> Path:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "sweep"
+    # never "", "." or "..": a name of dots would put the store in the spec's own folder or above it
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).lstrip(".") or "sweep"
 
 
 def stored_spec(spec: SweepSpec) -> dict:
@@ -247,6 +248,7 @@ def run_sweep(spec: SweepSpec, store_folder: str | Path, *, workers: int | None 
     reused = sum(1 for t in prep.tasks if by_id[t.run_id].state == COMPLETE)
     done = total - len(todo)
     counters = {"done": done, "executed": 0}
+    counted: set[str] = set()   # run ids already reported by this call
 
     def record(task: RunTask, outcome: dict, worker: str) -> None:
         try:
@@ -259,12 +261,16 @@ def run_sweep(spec: SweepSpec, store_folder: str | Path, *, workers: int | None 
         except Exception as e:  # e.g. the run was reset by another process meanwhile
             print(f"warning: could not record run {task.run_id} ({task.label}): {e}", file=sys.stderr)
             return
+        counted.add(task.run_id)
         counters["done"] += 1
         counters["executed"] += 1
         if progress is not None:
             progress(counters["done"], total, run)
 
     def settled(run) -> None:  # a run of this sweep that another process computed meanwhile
+        if run.run_id in counted:  # e.g. the PyTorch baseline, recorded while preparing the inputs
+            return
+        counted.add(run.run_id)
         counters["done"] += 1
         if progress is not None:
             progress(counters["done"], total, run)

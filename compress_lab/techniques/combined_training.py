@@ -14,7 +14,7 @@ is a quantized lookup table, and a palettized model cannot also be QAT-prepared
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -124,10 +124,7 @@ def finetune(config: PruneDKMConfig | PruneQATConfig, ctx: CompressContext) -> _
 
 
 def estimate_seconds(config: PruneDKMConfig | PruneQATConfig, handle: ModelHandle, train_count: int) -> float:
-    if isinstance(config, PruneDKMConfig):
-        palettize = replace(config.dkm_config(), epochs=config.epochs, steps=config.steps)
-        return dkm.estimate_seconds(palettize, handle, train_count) * 1.1  # + the pruning masks
-    return _training.estimate_finetune_seconds(config, handle, train_count, _prepare_prune_qat(config))
+    return _training.estimate_finetune_seconds(config, handle, train_count, _PREPARERS[type(config)][0](config))
 
 
 def _handle(config, ctx: CompressContext, out_path: Path) -> CompressOutcome:

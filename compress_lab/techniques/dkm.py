@@ -3,13 +3,11 @@ k-means): each weight becomes a lookup table of 2^n_bits values plus indices,
 learned while fine-tuning; exported as constexpr_lut_to_dense weights.
 
 DKM's forward pass computes soft assignments of every weight to every centroid,
-so a step costs far more than a plain training step (30-100x on a CPU) and the
-first step runs k-means. `estimate_seconds` accounts for both."""
+so a step costs far more than a plain training step on a CPU, and the first step
+runs k-means. `estimate_seconds` measures both on the model once per process."""
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -106,67 +104,8 @@ def compress_dkm(config: DKMConfig, ctx: CompressContext, out_path: Path) -> Com
     return _training.run_training_technique(config, ctx, out_path, _prepare(config), _training.PALETTIZED_OPS)
 
 
-# --------------------------------------------------------------------------- estimate
-
-_UNIT_COST: dict[tuple, tuple[float, float]] = {}
-_UNIT_LOCK = threading.Lock()
-UNIT_SHAPE = (64, 256)  # a probe Linear layer of 16k weights
-
-
-def palettized_weight_count(config: DKMConfig, model: nn.Module) -> int:
-    """Elements of the weights DKM will palettize (Conv/Linear weights above the threshold)."""
-    total = 0
-    for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            if module.weight.numel() > config.weight_threshold:
-                total += module.weight.numel()
-    return total
-
-
-def dkm_unit_cost(config: DKMConfig) -> tuple[float, float]:
-    """(first-step, later-step) seconds of DKM on a 16k-weight probe layer at this
-    setting, measured once per process: the per-weight cost that scales to a model."""
-    key = (config.n_bits, config.granularity, config.group_size, config.enable_per_channel_scale,
-           _training.pick_device().type)
-    with _UNIT_LOCK:
-        if key in _UNIT_COST:
-            return _UNIT_COST[key]
-    probe_config = DKMConfig(n_bits=config.n_bits, granularity=config.granularity,
-                             group_size=min(config.group_size, UNIT_SHAPE[0]) if config.group_size else None,
-                             enable_per_channel_scale=config.enable_per_channel_scale, weight_threshold=0)
-    device = _training.pick_device()
-    times = []
-    with _training.quiet_coremltools():
-        torch.manual_seed(0)
-        probe = nn.Sequential(nn.Linear(UNIT_SHAPE[1], UNIT_SHAPE[0]))
-        prepared, palettizer = prepare_palettizer(probe_config, probe)
-        prepared = prepared.to(device).train()
-        x = torch.randn(8, UNIT_SHAPE[1], device=device)
-        for _ in range(3):
-            started = time.perf_counter()
-            prepared(x).square().mean().backward()
-            palettizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - started)
-    cost = (times[0], min(times[1:]))
-    with _UNIT_LOCK:
-        _UNIT_COST[key] = cost
-    return cost
-
-
 def estimate_seconds(config: DKMConfig, handle: ModelHandle, train_count: int) -> float:
-    """Plain fine-tuning cost of the model plus DKM's cost scaled from a probe layer
-    by the number of palettized weights (k-means once, then soft assignment each step)."""
-    plain = _training.FinetuneConfig(batch_size=config.batch_size)
-    first_plain, step_plain = _training.measure_step_cost(plain, handle, _plain_prepare)
-    unit_first, unit_step = dkm_unit_cost(config)
-    scale = palettized_weight_count(config, handle.module) / (UNIT_SHAPE[0] * UNIT_SHAPE[1])
-    steps = config.total_steps(train_count)
-    active = max(steps - config.milestone, 0)
-    return (first_plain + step_plain * max(steps - 1, 0) + unit_first * scale + unit_step * scale * max(active - 1, 0)
-            + _training.DECODE_S_PER_IMAGE * train_count + _training.CONVERT_OVERHEAD_S)
-
-
-def _plain_prepare(model: nn.Module, example: torch.Tensor, total_steps: int) -> _training.Prepared:
-    return _training.Prepared(model=model, steppers=[], finalize=lambda m: m)
+    """Measured on the model itself: its first DKM step (k-means) and a few later
+    ones (DKM's cost per step is not proportional to the weight count, so a small
+    probe layer does not scale honestly)."""
+    return _training.estimate_finetune_seconds(config, handle, train_count, _prepare(config))
