@@ -185,8 +185,10 @@ def eval_scaling_rows(data: dict) -> list[Row]:
     rows = []
     for kind in ("uncached", "cached"):
         value = s[f"linearity_{kind}"]
-        shown = f"{value:.2f} ({n}: {s[f'time_ratio_{kind}']:.1f}x time for {s['ideal_time_ratio']:.0f}x images)"
-        rows.append(_row("bench_eval_scaling", f"eval time per image, largest / smallest, {kind}", value, shown,
+        wall = s.get(f"wall_time_ratio_{kind}")
+        shown = (f"{value:.2f} ({n}: {s[f'time_ratio_{kind}']:.1f}x CPU time for {s['ideal_time_ratio']:.0f}x images"
+                 + (f"; wall {wall:.1f}x" if wall is not None else "") + ")")
+        rows.append(_row("bench_eval_scaling", f"eval CPU time per image, largest / smallest, {kind}", value, shown,
                          "<=", EVAL_LINEARITY, unit="", source="linear"))
     small = min(data["rows"], key=lambda r: r["images"])
     large = max(data["rows"], key=lambda r: r["images"])

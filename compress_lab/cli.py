@@ -126,7 +126,7 @@ def cmd_compress(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
-        print(f"wrote {outcome.path}: {size.get('bytes', 0):,} bytes; {config.label()}; "
+        print(f"wrote {outcome.path}: {size['package_bytes']:,} bytes on disk, {size['bits_per_weight']:.2f} bits per weight; {config.label()}; "
               + ", ".join(f"{k} {v:.2f}s" for k, v in outcome.timings.items()))
     return 0
 

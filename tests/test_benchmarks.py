@@ -49,11 +49,13 @@ def test_eval_scaling_tiny_run_writes_every_field(tiny_run):
         assert row["cached_same_result"] is True
         assert row["top1"] > 0.9  # real digits, trained model
         assert row["uncached_s"] > 0 and row["cached_s"] > 0
+        assert row["uncached_cpu_s"] > 0 and row["cached_cpu_s"] > 0
         assert row["peak_mb"] >= row["loaded_mb"] > 50  # a process with torch loaded
         assert row["cache_mb"] == pytest.approx(row["images"] * 28 * 28 * 4 / 2**20, rel=0.05, abs=0.05)
     summary = data["summary"]
     assert summary["ideal_time_ratio"] == 2.0
-    for key in ("time_ratio_uncached", "time_ratio_cached", "linearity_uncached", "linearity_cached", "peak_ratio"):
+    for key in ("time_ratio_uncached", "time_ratio_cached", "linearity_uncached", "linearity_cached", "peak_ratio",
+                "wall_linearity_uncached", "wall_linearity_cached", "anon_peak_ratio"):
         assert summary[key] > 0
     assert summary["memory_flat"] == (summary["peak_ratio"] <= summary["targets"]["peak_ratio_max"])
     assert "| 80 |" in stdout

@@ -1,0 +1,37 @@
+"""The command line on the real sample model: info, techniques, compress, evaluate."""
+
+import json
+
+from compress_lab.cli import main
+
+
+def test_info_json(capsys, mnist_dir):
+    assert main(["info", "mnist_cnn", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["parameters"] == 390_410 and summary["input_shape"] == [1, 1, 28, 28]
+
+
+def test_techniques_lists_both_families(capsys):
+    assert main(["techniques", "--json"]) == 0
+    rows = {r["technique"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["palettize"]["family"] == "post_training" and rows["dkm"]["family"] == "training_time"
+    assert rows["dkm"]["data"] == "training"
+
+
+def test_compress_then_evaluate(tmp_path, capsys, mnist_dir):
+    out = tmp_path / "m.mlpackage"
+    assert main(["compress", "mnist_cnn", "--technique", "palettize", "--set", "nbits=4", "--set", 'mode="uniform"',
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "bytes on disk" in printed and (out / "Manifest.json").is_file()
+    assert main(["evaluate", str(out), "--data", str(mnist_dir / "val"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 1000 and result["top1"] > 0.97
+
+
+def test_bad_technique_and_setting_are_clear(tmp_path, capsys):
+    assert main(["compress", "mnist_cnn", "--technique", "palettise", "--out", str(tmp_path / "x.mlpackage")]) == 2
+    assert "did you mean 'palettize'" in capsys.readouterr().err.lower()
+    assert main(["compress", "mnist_cnn", "--technique", "palettize", "--set", "nbits=5",
+                 "--out", str(tmp_path / "x.mlpackage")]) == 2
+    assert "nbits" in capsys.readouterr().err
