@@ -153,11 +153,17 @@ def faulty_sweep(tmp_path_factory):
     spec = write_spec(folder, "faults", """
         [[grid]]
         technique = "test_fault"
-        fault = ["memory", "exit", "interrupt", "kill", "garbage", "fsize"]
+        fault = "memory"
         [[grid]]
         technique = "test_fault"
-        tag = [1, 2]
-    """)
+        tag = 1
+        [[grid]]
+        technique = "test_fault"
+        fault = ["exit", "interrupt", "kill", "garbage", "fsize"]
+        [[grid]]
+        technique = "test_fault"
+        tag = 2
+    """, workers=1)
     calls = []
     result = run_sweep(load_spec(spec), folder / "store", progress=lambda done, total, run: calls.append((done, total)))
     return folder, result, calls
@@ -195,9 +201,9 @@ def test_the_sweep_goes_on_after_every_fault_and_records_every_run(faulty_sweep)
 def test_a_memory_error_leaves_the_worker_usable(faulty_sweep):
     """The address-space limit is lifted after the MemoryError: later points on that worker complete."""
     _, result, _ = faulty_sweep
-    memory = by_label(result.runs)["test_fault fault=memory"]
-    later = [r for r in result.runs if r.state == COMPLETE and r.finished_at > memory.finished_at]
-    assert later, "no run completed after the MemoryError"
+    runs = by_label(result.runs)
+    memory, after = runs["test_fault fault=memory"], runs["test_fault tag=1"]
+    assert after.worker == memory.worker and after.state == COMPLETE and after.started_at >= memory.finished_at
 
 
 # ------------------------------------------------------------------ unusable store folders
