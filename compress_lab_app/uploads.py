@@ -6,7 +6,6 @@ before extraction (no absolute paths, no '..', no links, bounded total size)."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
 import zipfile
 from pathlib import Path
@@ -16,7 +15,9 @@ from compress_lab.errors import ModelLoadError
 from compress_lab.export import safe_name
 from compress_lab_app.session import ModelChoice
 
-MAX_UNZIPPED_BYTES = 4 << 30
+MAX_UNZIPPED_BYTES = 2 << 30   # a model package; well above the largest a phone app ships
+MAX_ZIP_ENTRIES = 2000          # an .mlpackage has a handful of files
+MAX_COMPRESSION_RATIO = 200     # weights barely compress; a far higher ratio is a zip bomb
 MODEL_SUFFIXES = (".zip", ".pt", ".pth", ".ts", ".py", ".json")
 
 
@@ -55,8 +56,15 @@ def extract_zip(archive: Path, dest: Path) -> Path:
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
                 raise ModelLoadError(f"zip member {info.filename!r} is a symbolic link; refused")
             total += info.file_size
+        members = zf.infolist()
+        if len(members) > MAX_ZIP_ENTRIES:
+            raise ModelLoadError(f"{archive.name} has {len(members):,} entries, more than the {MAX_ZIP_ENTRIES:,} an "
+                                 ".mlpackage zip needs; refused")
         if total > MAX_UNZIPPED_BYTES:
             raise ModelLoadError(f"{archive.name} unzips to {total:,} bytes, more than the {MAX_UNZIPPED_BYTES:,} allowed")
+        if total > (64 << 20) and total > MAX_COMPRESSION_RATIO * max(archive.stat().st_size, 1):
+            raise ModelLoadError(f"{archive.name} unzips to {total:,} bytes from {archive.stat().st_size:,}: "
+                                 "a compression ratio no model package has; refused as a zip bomb")
         for info in zf.infolist():
             if info.filename.startswith("__MACOSX"):
                 continue
@@ -67,9 +75,24 @@ def extract_zip(archive: Path, dest: Path) -> Path:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
+            try:
+                _copy_capped(zf, info, target)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as e:
+                target.unlink(missing_ok=True)
+                raise ModelLoadError(f"{archive.name}: member {info.filename!r} is corrupt or lies about its size "
+                                     f"({e}); zip the .mlpackage folder again and upload it") from None
     return dest
+
+
+def _copy_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    """Copy one member, never writing more than its declared size (a header may lie)."""
+    written = 0
+    with zf.open(info) as src, open(target, "wb") as out:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            if written > info.file_size:
+                raise ValueError(f"it holds more than the {info.file_size:,} bytes its header declares")
+            out.write(chunk)
 
 
 def model_from_folder(folder: Path) -> ModelChoice:

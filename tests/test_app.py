@@ -348,3 +348,19 @@ def test_sensitivity_page_adds_a_mixed_point_to_a_sweep(store_env):
     # the answer is a run of the sweep: a new "mixed" point, or the uniform point it equals
     chosen = message.split("**")[1]
     assert any(r.state == "COMPLETE" and r.label == chosen for r in runs)
+
+
+def test_app_refuses_to_serve_beyond_this_computer_unless_asked(tmp_path):
+    """Started from another folder, Streamlit would listen on every interface: the app refuses."""
+    import subprocess
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from streamlit.testing.v1 import AppTest\n"
+            "at = AppTest.from_file(%r, default_timeout=60).run()\n"
+            "print('REFUSED' if any('not only on this computer' in e.value for e in at.error) else 'SERVED')\n"
+            % (str(ROOT), str(ROOT / "app.py")))
+    env = {k: v for k, v in os.environ.items() if k != "COMPRESS_LAB_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert "REFUSED" in out.stdout, out.stderr[-2000:]
+    env["COMPRESS_LAB_ADDRESS"] = "0.0.0.0"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert "SERVED" in out.stdout, out.stderr[-2000:]
