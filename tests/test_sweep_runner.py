@@ -119,9 +119,9 @@ def test_good_points_complete_with_metrics_sizes_timings_and_a_package(sweep):
     _, store, result, _ = sweep
     runs = by_label(result.runs)
     assert result.status == "done" and result.counts == {"PENDING": 0, "RUNNING": 0, "COMPLETE": 6, "FAILED": 3}
-    assert set(runs) >= {"baseline PyTorch", "baseline fp32", "baseline fp16", "palettize", "quantize",
-                         "test_sleepy_quant"}
-    for label in ("palettize", "quantize", "test_sleepy_quant", "baseline fp16", "baseline fp32"):
+    assert set(runs) >= {"baseline PyTorch", "baseline fp32", "baseline fp16", "palettize nbits=4",
+                         "quantize dtype=int8", "test_sleepy_quant"}
+    for label in ("palettize nbits=4", "quantize dtype=int8", "test_sleepy_quant", "baseline fp16", "baseline fp32"):
         run = runs[label]
         assert run.state == "COMPLETE", (label, run.error)
         assert run.metrics["n"] == 100 and run.metrics["top1"] >= 0.95 and run.metrics["agreement"] >= 0.95
@@ -132,9 +132,9 @@ def test_good_points_complete_with_metrics_sizes_timings_and_a_package(sweep):
         assert run.sizes["bytes"] == sum(p.stat().st_size for p in package.rglob("*") if p.is_file())
     assert runs["baseline fp16"].sizes["ratio_fp16"] == pytest.approx(1.0)
     assert runs["baseline fp32"].sizes["ratio_fp16"] == pytest.approx(0.5, rel=0.05)
-    assert 3.0 < runs["palettize"].sizes["ratio_fp16"] < 4.5      # 4-bit LUT vs 16-bit weights
-    assert 1.7 < runs["quantize"].sizes["ratio_fp16"] < 2.2       # int8 vs fp16
-    assert runs["palettize"].timings["compress_s"] > 0
+    assert 3.0 < runs["palettize nbits=4"].sizes["ratio_fp16"] < 4.5      # 4-bit LUT vs 16-bit weights
+    assert 1.7 < runs["quantize dtype=int8"].sizes["ratio_fp16"] < 2.2       # int8 vs fp16
+    assert runs["palettize nbits=4"].timings["compress_s"] > 0
     torch_run = runs["baseline PyTorch"]
     assert torch_run.state == "COMPLETE" and torch_run.metrics["agreement"] == 1.0 and torch_run.artifact_path is None
     assert torch_run.sizes["bytes"] == pytest.approx(runs["baseline fp32"].sizes["weights_bytes"], rel=0.05)

@@ -77,7 +77,7 @@ dtype = ["int8", "int3"]
 colour = "blue"
 """))
     plan = expand(spec)
-    assert [p.label for p in plan.points] == ["palettize"]  # nbits=4 is the default: label shows no setting
+    assert [p.label for p in plan.points] == ["palettize nbits=4"]  # nbits is always shown, default or not
     by_index = {}
     for bad in plan.invalid:
         by_index.setdefault(bad.grid_index, []).append(bad)

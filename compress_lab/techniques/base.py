@@ -39,6 +39,7 @@ class TechniqueConfig:
     family: ClassVar[str] = ""
     data_need: ClassVar[DataNeed] = DataNeed.NONE
     summary: ClassVar[str] = ""
+    label_fields: ClassVar[tuple[str, ...]] = ()  # always shown in the label, default or not
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"technique": self.name}
@@ -73,13 +74,13 @@ class TechniqueConfig:
             raise ConfigError(f"technique {cls.name!r}: {e}") from None
 
     def label(self) -> str:
-        """A short human label: the technique and the settings that differ from the defaults."""
+        """A short human label: the technique, its `label_fields`, and the other settings that differ from the defaults."""
         parts = [self.name]
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            if value != default:
+            if f.name in self.label_fields or value != default:
                 parts.append(f"{f.name}={_plain(value)}")
         return " ".join(str(p) for p in parts)
 

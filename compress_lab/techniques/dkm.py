@@ -30,6 +30,7 @@ class DKMConfig(_training.FinetuneConfig):
     Palettization starts at step `milestone`."""
 
     name = "dkm"
+    label_fields = ("n_bits",)
     summary = ("Palettization-aware training (coremltools DKMPalettizer, differentiable k-means): "
                "1-8 bit lookup tables learned while fine-tuning on the training folder. Slow per step on a CPU.")
 

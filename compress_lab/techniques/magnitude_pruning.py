@@ -29,6 +29,7 @@ class MagnitudePruningConfig(_training.FinetuneConfig):
     [n, m] zeroes n of every m weights (target_sparsity is then n/m)."""
 
     name = "magnitude_pruning"
+    label_fields = ("target_sparsity",)
     summary = ("Magnitude pruning with fine-tuning (coremltools MagnitudePruner): unstructured, block or n:m "
                "sparsity reached on a schedule while training on the training folder.")
 

@@ -29,6 +29,7 @@ class PalettizeConfig(PostTrainingConfig):
     palettization (kmeans/unique only)."""
 
     name = "palettize"
+    label_fields = ("nbits",)
     summary = "Palettization: weights as n-bit indices into a look-up table (k-means, uniform or unique values)"
 
     mode: Literal["kmeans", "uniform", "unique", "fast_kmeans"] = "kmeans"

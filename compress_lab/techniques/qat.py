@@ -26,6 +26,7 @@ class QATConfig(_training.FinetuneConfig):
     off, batch-norm statistics frozen; None turns everything on from step 0."""
 
     name = "qat"
+    label_fields = ("weight_dtype",)
     summary = ("Quantization-aware training (coremltools LinearQuantizer): int8/int4 per-channel weights, "
                "optionally int8 activations (W8A8), fine-tuned on the training folder.")
 

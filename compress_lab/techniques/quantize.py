@@ -23,6 +23,7 @@ class QuantizeConfig(PostTrainingConfig):
     channel its own scale (default 32)."""
 
     name = "quantize"
+    label_fields = ("dtype",)
     summary = "Linear quantization of weights to int8/uint8/int4/uint4 with per-tensor, per-channel or per-block scales"
 
     dtype: Literal["int8", "uint8", "int4", "uint4"] = "int8"
