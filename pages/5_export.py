@@ -47,6 +47,14 @@ def export_table(sweep, runs) -> None:
     text = results_csv(runs_table(runs))
     st.download_button(f"Download results CSV ({len(runs)} runs)", text.encode(),
                        file_name=f"{safe_name(sweep.name, 'sweep')}-results.csv", mime="text/csv", key="export.download_csv")
+    from compress_lab.report import report_html, results_json
+    left, right = st.columns(2)
+    left.download_button("Download the report (self-contained HTML)", report_html(sweep, runs).encode(),
+                         file_name=f"{safe_name(sweep.name, 'sweep')}-report.html", mime="text/html",
+                         key="export.download_report")
+    right.download_button("Download results JSON", results_json(sweep, runs).encode(),
+                          file_name=f"{safe_name(sweep.name, 'sweep')}-results.json", mime="application/json",
+                          key="export.download_json")
 
 
 page_setup("Export")

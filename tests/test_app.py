@@ -187,7 +187,8 @@ def test_export_page_offers_downloads(store_env):
     at = AppTest.from_file(str(ROOT / "pages/5_export.py"), default_timeout=TIMEOUT).run()
     no_errors(at)
     buttons = at.get("download_button")
-    assert len(buttons) == 2
+    assert len(buttons) == 4
+    assert "report" in buttons[2].proto.label and "JSON" in buttons[3].proto.label
     assert ".zip" in buttons[0].proto.label and "CSV (6 runs)" in buttons[1].proto.label
     code = " ".join(c.value for c in at.code)
     assert "Manifest.json" in code and "config.json" in code and "metrics.json" in code
