@@ -3,9 +3,7 @@ environment), CSV and JSON. Also the `compress-lab report` command."""
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import json
 import platform
 import sys
@@ -19,9 +17,6 @@ from compress_lab.analysis.table import runs_table
 from compress_lab.errors import StoreError
 from compress_lab.plots import tradeoff_data, tradeoff_figure
 
-CSV_COLUMNS = ["run_id", "label", "technique", "family", "state", "top1", "top5", "agreement", "snr_db", "loss",
-               "bytes", "weight_bytes", "ratio_fp16", "ratio_fp32", "bits_per_weight", "compress_s", "finetune_s",
-               "convert_s", "evaluate_s", "total_s", "error"]
 VERSIONED_PACKAGES = ["compress-lab", "coremltools", "torch", "numpy", "scikit-learn", "streamlit", "plotly", "pillow"]
 
 
@@ -36,12 +31,9 @@ def environment() -> dict[str, str]:
 
 
 def results_csv(runs) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for row in runs_table(runs):
-        writer.writerow(row)
-    return buffer.getvalue()
+    """The runs of a sweep as CSV (one row per run, the columns of export.CSV_COLUMNS first)."""
+    from compress_lab.export import results_csv as rows_csv
+    return rows_csv(runs_table(runs))
 
 
 def results_json(sweep, runs) -> str:
