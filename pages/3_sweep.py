@@ -12,7 +12,7 @@ from compress_lab.techniques import REGISTRY
 from compress_lab_app import cached, sweep_control
 from compress_lab_app.edge import error_edge
 from compress_lab_app.pages_index import page_setup
-from compress_lab_app.fmt import human_bytes, human_seconds
+from compress_lab_app.fmt import human_seconds
 from compress_lab_app.grid_widgets import technique_table
 from compress_lab_app.session import current_data, current_model, set_sweep_id, store_folder
 from compress_lab_app.sweeps import choose_sweep, open_lab_store
@@ -65,7 +65,7 @@ def progress_panel(sweep_id: str, live: bool) -> None:
                 st.rerun()
             rows = [dict(r, error=r["error"] or "") for r in runs_table(store.list_runs(sweep_id))]
             frame = pd.DataFrame(rows, columns=["label", "family", "state", "top1", "bytes", "ratio_fp16", "total_s", "error"])
-            st.dataframe(frame, hide_index=True, width="stretch", key=f"sweep.table", column_config={
+            st.dataframe(frame, hide_index=True, width="stretch", key="sweep.table", column_config={
                 "top1": st.column_config.NumberColumn("top-1", format="%.4f"),
                 "bytes": st.column_config.NumberColumn("bytes on disk", format="%d"),
                 "ratio_fp16": st.column_config.NumberColumn("x vs fp16", format="%.2f"),

@@ -80,7 +80,7 @@ def linear_quantize_activations(mlmodel, config, sample_data: Iterable, compute_
     from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
     from coremltools.models import utils as model_utils
 
-    from compress_lab.runtime.milprogram import quiet_coremltools
+    from compress_lab.quiet import quiet_coremltools
 
     if not isinstance(config, cto.OptimizationConfig):
         raise ConfigError(f"config must be a coremltools OptimizationConfig, got {type(config).__name__}")

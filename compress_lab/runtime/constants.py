@@ -38,7 +38,7 @@ def decompress_constants(program, function, origin: str = "the program") -> dict
 def _decompress_in_place(program, origin: str) -> None:
     from coremltools.optimize.coreml._quantization_passes import WeightDecompressor
 
-    from compress_lab.runtime.milprogram import quiet_coremltools
+    from compress_lab.quiet import quiet_coremltools
 
     decompressor = WeightDecompressor(op_selector=lambda op: True)
     original = decompressor.transform_op

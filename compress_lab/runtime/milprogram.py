@@ -6,12 +6,11 @@ rebuilt from the spec with coremltools' milproto loader (the same route
 
 from __future__ import annotations
 
-import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compress_lab.quiet import quiet_coremltools  # noqa: F401  (used here and by the runtime's modules)
 from compress_lab.errors import ModelLoadError
 
 
@@ -115,21 +114,3 @@ def _is_int(d) -> bool:
     except TypeError:
         return False
     return not hasattr(d, "free_symbols")
-
-
-class quiet_coremltools:
-    """Silence coremltools' logging and warnings for the duration."""
-
-    def __enter__(self):
-        self._logger = logging.getLogger("coremltools")
-        self._level = self._logger.level
-        self._logger.setLevel(logging.ERROR)
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.simplefilter("ignore")
-        return self
-
-    def __exit__(self, *exc):
-        self._warnings.__exit__(*exc)
-        self._logger.setLevel(self._level)
-        return False

@@ -8,16 +8,15 @@ content hashes, see keys.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from compress_lab.errors import CancelledError, ConfigError
+from compress_lab.errors import CancelledError
 from compress_lab.sweep import keys
 from compress_lab.sweep.spec import InvalidPoint, SweepPlan, SweepSpec, expand
 from compress_lab.sweep.task import KIND_FLOAT, KIND_PYTORCH, KIND_TECHNIQUE, RunTask, SweepContext, load_plugins

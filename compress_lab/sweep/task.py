@@ -15,9 +15,9 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 # A run's kind: a PyTorch baseline, a float Core ML baseline, a technique.
 KIND_PYTORCH = "pytorch"
