@@ -16,12 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="summarize a model (layers, parameters, input, classes)")
-    _model_args(p)
+    add_model_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("compress", help="compress a model with one technique into an .mlpackage")
-    _model_args(p)
+    add_model_arguments(p)
     p.add_argument("--technique", required=True, help="technique name (see `compress-lab techniques`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a technique setting (TOML value), repeatable")
     p.add_argument("--train", type=Path, help="training folder for training-time techniques")
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("evaluate", help="evaluate a PyTorch model or .mlpackage on a validation folder")
-    _model_args(p)
+    add_model_arguments(p)
     p.add_argument("--data", type=Path, required=True, help="validation folder (<class>/<image> or a flat folder of images)")
     p.add_argument("--reference", help="model whose outputs are the reference for agreement/SNR (default: none)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -68,13 +68,13 @@ def _optional_subcommand(sub, name: str, module: str, help_text: str) -> None:
     p.set_defaults(func=mod.run)
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="sample model name, model folder, model.py (+ --weights), TorchScript file or .mlpackage")
     p.add_argument("--weights", type=Path, help="state_dict file for a model.py definition")
     p.add_argument("--metadata", type=Path, help="metadata.json (input_shape, class_names, preprocessing)")
 
 
-def _load(args):
+def load_model_from_args(args):
     from compress_lab.models import load_model
     return load_model(args.model, weights=args.weights, metadata=args.metadata)
 
@@ -96,7 +96,7 @@ def parse_settings(pairs: list[str]) -> dict:
 
 def cmd_info(args) -> int:
     from compress_lab.models.summary import summarize
-    summary = summarize(_load(args)).to_dict()
+    summary = summarize(load_model_from_args(args)).to_dict()
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -113,7 +113,7 @@ def cmd_compress(args) -> int:
     from compress_lab.models.size import package_size
     from compress_lab.techniques import CompressContext, compress, config_from_dict
 
-    handle = _load(args)
+    handle = load_model_from_args(args)
     config = config_from_dict({"technique": args.technique, **parse_settings(args.set)})
     out = args.out if args.out.suffix == ".mlpackage" else args.out.with_suffix(".mlpackage")
     bar = _progress_bar()
@@ -133,7 +133,7 @@ def cmd_compress(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from compress_lab.evaluate import evaluate_model
-    result = evaluate_model(args.model if args.weights is None and args.metadata is None else _load(args), args.data,
+    result = evaluate_model(args.model if args.weights is None and args.metadata is None else load_model_from_args(args), args.data,
                             batch_size=args.batch_size, reference=args.reference)
     data = result.to_dict()
     if args.json:

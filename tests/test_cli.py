@@ -35,3 +35,12 @@ def test_bad_technique_and_setting_are_clear(tmp_path, capsys):
     assert main(["compress", "mnist_cnn", "--technique", "palettize", "--set", "nbits=5",
                  "--out", str(tmp_path / "x.mlpackage")]) == 2
     assert "nbits" in capsys.readouterr().err
+
+
+def test_sensitivity_command(tmp_path, capsys, mnist_dir):
+    assert main(["sensitivity", "mnist_cnn", "--data", str(mnist_dir / "val"), "--family", "quantize",
+                 "--max-images", "40", "--workdir", str(tmp_path / "work"), "--store", str(tmp_path / "store"),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 40 and len(result["layers"]) == 4
+    assert main(["sensitivity", "no_such_model", "--data", str(mnist_dir / "val")]) == 2

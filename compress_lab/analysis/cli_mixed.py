@@ -10,9 +10,8 @@ from compress_lab.analysis.compressors import SEARCH_FAMILIES
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", help="sample model name, model folder, model.py (+ --weights), TorchScript or .mlpackage")
-    parser.add_argument("--weights", type=Path)
-    parser.add_argument("--metadata", type=Path)
+    from compress_lab.cli import add_model_arguments
+    add_model_arguments(parser)
     parser.add_argument("--data", type=Path, required=True, help="validation folder")
     parser.add_argument("--family", choices=SEARCH_FAMILIES, default="palettize")
     budget = parser.add_mutually_exclusive_group(required=True)
@@ -30,9 +29,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from compress_lab.analysis.mixed import Budget
     from compress_lab.analysis.mixed_run import run_mixed
-    from compress_lab.models import load_model
+    from compress_lab.cli import load_model_from_args
 
-    handle = load_model(args.model, weights=args.weights, metadata=args.metadata)
+    handle = load_model_from_args(args)
     budget = Budget("top1_drop", args.budget_top1_drop) if args.budget_top1_drop is not None \
         else Budget("agreement", args.budget_agreement)
     if args.sweep:

@@ -11,9 +11,8 @@ from compress_lab.analysis.compressors import AGGRESSIVE, SEARCH_FAMILIES
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", help="sample model name, model folder, model.py (+ --weights), TorchScript or .mlpackage")
-    parser.add_argument("--weights", type=Path)
-    parser.add_argument("--metadata", type=Path)
+    from compress_lab.cli import add_model_arguments
+    add_model_arguments(parser)
     parser.add_argument("--data", type=Path, required=True, help="validation folder")
     parser.add_argument("--family", choices=SEARCH_FAMILIES, default="palettize")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -27,10 +26,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from compress_lab.analysis.sensitivity import sensitivity_for_model
-    from compress_lab.cli import parse_settings
-    from compress_lab.models import load_model
+    from compress_lab.cli import load_model_from_args, parse_settings
 
-    handle = load_model(args.model, weights=args.weights, metadata=args.metadata)
+    handle = load_model_from_args(args)
     settings = parse_settings(args.set) or None
     result = sensitivity_for_model(handle, args.data, args.family, settings, workdir=args.workdir,
                                    max_images=args.max_images, progress=_progress)
