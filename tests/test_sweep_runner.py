@@ -204,3 +204,34 @@ def test_cancel_stops_the_sweep_and_leaves_the_unfinished_runs_pending(tmp_path)
     assert states["baseline PyTorch"] == "COMPLETE"
     assert open_store(store).get_sweep(result.sweep_id).status == "cancelled"
     assert result.elapsed_s < 120
+
+
+def test_while_workers_start_the_driver_evaluates_the_baselines_but_never_a_technique(tmp_path, monkeypatch):
+    from compress_lab.sweep.executors import LocalExecutor
+    monkeypatch.setattr(LocalExecutor, "warming", lambda self: True)  # as if the workers were still importing
+    make_val(tmp_path / "val", per_class=2)
+    spec_path = write_spec(tmp_path, "[[grid]]\ntechnique = 'quantize'\n", "warm", workers=1)
+    result = run_sweep(load_spec(spec_path), tmp_path / "store")
+    runs = by_label(result.runs)
+    assert result.ok and result.executed == 4
+    for label in ("baseline PyTorch", "baseline fp32", "baseline fp16"):
+        assert runs[label].worker.endswith(":driver"), (label, runs[label].worker)
+        assert runs[label].metrics["top1"] == runs["baseline PyTorch"].metrics["top1"]
+    assert ":sweep-w0" in runs["quantize dtype=int8"].worker
+    assert (tmp_path / "store" / runs["baseline fp32"].artifact_path / "Manifest.json").is_file()
+
+
+def test_workers_that_cannot_start_stop_the_sweep_with_the_reason(tmp_path, monkeypatch):
+    from compress_lab.errors import LabError
+    from compress_lab.sweep.executors import LocalExecutor
+
+    def no_processes(self, index):
+        raise OSError("Resource temporarily unavailable")
+    monkeypatch.setattr(LocalExecutor, "_spawn", no_processes)
+    make_val(tmp_path / "val", per_class=1)
+    spec_path = write_spec(tmp_path, "[[grid]]\ntechnique = 'quantize'\n", "nostart", workers=1)
+    with pytest.raises(LabError, match="could not start the sweep's worker processes: OSError: Resource temporarily"):
+        run_sweep(load_spec(spec_path), tmp_path / "store")
+    store = open_store(tmp_path / "store")
+    runs = store.list_runs(store.list_sweeps()[0].sweep_id)
+    assert {r.label: r.state for r in runs}["quantize dtype=int8"] == "PENDING"  # nothing lost: a re-run picks it up

@@ -162,17 +162,45 @@ class LocalExecutor:
         self._ctx = None
         self._slots: list[_Slot] = []
         self._idle_deaths = 0
+        self._lock = threading.Lock()
+        self._starter: threading.Thread | None = None
+        self._start_error: BaseException | None = None
+        self._stopping = False
 
     # lifecycle
     def start(self) -> None:
-        if self._slots:
+        """Start the workers in the background: the forkserver's first start imports torch and
+        coremltools (seconds), which overlaps with the driver preparing the shared inputs."""
+        if self._starter is not None:
             return
         self._ctx = mp.get_context("forkserver")
         try:
             self._ctx.set_forkserver_preload(PRELOAD)
         except Exception:
             pass
-        self._slots = [self._spawn(i) for i in range(self.workers)]
+        self._starter = threading.Thread(target=self._start_workers, name="compress-lab-sweep-start", daemon=True)
+        self._starter.start()
+
+    def _start_workers(self) -> None:
+        try:
+            for index in range(self.workers):
+                if self._stopping:
+                    return
+                slot = self._spawn(index)
+                with self._lock:
+                    self._slots.append(slot)
+        except BaseException as e:  # noqa: BLE001 - raised in the driver by poll()
+            self._start_error = e
+
+    def warming(self) -> bool:
+        """True until the first worker is ready to take a run."""
+        return not any(s.ready for s in self._slots)
+
+    def _check_started(self) -> None:
+        if self._start_error is not None:
+            raise LabError(f"could not start the sweep's worker processes: {type(self._start_error).__name__}: "
+                           f"{self._start_error}; run `python -c 'import compress_lab.techniques, compress_lab.evaluate'` "
+                           "to see why") from self._start_error
 
     def _spawn(self, index: int) -> _Slot:
         parent, child = self._ctx.Pipe(duplex=True)
@@ -186,6 +214,9 @@ class LocalExecutor:
         return _Slot(index, process, parent, life_w)
 
     def stop(self, kill: bool = False) -> None:
+        self._stopping = True
+        if self._starter is not None:
+            self._starter.join()  # at most one worker is being started: its slot is then stopped below
         for slot in self._slots:
             if kill or slot.task is not None:
                 slot.process.kill()
@@ -202,10 +233,13 @@ class LocalExecutor:
             slot.conn.close()
             slot.lifeline.close()
         self._slots = []
+        self._starter = None
+        self._stopping = False
 
     # dispatch
     def free_slots(self) -> list[_Slot]:
-        return [s for s in self._slots if s.task is None]
+        self._check_started()
+        return [s for s in list(self._slots) if s.task is None]
 
     def busy(self) -> bool:
         return any(s.task is not None for s in self._slots)
@@ -221,8 +255,9 @@ class LocalExecutor:
             pass  # the worker died: poll() reports it
 
     def poll(self, timeout: float) -> list[Event]:
+        self._check_started()
         events: list[Event] = []
-        busy = [s for s in self._slots if s.task is not None or not s.ready]
+        busy = [s for s in list(self._slots) if s.task is not None or not s.ready]
         waitables = [s.conn for s in busy] + [s.process.sentinel for s in busy]
         if waitables:
             deadline = self._next_deadline()
@@ -340,6 +375,9 @@ class RayExecutor:
         self._remote = ray.remote(num_cpus=1, max_retries=0)(_ray_execute)
         name = f"{socket.gethostname()}:{os.getpid()}"
         self._slots = [_RaySlot(f"{name}:ray-{i}") for i in range(self.workers)]
+
+    def warming(self) -> bool:
+        return False  # start() returns once Ray is up
 
     def stop(self, kill: bool = False) -> None:
         import ray

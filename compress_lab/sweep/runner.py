@@ -283,7 +283,7 @@ def run_sweep(spec: SweepSpec, store_folder: str | Path, *, workers: int | None 
             runner.start()   # workers import torch/coremltools while the driver prepares the shared inputs
             ctx = _prepare_inputs(prep, store_folder, driver, record)
             status = _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_event, store_folder,
-                               settled)
+                               settled, driver)
         except CancelledError:
             status = "cancelled"
         except KeyboardInterrupt:
@@ -309,7 +309,7 @@ WAIT_POLL_S = 1.0
 
 
 def _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_event, store_folder,
-              settled: Callable | None = None) -> str:
+              settled: Callable | None = None, driver: str | None = None) -> str:
     store = prep.store
     queue = list(todo)
     waiting: list[RunTask] = []   # runs another process (another sweep on this store) holds: wait for its outcome
@@ -318,6 +318,14 @@ def _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_ev
     while queue or runner.busy() or waiting:
         if (cancel_event is not None and cancel_event.is_set()) or cancel_requested(store_folder):
             return "cancelled"
+        baseline = next((t for t in queue if t.family == "baseline"), None) if driver and runner.warming() else None
+        if baseline is not None:  # the workers are still starting: the driver evaluates a baseline meanwhile
+            queue.remove(baseline)
+            if store.claim_run(baseline.run_id, driver, retry=retry_failed):
+                _run_in_driver(baseline, ctx, driver, record, on_event, cancel_event)
+            else:
+                waiting.append(baseline)
+            continue
         for slot in runner.free_slots():
             while queue:
                 task = queue.pop(0)
@@ -348,6 +356,20 @@ def _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_ev
                 except Exception:
                     pass
     return "done"
+
+
+def _run_in_driver(task: RunTask, ctx: SweepContext, driver: str, record, on_event, cancel_event) -> None:
+    """A baseline only converts (already done, cached) and evaluates float packages: safe to run in
+    the driver's own process, unlike a technique that could crash or hang it."""
+    from compress_lab.sweep.task import execute
+
+    if on_event is not None:
+        on_event("queued", task, None)
+        on_event("started", task, None)
+    outcome = execute(task, ctx, cancel_event=cancel_event)
+    record(task, outcome, driver)
+    if on_event is not None:
+        on_event("done", task, outcome)
 
 
 def _settle_waiting(store, sweep_id: str, waiting: list, retry_failed: bool, settled) -> list:
