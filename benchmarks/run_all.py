@@ -54,14 +54,14 @@ class Benchmark:
         return BENCH_DIR / f"{self.name}.py"
 
 
-# Known benchmarks, in run order. Full-run arguments are lighter than a script's own
-# defaults where the script alone would not leave room for the rest in 15 minutes.
+# Known benchmarks, in run order. The full run uses each script's defaults, except where
+# that alone would not leave room for the rest in 15 minutes (training_demo, palettize_accuracy).
 KNOWN = (
     Benchmark("bench_runtime", "lab runtime vs eager PyTorch, dog_mobilenetv2, batch 1 and 64",
-              full_args=("--repeats", "3"), quick_args=("--precisions", "fp32", "--repeats", "3"),
+              full_args=(), quick_args=("--precisions", "fp32", "--repeats", "3"),
               result="runtime.json"),
     Benchmark("bench_palettize", "lab palettizer vs coremltools palettize_weights(mode='kmeans')",
-              full_args=("--nbits", "2,4"), quick_args=("--quick",), result="palettize.json", timeout_s=1200),
+              full_args=(), quick_args=("--quick",), result="palettize.json", timeout_s=1200),
     Benchmark("bench_sweep", "lab sweep (1 and 2 workers, cached re-run) vs a hand-written loop",
               full_args=(), quick_args=(), result="sweep.json"),
     Benchmark("bench_eval_scaling", "evaluation time and peak memory at 1k / 5k / 20k images",
