@@ -216,7 +216,9 @@ class LocalExecutor:
     def stop(self, kill: bool = False) -> None:
         self._stopping = True
         if self._starter is not None:
-            self._starter.join()  # at most one worker is being started: its slot is then stopped below
+            # at most one worker is being started: its slot is then stopped below (a forkserver stuck in
+            # its imports is not waited for; its workers exit by themselves once this driver is gone)
+            self._starter.join(timeout=60)
         for slot in self._slots:
             if kill or slot.task is not None:
                 slot.process.kill()
