@@ -206,9 +206,7 @@ def test_cancel_stops_the_sweep_and_leaves_the_unfinished_runs_pending(tmp_path)
     assert result.elapsed_s < 120
 
 
-def test_while_workers_start_the_driver_evaluates_the_baselines_but_never_a_technique(tmp_path, monkeypatch):
-    from compress_lab.sweep.executors import LocalExecutor
-    monkeypatch.setattr(LocalExecutor, "warming", lambda self: True)  # as if the workers were still importing
+def test_the_driver_evaluates_the_baselines_and_the_workers_the_techniques(tmp_path):
     make_val(tmp_path / "val", per_class=2)
     spec_path = write_spec(tmp_path, "[[grid]]\ntechnique = 'quantize'\n", "warm", workers=1)
     result = run_sweep(load_spec(spec_path), tmp_path / "store")
@@ -235,3 +233,16 @@ def test_workers_that_cannot_start_stop_the_sweep_with_the_reason(tmp_path, monk
     store = open_store(tmp_path / "store")
     runs = store.list_runs(store.list_sweeps()[0].sweep_id)
     assert {r.label: r.state for r in runs}["quantize dtype=int8"] == "PENDING"  # nothing lost: a re-run picks it up
+
+
+def test_a_validation_folder_with_no_readable_image_stops_the_sweep_before_any_point(tmp_path):
+    from compress_lab.errors import DataError
+    for digit in range(10):
+        (tmp_path / "val" / str(digit)).mkdir(parents=True)
+        (tmp_path / "val" / str(digit) / "scan.png").write_bytes(b"not a png")
+    spec_path = write_spec(tmp_path, "[[grid]]\ntechnique = 'quantize'\n", "unreadable", workers=1)
+    with pytest.raises(DataError, match=r"no image in .*val could be read \(10 file\(s\) skipped, e.g. .*scan.png"):
+        run_sweep(load_spec(spec_path), tmp_path / "store")
+    store = open_store(tmp_path / "store")
+    runs = store.list_runs(store.list_sweeps()[0].sweep_id)
+    assert {r.state for r in runs} == {"PENDING"}  # nothing recorded as if measured

@@ -192,10 +192,6 @@ class LocalExecutor:
         except BaseException as e:  # noqa: BLE001 - raised in the driver by poll()
             self._start_error = e
 
-    def warming(self) -> bool:
-        """True until the first worker is ready to take a run."""
-        return not any(s.ready for s in self._slots)
-
     def _check_started(self) -> None:
         if self._start_error is not None:
             raise LabError(f"could not start the sweep's worker processes: {type(self._start_error).__name__}: "
@@ -377,9 +373,6 @@ class RayExecutor:
         self._remote = ray.remote(num_cpus=1, max_retries=0)(_ray_execute)
         name = f"{socket.gethostname()}:{os.getpid()}"
         self._slots = [_RaySlot(f"{name}:ray-{i}") for i in range(self.workers)]
-
-    def warming(self) -> bool:
-        return False  # start() returns once Ray is up
 
     def stop(self, kill: bool = False) -> None:
         import ray

@@ -157,28 +157,46 @@ def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record
     spec, handle = prep.spec, prep.handle
     workdir = store_folder / WORK_DIR
     cache_dir = store_folder / CACHE_DIR
-    timings: dict[str, float] = {}
-    compress_ctx = CompressContext(handle=handle, workdir=workdir)
-    baseline_sizes = {}
-    for precision in ("fp32", "fp16"):
-        t = time.perf_counter()
-        path = compress_ctx.float_package(precision)
-        timings[f"convert_{precision}_s"] = time.perf_counter() - t
-        report = package_size(path)
-        baseline_sizes[precision] = {"path": str(path), "package_bytes": report.package_bytes,
-                                     "weights_bytes": report.weights_bytes, "n_weights": report.n_weights}
-
     meta = handle.metadata
     preprocessing = meta.preprocessing.with_overrides(spec.data.preprocessing or None)
     reference = store_folder / REFERENCE_DIR / f"{handle.fingerprint[:16]}_{prep.data_fp[:16]}.npy"
+    evaluation: dict = {}
+
+    def evaluate_reference() -> None:  # in a thread: PyTorch inference overlaps the conversions below
+        try:
+            t = time.perf_counter()
+            predictor = (torch_predictor(handle.module) if handle.kind == "torch"
+                         else coreml_predictor(handle.mlpackage, compute_precision="fp32"))
+            folder = scan_folder(spec.data.validation, class_names=meta.class_names)
+            evaluation["result"] = evaluate(predictor, folder, meta.num_classes, batch_size=spec.data.batch_size,
+                                            cache=TensorCache(cache_dir), preprocessing=preprocessing,
+                                            input_shape=meta.input_shape)
+            evaluation["seconds"] = time.perf_counter() - t
+        except BaseException as e:  # noqa: BLE001 - raised again in the driver below
+            evaluation["error"] = e
+
+    evaluator = None
     if not reference.is_file():
-        t = time.perf_counter()
-        predictor = (torch_predictor(handle.module) if handle.kind == "torch"
-                     else coreml_predictor(handle.mlpackage, compute_precision="fp32"))
-        folder = scan_folder(spec.data.validation, class_names=meta.class_names)
-        result = evaluate(predictor, folder, meta.num_classes, batch_size=spec.data.batch_size,
-                          cache=TensorCache(cache_dir), preprocessing=preprocessing, input_shape=meta.input_shape)
-        evaluate_s = time.perf_counter() - t
+        evaluator = threading.Thread(target=evaluate_reference, name="compress-lab-reference", daemon=True)
+        evaluator.start()
+    compress_ctx = CompressContext(handle=handle, workdir=workdir)
+    baseline_sizes = {}
+    for precision in ("fp32", "fp16"):  # on an error or Ctrl-C the evaluation thread is not waited for
+        path = compress_ctx.float_package(precision)
+        report = package_size(path)
+        baseline_sizes[precision] = {"path": str(path), "package_bytes": report.package_bytes,
+                                     "weights_bytes": report.weights_bytes, "n_weights": report.n_weights}
+    if evaluator is not None:
+        evaluator.join()
+    if "error" in evaluation:
+        raise evaluation["error"]
+    if evaluator is not None:
+        result, evaluate_s = evaluation["result"], evaluation["seconds"]
+        if result.n == 0:  # every point would be "measured" on nothing
+            from compress_lab.errors import DataError
+            example = f", e.g. {result.skipped_files[0][0]}: {result.skipped_files[0][1]}" if result.skipped_files else ""
+            raise DataError(f"no image in {spec.data.validation} could be read ({result.skipped} file(s) skipped"
+                            f"{example}); replace or remove the unreadable files, then run the sweep again")
         reference.parent.mkdir(parents=True, exist_ok=True)
         tmp = reference.with_name(f"{reference.stem}.tmp-{os.getpid()}.npy")
         np.save(tmp, np.asarray(result.logits, dtype=np.float32))
@@ -315,61 +333,94 @@ def _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_ev
     waiting: list[RunTask] = []   # runs another process (another sweep on this store) holds: wait for its outcome
     last_beat = last_wait = time.monotonic()
     claimed: dict[str, str] = {}
-    while queue or runner.busy() or waiting:
-        if (cancel_event is not None and cancel_event.is_set()) or cancel_requested(store_folder):
-            return "cancelled"
-        baseline = next((t for t in queue if t.family == "baseline"), None) if driver and runner.warming() else None
-        if baseline is not None:  # the workers are still starting: the driver evaluates a baseline meanwhile
-            queue.remove(baseline)
-            if store.claim_run(baseline.run_id, driver, retry=retry_failed):
-                _run_in_driver(baseline, ctx, driver, record, on_event, cancel_event)
-            else:
-                waiting.append(baseline)
-            continue
-        for slot in runner.free_slots():
-            while queue:
-                task = queue.pop(0)
-                if store.claim_run(task.run_id, slot.worker, retry=retry_failed):
-                    claimed[task.run_id] = slot.worker
-                    runner.submit(slot, task, ctx)
-                    if on_event is not None:
-                        on_event("queued", task, None)
+    in_driver: _DriverRun | None = None
+
+    def finish_in_driver() -> None:
+        nonlocal in_driver
+        run, in_driver = in_driver, None
+        outcome = run.wait()
+        record(run.task, outcome, driver)
+        if on_event is not None:
+            on_event("done", run.task, outcome)
+
+    try:
+        while queue or runner.busy() or waiting or in_driver is not None:
+            if (cancel_event is not None and cancel_event.is_set()) or cancel_requested(store_folder):
+                return "cancelled"
+            if in_driver is not None and in_driver.done():
+                finish_in_driver()
+            if in_driver is None and driver:
+                baseline = next((t for t in queue if t.family == "baseline"), None)
+                if baseline is not None:  # the driver evaluates the baselines; the workers take the points
+                    queue.remove(baseline)
+                    if store.claim_run(baseline.run_id, driver, retry=retry_failed):
+                        in_driver = _DriverRun(baseline, ctx, cancel_event)
+                        if on_event is not None:
+                            on_event("queued", baseline, None)
+                            on_event("started", baseline, None)
+                    else:
+                        waiting.append(baseline)
+            for slot in runner.free_slots():
+                while queue:
+                    # workers take the points first: the driver evaluates the baselines
+                    task = queue.pop(next((i for i, t in enumerate(queue) if t.family != "baseline"), 0) if driver else 0)
+                    if store.claim_run(task.run_id, slot.worker, retry=retry_failed):
+                        claimed[task.run_id] = slot.worker
+                        runner.submit(slot, task, ctx)
+                        if on_event is not None:
+                            on_event("queued", task, None)
+                        break
+                    waiting.append(task)
+                if not queue:
                     break
-                waiting.append(task)
-            if not queue:
-                break
-        if waiting and (time.monotonic() - last_wait > WAIT_POLL_S or not (queue or runner.busy())):
-            last_wait = time.monotonic()
-            queue.extend(_settle_waiting(store, prep.sweep_id, waiting, retry_failed, settled))
-            if not (queue or runner.busy()) and waiting:
-                time.sleep(WAIT_POLL_S / 2)
-        for event in runner.poll(0.5):
-            if event.kind == "done":
-                record(event.task, event.outcome, claimed.pop(event.task.run_id, None))
-            if on_event is not None:
-                on_event(event.kind, event.task, event.outcome if event.kind == "done" else event.progress)
-        if time.monotonic() - last_beat > HEARTBEAT_S:
-            last_beat = time.monotonic()
-            for task, worker in runner.running():
-                try:
-                    store.heartbeat(task.run_id, worker)
-                except Exception:
-                    pass
+            if waiting and (time.monotonic() - last_wait > WAIT_POLL_S or not (queue or runner.busy())):
+                last_wait = time.monotonic()
+                queue.extend(_settle_waiting(store, prep.sweep_id, waiting, retry_failed, settled))
+                if not (queue or runner.busy() or in_driver) and waiting:
+                    time.sleep(WAIT_POLL_S / 2)
+            for event in runner.poll(0.5 if in_driver is None else 0.1):
+                if event.kind == "done":
+                    record(event.task, event.outcome, claimed.pop(event.task.run_id, None))
+                if on_event is not None:
+                    on_event(event.kind, event.task, event.outcome if event.kind == "done" else event.progress)
+            if time.monotonic() - last_beat > HEARTBEAT_S:
+                last_beat = time.monotonic()
+                for task, worker in runner.running():
+                    try:
+                        store.heartbeat(task.run_id, worker)
+                    except Exception:
+                        pass
+    finally:
+        if in_driver is not None:  # never leave a run held by this (live) process unrecorded
+            finish_in_driver()
     return "done"
 
 
-def _run_in_driver(task: RunTask, ctx: SweepContext, driver: str, record, on_event, cancel_event) -> None:
-    """A baseline only converts (already done, cached) and evaluates float packages: safe to run in
-    the driver's own process, unlike a technique that could crash or hang it."""
-    from compress_lab.sweep.task import execute
+class _DriverRun:
+    """A baseline evaluated in a thread of the driver while the workers compute the points. A baseline only
+    evaluates float packages that are already converted: safe in the driver's own process, unlike
+    a technique, which could crash or hang it and so always runs in a worker."""
 
-    if on_event is not None:
-        on_event("queued", task, None)
-        on_event("started", task, None)
-    outcome = execute(task, ctx, cancel_event=cancel_event)
-    record(task, outcome, driver)
-    if on_event is not None:
-        on_event("done", task, outcome)
+    def __init__(self, task: RunTask, ctx: SweepContext, cancel_event: threading.Event | None):
+        self.task = task
+        self._outcome: dict | None = None
+        self._thread = threading.Thread(target=self._run, args=(ctx, cancel_event), daemon=True,
+                                        name=f"compress-lab-driver-run-{task.run_id[:8]}")
+        self._thread.start()
+
+    def _run(self, ctx: SweepContext, cancel_event) -> None:
+        from compress_lab.sweep.task import execute
+        self._outcome = execute(self.task, ctx, cancel_event=cancel_event)
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self) -> dict:
+        self._thread.join()
+        if self._outcome is None:
+            from compress_lab.sweep.task import outcome_failed
+            return outcome_failed("the baseline's evaluation in the sweep's driver ended without a result")
+        return self._outcome
 
 
 def _settle_waiting(store, sweep_id: str, waiting: list, retry_failed: bool, settled) -> list:
