@@ -8,7 +8,7 @@ starting its worker processes, converting both float baselines, evaluating the
 three baselines and measuring sizes; the hand loop converts fp16 once, computes
 the reference logits, then compresses, saves, evaluates and sizes each point.
 
-    .venv/bin/python benchmarks/bench_sweep.py [--model mnist_cnn] [--out benchmarks/results/sweep.json]
+    .venv/bin/python benchmarks/bench_sweep.py [--model mnist_cnn] [--repeats 3] [--out benchmarks/results/sweep.json]
 
 Targets: lab <= 1.10x the hand loop with 1 worker, <= 0.65x with 2 workers,
 cached re-run <= 5% of the first run."""
@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,23 +130,39 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sweep.json")
     parser.add_argument("--child", choices=("hand", "lab"))
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the three measurements")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.model, args.workers)
         return
 
-    hand = measure("hand", args.model, 1)
-    lab1 = measure("lab", args.model, 1)
-    lab2 = measure("lab", args.model, 2)
+    rounds = []
+    for i in range(args.repeats):  # interleaved, so a load change hits all three alike
+        rounds.append({"hand": measure("hand", args.model, 1), "lab1": measure("lab", args.model, 1),
+                       "lab2": measure("lab", args.model, 2)})
+        r = rounds[-1]
+        print(f"round {i + 1}/{args.repeats}: hand {r['hand']['seconds']:.2f} s, lab 1 worker {r['lab1']['seconds']:.2f} s "
+              f"({r['lab1']['seconds'] / r['hand']['seconds']:.2f}x), 2 workers {r['lab2']['seconds']:.2f} s "
+              f"({r['lab2']['seconds'] / r['hand']['seconds']:.2f}x)", flush=True)
+    ratios = {
+        "lab1_vs_hand": median(r["lab1"]["seconds"] / r["hand"]["seconds"] for r in rounds),
+        "lab2_vs_hand": median(r["lab2"]["seconds"] / r["hand"]["seconds"] for r in rounds),
+        "cached_vs_first_1": median(r["lab1"]["cached_seconds"] / r["lab1"]["seconds"] for r in rounds),
+        "cached_vs_first_2": median(r["lab2"]["cached_seconds"] / r["lab2"]["seconds"] for r in rounds),
+    }
+    hand, lab1, lab2 = ({**rounds[0][kind], "seconds": median(r[kind]["seconds"] for r in rounds),
+                         **({"cached_seconds": median(r[kind]["cached_seconds"] for r in rounds)} if kind != "hand" else {})}
+                        for kind in ("hand", "lab1", "lab2"))
     rows = [
         ("hand loop (coremltools + evaluator)", hand["seconds"], 1.0, None),
-        ("lab sweep, 1 worker", lab1["seconds"], lab1["seconds"] / hand["seconds"], 1.10),
-        ("lab sweep, 2 workers", lab2["seconds"], lab2["seconds"] / hand["seconds"], 0.65),
-        ("lab cached re-run (after 1 worker)", lab1["cached_seconds"], lab1["cached_seconds"] / lab1["seconds"], 0.05),
-        ("lab cached re-run (after 2 workers)", lab2["cached_seconds"], lab2["cached_seconds"] / lab2["seconds"], 0.05),
+        ("lab sweep, 1 worker", lab1["seconds"], ratios["lab1_vs_hand"], 1.10),
+        ("lab sweep, 2 workers", lab2["seconds"], ratios["lab2_vs_hand"], 0.65),
+        ("lab cached re-run (after 1 worker)", lab1["cached_seconds"], ratios["cached_vs_first_1"], 0.05),
+        ("lab cached re-run (after 2 workers)", lab2["cached_seconds"], ratios["cached_vs_first_2"], 0.05),
     ]
     print(f"\n{len(POINTS)} post-training points on {args.model} (+3 baselines in the lab), "
-          f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}\n")
+          f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}; medians of {args.repeats} interleaved "
+          "round(s), ratios the median of each round's ratio\n")
     print("| measurement | seconds | ratio | target | met |")
     print("|---|---:|---:|---:|:---:|")
     for name, seconds, ratio, target in rows:
@@ -157,9 +174,8 @@ def main() -> None:
         "model": args.model, "points": [c for c, _ in POINTS], "cpus": os.cpu_count(),
         "platform": platform.platform(), "load_average": os.getloadavg(),
         "hand_loop": hand, "lab_1_worker": lab1, "lab_2_workers": lab2,
-        "ratios": {"lab1_vs_hand": lab1["seconds"] / hand["seconds"], "lab2_vs_hand": lab2["seconds"] / hand["seconds"],
-                   "cached_vs_first_1": lab1["cached_seconds"] / lab1["seconds"],
-                   "cached_vs_first_2": lab2["cached_seconds"] / lab2["seconds"]},
+        "ratios": ratios, "repeats": args.repeats,
+        "rounds": [{kind: {k: v for k, v in r[kind].items() if k != "results"} for kind in r} for r in rounds],
     }, indent=2))
     print(f"\nwritten {args.out}")
 
