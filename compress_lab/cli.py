@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     _optional_subcommand(sub, "sensitivity", "compress_lab.analysis.cli_sensitivity", "per-layer sensitivity of a model")
     _optional_subcommand(sub, "mixed", "compress_lab.analysis.cli_mixed", "mixed precision under an accuracy budget")
     _optional_subcommand(sub, "report", "compress_lab.report", "write a self-contained HTML report of a sweep")
+    _optional_subcommand(sub, "results", "compress_lab.results_cli", "list the runs of a sweep (one row per run)")
+    _optional_subcommand(sub, "export", "compress_lab.export_cli", "write a run's .mlpackage with its config and metrics")
 
     args = parser.parse_args(argv)
     try:

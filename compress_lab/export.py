@@ -80,6 +80,43 @@ def export_run(store_folder: str | Path, run: Any, model_name: str = "") -> RunE
     return RunExport(file_name=f"{base}.zip", data=buffer.getvalue(), entries=tuple(entries))
 
 
+METADATA_PREFIX = "com.compress_lab."
+
+
+def export_mlpackage(store_folder: str | Path, run: Any, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the run's .mlpackage to `out` with its run id, technique, config, metrics and sizes
+    in the model's user-defined metadata (keys `com.compress_lab.*`, JSON values)."""
+    import coremltools as ct
+
+    from compress_lab.models.convert import save_mlmodel
+    from compress_lab.quiet import quiet_coremltools
+
+    state = _get(run, "state")
+    if state != "COMPLETE":
+        raise StoreError(f"run {_get(run, 'run_id')} ({_get(run, 'label')}) is {state}, not COMPLETE: "
+                         "only a finished run has a package to export")
+    if (_get(run, "config") or {}).get("format") == "pytorch":
+        raise StoreError("the PyTorch baseline has no Core ML package; export the fp32 or fp16 baseline, or a compressed run")
+    package = find_mlpackage(store_folder, _get(run, "artifact_path"))
+    out = Path(out)
+    if out.suffix != ".mlpackage":
+        raise StoreError(f"--out {out} must end with .mlpackage (e.g. {out.with_suffix('.mlpackage').name})")
+    if out.exists() and not overwrite:
+        raise StoreError(f"{out} already exists; choose another path or pass --force to replace it")
+    if not out.parent.is_dir():
+        raise StoreError(f"the folder {out.parent} does not exist; create it first")
+    with quiet_coremltools():
+        model = ct.models.MLModel(str(package), skip_model_load=True)
+    meta = model.user_defined_metadata
+    fields = {"run_id": _get(run, "run_id"), "label": _get(run, "label"), "technique": _get(run, "technique"),
+              "workflow": _get(run, "family"), "config": _get(run, "config") or {}, "metrics": _get(run, "metrics") or {},
+              "sizes": _get(run, "sizes") or {}}
+    for key, value in fields.items():
+        meta[METADATA_PREFIX + key] = value if isinstance(value, str) else json.dumps(value, default=str)
+    model.short_description = f"compress lab: {_get(run, 'label')}"
+    return save_mlmodel(model, out)
+
+
 def results_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS) -> str:
     """Rows of analysis.table.run_row as CSV text (known columns first, in a fixed order)."""
     rows = list(rows)

@@ -106,7 +106,8 @@ def _fmt_int(value) -> str:
 
 def write_report(store, sweep_id: str | None, out_dir: str | Path) -> dict[str, Path]:
     """Write report.html, results.csv and results.json of a sweep into out_dir; return their paths."""
-    sweep = _pick_sweep(store, sweep_id)
+    from compress_lab.store_cli import pick_sweep
+    sweep = pick_sweep(store, sweep_id)
     runs = store.list_runs(sweep.sweep_id)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,19 +116,6 @@ def write_report(store, sweep_id: str | None, out_dir: str | Path) -> dict[str, 
     paths["csv"].write_text(results_csv(runs), encoding="utf-8")
     paths["json"].write_text(results_json(sweep, runs), encoding="utf-8")
     return paths
-
-
-def _pick_sweep(store, sweep_id: str | None):
-    if sweep_id:
-        sweep = store.get_sweep(sweep_id)
-        if sweep is None:
-            known = ", ".join(s.sweep_id for s in store.list_sweeps()[:10]) or "none"
-            raise StoreError(f"no sweep {sweep_id!r} in the store {store.folder}; sweeps there: {known}")
-        return sweep
-    sweeps = store.list_sweeps()
-    if not sweeps:
-        raise StoreError(f"the store {store.folder} has no sweeps yet; run `compress-lab sweep SPEC.toml --store {store.folder}` first")
-    return sweeps[0]
 
 
 def add_arguments(parser) -> None:
