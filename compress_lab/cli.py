@@ -138,6 +138,10 @@ def cmd_evaluate(args) -> int:
     result = evaluate_model(args.model if args.weights is None and args.metadata is None else load_model_from_args(args), args.data,
                             batch_size=args.batch_size, reference=args.reference)
     data = result.to_dict()
+    if data.get("top1") is None and args.reference is None and data.get("n"):
+        print(f"warning: {args.data} is not labelled (no <class>/ folders naming the model's classes), so there is "
+              "no accuracy to measure; give --reference MODEL (e.g. the uncompressed model) to measure agreement "
+              "with it", file=sys.stderr)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0

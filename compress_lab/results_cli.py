@@ -10,8 +10,8 @@ from compress_lab.export import find_mlpackage
 
 COLUMNS = ("run_id", "workflow", "technique", "config", "status", "top1", "top5", "agreement", "size_bytes",
            "compression_ratio", "compression_ratio_fp32", "seconds", "error", "artifact")
-TEXT_COLUMNS = ("run_id", "workflow", "status", "label", "top1", "agreement", "size_bytes", "compression_ratio",
-                "seconds", "error")
+TEXT_COLUMNS = ("run_id", "workflow", "technique", "config", "status", "top1", "top5", "agreement", "size_bytes",
+                "compression_ratio", "seconds", "error", "artifact")
 
 
 def result_row(store_folder, run) -> dict:
@@ -43,11 +43,19 @@ def _cell(column: str, value) -> str:
         return f"{value:.2f}x"
     if column == "seconds":
         return f"{value:.1f}"
+    if column == "artifact":
+        return str(value)  # the full path: it is what a user copies
     return str(value)[:60]
 
 
+def _settings(row: dict) -> str:
+    """The config as the run's label shows it: only the settings that differ from the defaults."""
+    label, technique = row.get("label") or "", row.get("technique") or ""
+    return (label[len(technique):].strip() if label.startswith(technique) else label) or "(defaults)"
+
+
 def text_table(rows: list[dict]) -> str:
-    cells = [[_cell(c, r.get(c)) for c in TEXT_COLUMNS] for r in rows]
+    cells = [[_settings(r) if c == "config" else _cell(c, r.get(c)) for c in TEXT_COLUMNS] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(TEXT_COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(TEXT_COLUMNS, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]

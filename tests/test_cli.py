@@ -44,3 +44,28 @@ def test_sensitivity_command(tmp_path, capsys, mnist_dir):
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 40 and len(result["layers"]) == 4
     assert main(["sensitivity", "no_such_model", "--data", str(mnist_dir / "val")]) == 2
+
+
+def test_evaluate_gives_the_same_accuracy_for_the_model_and_its_fp32_conversion(tmp_path, capsys, mnist_dir):
+    from compress_lab.models.convert import convert_module
+    from compress_lab.models.handle import load_model
+
+    handle = load_model("mnist_cnn")
+    package = convert_module(handle.torch_copy(), handle.metadata, tmp_path / "fp32.mlpackage", precision="fp32")
+    assert main(["evaluate", "mnist_cnn", "--data", str(mnist_dir / "val"), "--json"]) == 0
+    torch_result = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(package), "--data", str(mnist_dir / "val"), "--reference", "mnist_cnn", "--json"]) == 0
+    coreml_result = json.loads(capsys.readouterr().out)
+    assert torch_result["n"] == coreml_result["n"] == 1000
+    assert torch_result["top1"] == coreml_result["top1"] > 0.99
+    assert coreml_result["agreement"] == 1.0
+
+
+def test_evaluate_on_an_unlabelled_folder_without_a_reference_says_what_is_missing(tmp_path, capsys, mnist_dir):
+    import shutil
+    for image in sorted((mnist_dir / "val" / "3").iterdir())[:4]:
+        shutil.copy2(image, tmp_path / image.name)
+    assert main(["evaluate", "mnist_cnn", "--data", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n"] == 4
+    assert "is not labelled" in captured.err and "--reference" in captured.err

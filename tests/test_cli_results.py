@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from compress_lab import cli
+from compress_lab.export import find_mlpackage
 from compress_lab.store import open_store
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
@@ -67,7 +68,9 @@ def test_results_finds_the_store_under_the_current_folder_and_prints_a_table(swe
     monkeypatch.chdir(folder)
     assert cli.main(["results"]) == 0
     out = capsys.readouterr().out
-    assert "palettize nbits=4" in out and runs["prune target_sparsity=0.5"].run_id[:12] in out
+    line = next(l for l in out.splitlines() if l.startswith(runs["palettize nbits=4"].run_id[:12]))
+    assert "post_training" in line and "palettize" in line and "nbits=4" in line and "COMPLETE" in line
+    assert str(find_mlpackage(folder / ".lab" / "cli", runs["palettize nbits=4"].artifact_path).resolve()) in line
     assert f"{runs['palettize nbits=4'].sizes['bytes']:,}" in out
 
 
