@@ -17,6 +17,8 @@ from typing import Any, Iterable, Sequence
 from compress_lab.errors import StoreError
 
 SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_EXPORT_FILES = 10_000          # an .mlpackage holds a handful; more means something else was put there
+MAX_EXPORT_BYTES = 8 * 1024 ** 3   # the zip is built in memory
 MAX_NAME = 80
 CSV_COLUMNS = ("run_id", "label", "technique", "family", "state", "top1", "top5", "agreement", "snr_db", "loss", "n",
                "bytes", "weight_bytes", "ratio_fp16", "ratio_fp32", "bits_per_weight",
@@ -63,13 +65,11 @@ def export_run(store_folder: str | Path, run: Any, model_name: str = "") -> RunE
               "label": label, "config": _get(run, "config") or {}}
     metrics = {"run_id": _get(run, "run_id"), "metrics": _get(run, "metrics") or {}, "sizes": _get(run, "sizes") or {},
                "timings": _get(run, "timings") or {}}
+    files = _package_files(package)
     buffer = io.BytesIO()
     entries = []
-    root = package.resolve()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for file in sorted(p for p in package.rglob("*") if p.is_file()):
-            if not file.resolve().is_relative_to(root):  # a symlink pointing out of the package
-                continue
+        for file in files:
             parts = [safe_name(part, "_") for part in file.relative_to(package).parts]
             arcname = "/".join([f"{base}.mlpackage", *parts])
             zf.write(file, arcname)
@@ -81,6 +81,23 @@ def export_run(store_folder: str | Path, run: Any, model_name: str = "") -> RunE
 
 
 METADATA_PREFIX = "com.compress_lab."
+
+
+def _package_files(package: Path) -> list[Path]:
+    """The package's regular files, checked before anything is zipped: links are never followed
+    (a package is plain files; a link could point anywhere on the machine), and the count and
+    total size are capped so a tampered store folder cannot make the export exhaust memory."""
+    files, total = [], 0
+    for path in sorted(package.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        files.append(path)
+        total += path.stat().st_size
+        if len(files) > MAX_EXPORT_FILES or total > MAX_EXPORT_BYTES:
+            raise StoreError(f"the package {package} holds more than {MAX_EXPORT_FILES:,} files or "
+                             f"{MAX_EXPORT_BYTES / 1024 ** 3:.0f} GiB: not a model package the lab wrote; "
+                             "run the sweep again to rebuild it")
+    return files
 
 
 def export_mlpackage(store_folder: str | Path, run: Any, out: str | Path, overwrite: bool = False) -> Path:

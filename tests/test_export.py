@@ -88,3 +88,32 @@ def test_results_csv_has_one_row_per_run(stored_run):
     assert parsed[0]["run_id"] == RUN_ID and float(parsed[0]["top1"]) == 0.99 and parsed[0]["bytes"] == "123"
     assert parsed[0]["top5"] == ""  # missing values are empty, not "None"
     assert list(parsed[0])[:3] == ["run_id", "label", "technique"]
+
+
+def test_export_never_follows_links_and_caps_the_package(stored_run, tmp_path, monkeypatch):
+    import compress_lab.export as export
+
+    folder, _, run = stored_run
+    package = find_mlpackage(folder, run.artifact_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private key")
+    links = [package / "Data" / "leak.txt", package / "inside_link.json"]
+    links[0].symlink_to(secret)                            # out of the package
+    links[1].symlink_to(package / "Manifest.json")         # inside it, still a link
+    try:
+        exported = export_run(folder, run)
+        with zipfile.ZipFile(io.BytesIO(exported.data)) as zf:
+            names = zf.namelist()
+            assert not any("leak" in n or "inside_link" in n for n in names), names
+            assert all(b"private key" not in zf.read(n) for n in names)
+            assert any(n.endswith("Manifest.json") for n in names)
+        monkeypatch.setattr(export, "MAX_EXPORT_FILES", 2)
+        with pytest.raises(StoreError, match="holds more than 2 files"):
+            export_run(folder, run)
+        monkeypatch.setattr(export, "MAX_EXPORT_FILES", 10_000)
+        monkeypatch.setattr(export, "MAX_EXPORT_BYTES", 1024)
+        with pytest.raises(StoreError, match="not a model package the lab wrote"):
+            export_run(folder, run)
+    finally:
+        for link in links:
+            link.unlink()
