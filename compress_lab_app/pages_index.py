@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import streamlit as st
 
 from compress_lab_app.edge import error_edge
-from compress_lab_app.session import current_data, current_model, current_sweep_id, store_folder
+from compress_lab_app.session import (choose_store_folder, current_data, current_model, current_sweep_id,
+                                      known_store_folders, store_folder)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,20 @@ def sidebar_glance() -> None:
                     + (f" (≤ {data.max_val_images} images)" if data.max_val_images else "")
                     + f"  \ntraining `{_short(data.train or 'none')}`"
                     + (f"  \nsweep `{current_sweep_id()}`" if current_sweep_id() else ""))
+        _store_picker()
+
+
+def _store_picker() -> None:
+    """Sweeps started with `compress-lab sweep` land in <spec folder>/.lab/<name>: list those stores too."""
+    stores = [str(p) for p in known_store_folders()]
+    current = str(store_folder())
+    if len(stores) > 1:
+        picked = st.selectbox("Results store", stores, index=stores.index(current), format_func=lambda p: _short(p, 3),
+                              help="The app's own store, and the stores of sweeps started with `compress-lab sweep` "
+                                   "(<spec folder>/.lab/<name>). Pick one to see its sweeps.")
+        if picked != current:
+            choose_store_folder(picked)
+            st.rerun()
 
 
 def _short(text: str, keep: int = 2) -> str:

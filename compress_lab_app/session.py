@@ -23,6 +23,7 @@ MODEL_KEY = "lab.model"
 DATA_KEY = "lab.data"
 SWEEP_KEY = "lab.sweep_id"
 SESSION_ID_KEY = "lab.session_id"
+STORE_KEY = "lab.store_folder"
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,35 @@ class DataChoice:
     max_val_images: int | None = None
 
 
-def store_folder() -> Path:
-    """The results store of this lab: $COMPRESS_LAB_STORE or ./lab-store in the repository."""
+def default_store_folder() -> Path:
+    """The lab's own store: $COMPRESS_LAB_STORE or ./lab-store in the repository."""
     return Path(os.environ.get("COMPRESS_LAB_STORE") or REPO_ROOT / "lab-store").expanduser().resolve()
+
+
+def store_folder() -> Path:
+    """The results store this session looks at: the one picked in the sidebar, else the default."""
+    chosen = st.session_state.get(STORE_KEY)
+    return Path(chosen) if chosen else default_store_folder()
+
+
+def choose_store_folder(folder: str | Path) -> None:
+    folder = Path(folder).resolve()
+    if folder != store_folder():
+        st.session_state[STORE_KEY] = str(folder)
+        st.session_state.pop(SWEEP_KEY, None)  # that sweep lives in the other store
+
+
+def known_store_folders() -> list[Path]:
+    """The default store plus the stores `compress-lab sweep` writes by default (<spec folder>/.lab/<name>)
+    in the repository, one folder down (e.g. examples/.lab/mnist), and in the current folder."""
+    found = [default_store_folder()]
+    for base in dict.fromkeys([REPO_ROOT, Path.cwd().resolve()]):
+        for pattern in ("lab-store/results.sqlite", ".lab/*/results.sqlite", "*/.lab/*/results.sqlite"):
+            found.extend(p.parent.resolve() for p in sorted(base.glob(pattern)))
+    chosen = st.session_state.get(STORE_KEY)
+    if chosen:
+        found.append(Path(chosen))
+    return list(dict.fromkeys(found))
 
 
 def session_id() -> str:

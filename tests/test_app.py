@@ -365,3 +365,25 @@ def test_app_refuses_to_serve_beyond_this_computer_unless_asked(tmp_path):
     env["COMPRESS_LAB_ADDRESS"] = "0.0.0.0"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert "SERVED" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_sweep_started_from_the_cli_shows_up_in_the_app(empty_store, lab_store, tmp_path, monkeypatch):
+    """`compress-lab sweep SPEC` writes to <spec folder>/.lab/<name>: the sidebar offers that store."""
+    import shutil
+    cli_store = tmp_path / "specs" / ".lab" / "cli-sweep"
+    shutil.copytree(lab_store, cli_store, ignore=shutil.ignore_patterns("*.pid", "*.log"))
+    (tmp_path / ".streamlit").mkdir()  # the repository's config (serve on 127.0.0.1) is read from the current folder
+    shutil.copy2(ROOT / ".streamlit" / "config.toml", tmp_path / ".streamlit" / "config.toml")
+    monkeypatch.chdir(tmp_path)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    no_errors(at)
+    picker = at.sidebar.selectbox[0]
+    assert picker.label == "Results store"
+    assert picker.options[0].endswith("store") and "specs/.lab/cli-sweep" in picker.options  # shown shortened
+    picker.set_value(str(cli_store.resolve())).run()
+    no_errors(at)
+    assert at.session_state["lab.store_folder"] == str(cli_store.resolve())
+    at.switch_page("pages/4_results.py").run()
+    no_errors(at)
+    assert any("app-test" in str(getattr(e, "value", "")) or "app-test" in str(getattr(e, "options", ""))
+               for e in [*at.selectbox, *at.markdown, *at.caption]), "the CLI store's sweep is listed"
