@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a technique setting (TOML value), repeatable")
     p.add_argument("--train", type=Path, help="training folder for training-time techniques")
     p.add_argument("--out", type=Path, required=True, help="output .mlpackage path")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="skip the time estimate printed before a training-time run (it measures a few steps)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compress)
 
@@ -118,6 +120,8 @@ def cmd_compress(args) -> int:
     handle = load_model_from_args(args)
     config = config_from_dict({"technique": args.technique, **parse_settings(args.set)})
     out = args.out if args.out.suffix == ".mlpackage" else args.out.with_suffix(".mlpackage")
+    if config.family == "training_time" and args.train is not None and not args.no_estimate:
+        _print_estimate(config, handle, args.train)
     bar = _progress_bar()
     context = CompressContext(handle=handle, workdir=out.parent / ".lab-work", train_dir=args.train, calibration_dir=args.train,
                               progress=bar.update)
@@ -131,6 +135,18 @@ def cmd_compress(args) -> int:
         print(f"wrote {outcome.path}: {size['package_bytes']:,} bytes on disk, {size['bits_per_weight']:.2f} bits per weight; {config.label()}; "
               + ", ".join(f"{k} {v:.2f}s" for k, v in outcome.timings.items()))
     return 0
+
+
+def _print_estimate(config, handle, train_dir: Path) -> None:
+    from compress_lab.data import scan_folder
+    from compress_lab.techniques import _training
+    try:
+        count = len(scan_folder(train_dir, class_names=handle.metadata.class_names))
+        seconds = _training.estimate_seconds(config, handle, count)
+    except LabError:
+        return  # no estimate for this technique; the progress bar still shows the time remaining
+    print(f"estimated time for {config.label()}: about {seconds:.0f} s on this machine "
+          f"(measured on a few steps, {count:,} training images)", file=sys.stderr)
 
 
 def cmd_evaluate(args) -> int:

@@ -69,3 +69,15 @@ def test_evaluate_on_an_unlabelled_folder_without_a_reference_says_what_is_missi
     captured = capsys.readouterr()
     assert json.loads(captured.out)["n"] == 4
     assert "is not labelled" in captured.err and "--reference" in captured.err
+
+
+def test_compress_with_a_training_time_technique_prints_a_time_estimate_first(tmp_path, capsys, mnist_dir):
+    out = tmp_path / "pruned.mlpackage"
+    argv = ["compress", "mnist_cnn", "--technique", "magnitude_pruning", "--set", "target_sparsity=0.5",
+            "--set", "steps=4", "--set", "batch_size=16", "--train", str(mnist_dir / "train"), "--out", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "estimated time for magnitude_pruning" in captured.err and "4,000 training images" in captured.err
+    assert (out / "Manifest.json").is_file()
+    assert main([*argv, "--no-estimate"]) == 0
+    assert "estimated time" not in capsys.readouterr().err
