@@ -14,7 +14,6 @@ from typing import Any
 
 from compress_lab.analysis.pareto import pareto_front
 from compress_lab.analysis.table import runs_table
-from compress_lab.errors import StoreError
 from compress_lab.plots import tradeoff_data, tradeoff_figure
 
 VERSIONED_PACKAGES = ["compress-lab", "coremltools", "torch", "numpy", "scikit-learn", "streamlit", "plotly", "pillow"]
@@ -126,9 +125,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from compress_lab.store import open_store
-    if not (Path(args.store) / "results.sqlite").is_file():
-        raise StoreError(f"{args.store} holds no results store (results.sqlite); give the folder a sweep wrote to")
-    store = open_store(args.store)
+    from compress_lab.store_cli import find_store_folder
+    store = open_store(find_store_folder(args.store))
     paths = write_report(store, args.sweep, args.out or Path(args.store) / "report")
     for kind, path in paths.items():
         print(f"{kind}: {path}")

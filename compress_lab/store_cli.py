@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compress_lab.errors import StoreError
-
-STORE_FILE = "results.sqlite"
+from compress_lab.store.sqlite import DB_FILENAME as STORE_FILE
 
 
 def find_store_folder(store: str | Path | None) -> Path:

@@ -15,6 +15,7 @@ from typing import Any
 import streamlit as st
 
 from compress_lab.models.handle import SAMPLE_MODELS_DIR
+from compress_lab.store_cli import STORE_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLE = "mnist_cnn"
@@ -90,8 +91,8 @@ def known_store_folders() -> list[Path]:
     in the repository, one folder down (e.g. examples/.lab/mnist), and in the current folder."""
     found = [default_store_folder()]
     for base in dict.fromkeys([REPO_ROOT, Path.cwd().resolve()]):
-        for pattern in ("lab-store/results.sqlite", ".lab/*/results.sqlite", "*/.lab/*/results.sqlite"):
-            found.extend(p.parent.resolve() for p in sorted(base.glob(pattern)))
+        for pattern in ("lab-store", ".lab/*", "*/.lab/*"):
+            found.extend(p.parent.resolve() for p in sorted(base.glob(f"{pattern}/{STORE_FILE}")))
     chosen = st.session_state.get(STORE_KEY)
     if chosen:
         found.append(Path(chosen))

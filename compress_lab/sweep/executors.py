@@ -162,7 +162,6 @@ class LocalExecutor:
         self._ctx = None
         self._slots: list[_Slot] = []
         self._idle_deaths = 0
-        self._lock = threading.Lock()
         self._starter: threading.Thread | None = None
         self._start_error: BaseException | None = None
         self._stopping = False
@@ -186,9 +185,7 @@ class LocalExecutor:
             for index in range(self.workers):
                 if self._stopping:
                     return
-                slot = self._spawn(index)
-                with self._lock:
-                    self._slots.append(slot)
+                self._slots.append(self._spawn(index))  # the driver only reads the list (copies of it)
         except BaseException as e:  # noqa: BLE001 - raised in the driver by poll()
             self._start_error = e
 
