@@ -122,8 +122,13 @@ def open_page(page, title: str, expect: str) -> None:
     wait_idle(page)
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, address_bar: str | None = None) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
+    if address_bar:  # headless Chromium has no address bar: show which URL the screenshot is of
+        page.evaluate("""t => { const d = document.createElement('div'); d.textContent = t;
+            d.style.cssText = 'position:fixed;bottom:0;right:0;z-index:99999;padding:4px 10px;font:13px monospace;'
+                + 'background:#eee;color:#333;border-top-left-radius:6px'; document.body.appendChild(d); }""",
+                      address_bar)
     page.evaluate("() => document.querySelectorAll('[data-testid=\"stMain\"], section.main').forEach(e => e.scrollTo(0, 0))")
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
@@ -135,6 +140,7 @@ def no_error_on(page) -> None:
 
 
 NAV = ["Home", "Model", "Data", "Sweep", "Results", "Export", "Sensitivity"]
+ICONS = ["home", "memory", "photo_library", "tune", "scatter_plot", "download", "equalizer"]  # material icon names
 TITLES = {"/": "compress lab", "/model": "Model", "/data": "Data", "/sweep": "Sweep", "/results": "Results",
           "/export": "Export", "/sensitivity": "Sensitivity", "/no-such-page": "compress lab", "/data?foo=bar": "Data"}
 URLS = ["/sweep", *(u for u in TITLES if u != "/sweep")]  # a deep link first: the fresh server's first visit
@@ -159,7 +165,7 @@ def test_every_url_refuses_on_a_non_loopback_address(browser, tmp_path, mnist_di
                 assert page.locator('[data-testid="stMain"] [data-testid="stElementContainer"]').count() == 1, path
                 assert page.get_by_text("At a glance").count() == 0
                 if path == "/sweep":
-                    shot(page, "refusal_nonloopback")
+                    shot(page, "refusal_nonloopback", f"{page.url} · streamlit run app.py --server.address 0.0.0.0")
     assert not list((tmp_path / "app-places").glob("*.json")), "a refused session saved a place"
 
 
@@ -173,8 +179,8 @@ def test_every_url_shows_the_navigation_and_sidebar_on_loopback(app_url, browser
             page.get_by_text("At a glance").first.wait_for(timeout=90_000)
             expect(page.get_by_role("heading", level=1).first).to_have_text(TITLES[path], timeout=90_000)
             wait_idle(page)
-            nav = [t.strip() for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
-            assert nav == NAV, (path, nav)
+            nav = [t.split() for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
+            assert nav == [[icon, title] for icon, title in zip(ICONS, NAV)], (path, nav)  # the app's, with icons
             sidebars[path] = sidebar_text(page)
             assert "mnist_cnn" in sidebars[path] and "validation" in sidebars[path], sidebars[path]
             assert "place=" in page.url
@@ -182,7 +188,7 @@ def test_every_url_shows_the_navigation_and_sidebar_on_loopback(app_url, browser
             if path == "/sweep":
                 page.get_by_text("New sweep").first.wait_for(timeout=90_000)
                 wait_idle(page)
-                shot(page, "deeplink_loopback")
+                shot(page, "deeplink_loopback", f"{page.url} · opened first, in a fresh browser context")
     assert all(text == sidebars["/"] for text in sidebars.values()), sidebars
 
 
