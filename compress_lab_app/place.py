@@ -4,8 +4,9 @@ Kept: the model choice (sample name; or path, weights and metadata; or the folde
 files), the validation and training folders, the validation subset size, the preprocessing
 overrides, the results store, the sweep, and the selections in REMEMBERED_WIDGETS /
 REMEMBERED_PREFIXES (results axes, accuracy budget and chosen run, the export run, the grid being
-built with its sweep name and workers). Not kept: files picked in an upload box but not yet used,
-measurements shown on a page (convert and measure, a sensitivity ranking), a page's scroll position.
+built and its number of workers; not the sweep name, which follows the model). Not kept: files
+picked in an upload box but not yet used, measurements shown on a page (convert and measure, a
+sensitivity ranking), a page's scroll position.
 
 How: every browser session has its own place id, shown in the address as ``?place=<id>``, and
 its own small JSON file ``<the lab's store>/app-places/<id>.json``, written atomically (temporary
@@ -42,7 +43,7 @@ VERSION = 1
 STATE_KEY = "lab.place"
 NOTES_KEY = "lab.place.notes"
 REMEMBERED_WIDGETS = ("results.x", "results.y", "results.budget_kind", "results.budget_top1",
-                      "results.budget_agreement", "results.run", "export.run", "sweep.name", "sweep.workers")
+                      "results.budget_agreement", "results.run", "export.run", "sweep.workers")
 REMEMBERED_PREFIXES = ("grid.",)
 _ID = re.compile(r"^[0-9a-f]{16}$")
 

@@ -1,7 +1,10 @@
 """End to end in a real headless Chromium: launch `streamlit run app.py`, look at
 every page, run a tiny grid with a post-training and a training-time point,
 check the trade-off plot shows both series, and download an exported model.
-Screenshots of each page go to test-artifacts/screenshots/."""
+Before that, every URL (each page's path opened first, an unknown path, a query
+string) goes through the app's one entry: the refusal on a non-loopback address,
+the navigation and sidebar on loopback; and the user's place survives a reload
+and a second tab. Screenshots go to test-artifacts/screenshots/."""
 
 from __future__ import annotations
 
@@ -116,7 +119,7 @@ def wait_idle(page, timeout_s: float = 90) -> None:
 
 
 def open_page(page, title: str, expect: str) -> None:
-    """Go to a page through the sidebar (a new URL would start a new session and lose the choices)."""
+    """Go to a page through the sidebar, as a user clicks (the same session; a new URL would start a new one)."""
     page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).click()
     page.get_by_text(expect).first.wait_for(timeout=60_000)
     wait_idle(page)
