@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from compress_lab_app.edge import error_edge
+from compress_lab_app.entry import require_entry
 from compress_lab_app.session import (choose_store_folder, current_data, current_model, current_sweep_id,
                                       known_store_folders, store_folder)
 
@@ -23,17 +24,17 @@ class PageInfo:
 ORIGINS = {"sample": "sample model", "path": "from a path", "upload": "uploaded"}
 
 PAGES = (
-    PageInfo("pages/1_model.py", "Model", ":material/memory:", "model",
+    PageInfo("app_pages/1_model.py", "Model", ":material/memory:", "model",
              "Choose a sample model or your own; see its layers, sizes, and what each technique would touch."),
-    PageInfo("pages/2_data.py", "Data", ":material/photo_library:", "data",
+    PageInfo("app_pages/2_data.py", "Data", ":material/photo_library:", "data",
              "Pick validation and training folders, check class counts and preprocessed samples."),
-    PageInfo("pages/3_sweep.py", "Sweep", ":material/tune:", "sweep",
+    PageInfo("app_pages/3_sweep.py", "Sweep", ":material/tune:", "sweep",
              "Build a grid of post-training and training-time techniques, start it, watch it run."),
-    PageInfo("pages/4_results.py", "Results", ":material/scatter_plot:", "results",
+    PageInfo("app_pages/4_results.py", "Results", ":material/scatter_plot:", "results",
              "Accuracy vs size, both families side by side, the Pareto frontier, per-run details."),
-    PageInfo("pages/5_export.py", "Export", ":material/download:", "export",
+    PageInfo("app_pages/5_export.py", "Export", ":material/download:", "export",
              "Download a compressed .mlpackage with its config and metrics, or the results as CSV."),
-    PageInfo("pages/6_sensitivity.py", "Sensitivity", ":material/equalizer:", "sensitivity",
+    PageInfo("app_pages/6_sensitivity.py", "Sensitivity", ":material/equalizer:", "sensitivity",
              "Per-layer sensitivity, and the smallest mixed-precision model within an accuracy budget."),
 )
 
@@ -99,7 +100,7 @@ def _short(text: str, keep: int = 2) -> str:
 
 
 def page_setup(title: str) -> None:
-    """The layout every page wants, also when a page is opened by its URL on a freshly
-    started server (Streamlit then runs the page file without app.py once)."""
+    """What every page does first: refuse unless run through app.py (the one entry), then its title."""
+    require_entry()
     st.set_page_config(page_title=f"{title} · compress lab", page_icon=":material/compress:", layout="wide")
     st.title(title)

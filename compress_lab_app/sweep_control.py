@@ -178,6 +178,6 @@ def _record_launch(store_folder: Path, sweep_id: str, pid: int) -> None:
     data = _launches(store_folder)
     data[sweep_id] = pid
     path = Path(store_folder) / LAUNCHES_FILE
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data):x}.tmp")  # two tabs never share a temporary file
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)

@@ -21,9 +21,11 @@ TIMEOUT = 120
 MNIST = ROOT / "sample_models" / "mnist_cnn"
 
 
-def page(name: str, store: Path) -> AppTest:
-    at = AppTest.from_file(str(ROOT / name), default_timeout=TIMEOUT)
-    return at
+def open_page(name: str, timeout: float = TIMEOUT) -> AppTest:
+    """A fresh session opened on one page's URL: through app.py, the app's one entry (a page file run
+    alone refuses to render), not yet run."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
+    return at.switch_page(f"app_pages/{name}")
 
 
 def no_errors(at: AppTest) -> None:
@@ -50,6 +52,9 @@ def lab_store(tmp_path_factory, mnist_dir):
 
 @pytest.fixture
 def store_env(monkeypatch, lab_store):
+    import shutil
+    from compress_lab_app.place import PLACES_DIR
+    shutil.rmtree(lab_store / PLACES_DIR, ignore_errors=True)  # each test starts a first visit, not another test's place
     monkeypatch.setenv("COMPRESS_LAB_STORE", str(lab_store))
     return lab_store
 
@@ -69,7 +74,7 @@ def test_home_starts_on_the_sample_model(empty_store, mnist_dir):
 
 
 def test_model_page_summarizes_the_sample(empty_store, mnist_dir):
-    at = AppTest.from_file(str(ROOT / "pages/1_model.py"), default_timeout=TIMEOUT).run()
+    at = open_page("1_model.py").run()
     no_errors(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Parameters"] == "390,410"
@@ -80,7 +85,7 @@ def test_model_page_summarizes_the_sample(empty_store, mnist_dir):
 
 
 def test_model_page_converts_and_measures(empty_store, mnist_dir):
-    at = AppTest.from_file(str(ROOT / "pages/1_model.py"), default_timeout=TIMEOUT).run()
+    at = open_page("1_model.py").run()
     at.button[0].click().run()
     no_errors(at)
     sizes = at.dataframe[0].value.set_index("package")["bytes on disk"]
@@ -88,7 +93,7 @@ def test_model_page_converts_and_measures(empty_store, mnist_dir):
 
 
 def test_model_page_loads_a_path_and_reports_a_bad_one(empty_store, mnist_dir):
-    at = AppTest.from_file(str(ROOT / "pages/1_model.py"), default_timeout=TIMEOUT).run()
+    at = open_page("1_model.py").run()
     at.radio(key="model.where").set_value("A path on this computer").run()
     at.text_input[0].set_value(str(MNIST / "model.py"))
     at.text_input[1].set_value(str(MNIST / "weights.pt"))
@@ -102,7 +107,7 @@ def test_model_page_loads_a_path_and_reports_a_bad_one(empty_store, mnist_dir):
 
 
 def test_model_page_offers_uploads(empty_store, mnist_dir):
-    at = AppTest.from_file(str(ROOT / "pages/1_model.py"), default_timeout=TIMEOUT).run()
+    at = open_page("1_model.py").run()
     at.radio(key="model.where").set_value("Upload files").run()
     no_errors(at)
     assert at.button[0].label == "Use the uploaded files" and at.button[0].disabled
@@ -110,7 +115,7 @@ def test_model_page_offers_uploads(empty_store, mnist_dir):
 
 
 def test_data_page_scans_and_limits_the_validation_set(empty_store, mnist_dir):
-    at = AppTest.from_file(str(ROOT / "pages/2_data.py"), default_timeout=TIMEOUT).run()
+    at = open_page("2_data.py").run()
     no_errors(at)
     captions = " ".join(c.value for c in at.caption)
     assert "1,000 images, 10 classes" in captions and "4,000 images" in captions
@@ -121,7 +126,7 @@ def test_data_page_scans_and_limits_the_validation_set(empty_store, mnist_dir):
 
 
 def test_data_page_reports_bad_preprocessing(empty_store, mnist_dir):
-    at = AppTest.from_file(str(ROOT / "pages/2_data.py"), default_timeout=TIMEOUT).run()
+    at = open_page("2_data.py").run()
     at.text_input(key=None) if False else None
     mean = next(t for t in at.text_input if t.label.startswith("Mean"))
     mean.set_value("abc")
@@ -131,7 +136,7 @@ def test_data_page_reports_bad_preprocessing(empty_store, mnist_dir):
 
 
 def test_sweep_page_counts_runs_as_the_grid_changes(empty_store, mnist_dir):
-    at = AppTest.from_file(str(ROOT / "pages/3_sweep.py"), default_timeout=TIMEOUT).run()
+    at = open_page("3_sweep.py").run()
     no_errors(at)
     runs = lambda: {m.label: m.value for m in at.metric}["Runs"]  # noqa: E731
     assert runs() == "1"
@@ -146,7 +151,7 @@ def test_sweep_page_counts_runs_as_the_grid_changes(empty_store, mnist_dir):
 
 
 def test_sweep_page_shows_invalid_points(empty_store, mnist_dir):
-    at = AppTest.from_file(str(ROOT / "pages/3_sweep.py"), default_timeout=TIMEOUT).run()
+    at = open_page("3_sweep.py").run()
     at.multiselect(key="grid.palettize.mode").set_value(["kmeans", "unique"]).run()
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Runs"] == "1"
@@ -154,7 +159,7 @@ def test_sweep_page_shows_invalid_points(empty_store, mnist_dir):
 
 
 def test_sweep_page_lists_a_finished_sweep(store_env):
-    at = AppTest.from_file(str(ROOT / "pages/3_sweep.py"), default_timeout=TIMEOUT).run()
+    at = open_page("3_sweep.py").run()
     no_errors(at)
     assert "6 of 6 runs finished" in at.get("progress")[0].proto.text
     states = list(at.dataframe[0].value["state"])
@@ -162,7 +167,7 @@ def test_sweep_page_lists_a_finished_sweep(store_env):
 
 
 def test_results_page_plots_and_details(store_env):
-    at = AppTest.from_file(str(ROOT / "pages/4_results.py"), default_timeout=TIMEOUT).run()
+    at = open_page("4_results.py").run()
     no_errors(at)
     chart = at.get("plotly_chart")[0].proto.spec
     assert '"post-training"' in chart and '"baseline (uncompressed)"' in chart and "Pareto frontier" in chart
@@ -184,7 +189,7 @@ def test_results_page_plots_and_details(store_env):
 
 
 def test_export_page_offers_downloads(store_env):
-    at = AppTest.from_file(str(ROOT / "pages/5_export.py"), default_timeout=TIMEOUT).run()
+    at = open_page("5_export.py").run()
     no_errors(at)
     buttons = at.get("download_button")
     assert len(buttons) == 4
@@ -195,8 +200,8 @@ def test_export_page_offers_downloads(store_env):
 
 
 def test_results_page_without_sweeps_says_what_to_do(empty_store):
-    for name in ("pages/4_results.py", "pages/5_export.py"):
-        at = AppTest.from_file(str(ROOT / name), default_timeout=TIMEOUT).run()
+    for name in ("4_results.py", "5_export.py"):
+        at = open_page(name).run()
         no_errors(at)
         assert any("No sweeps" in i.value for i in at.info)
 
@@ -215,7 +220,7 @@ def test_sweep_starts_in_the_background_and_cancels(empty_store, mnist_dir, requ
     from compress_lab.store import open_store
     from compress_lab.sweep.background import SweepHandle
 
-    at = AppTest.from_file(str(ROOT / "pages/3_sweep.py"), default_timeout=TIMEOUT).run()
+    at = open_page("3_sweep.py").run()
     at.checkbox(key="grid.use.palettize").uncheck().run()
     training = next(n for n in ("magnitude_pruning", "dkm", "qat") if any(c.key == f"grid.use.{n}" for c in at.checkbox))
     at.checkbox(key=f"grid.use.{training}").check().run()
@@ -312,7 +317,7 @@ def test_error_edge_turns_errors_into_messages(tmp_path):
 
 
 def test_results_page_highlights_the_smallest_run_within_budget(store_env):
-    at = AppTest.from_file(str(ROOT / "pages/4_results.py"), default_timeout=TIMEOUT).run()
+    at = open_page("4_results.py").run()
     no_errors(at)
     at.number_input(key="results.budget_top1").set_value(100.0).run()
     no_errors(at)
@@ -323,7 +328,7 @@ def test_results_page_highlights_the_smallest_run_within_budget(store_env):
 
 
 def test_sensitivity_page_measures_each_layer(empty_store, mnist_dir):
-    at = AppTest.from_file(str(ROOT / "pages/6_sensitivity.py"), default_timeout=TIMEOUT).run()
+    at = open_page("6_sensitivity.py").run()
     no_errors(at)
     at.number_input(key="sensitivity.images").set_value(40).run()
     at.button(key="sensitivity.run").click().run()
@@ -335,7 +340,7 @@ def test_sensitivity_page_measures_each_layer(empty_store, mnist_dir):
 
 @pytest.mark.slow
 def test_sensitivity_page_adds_a_mixed_point_to_a_sweep(store_env):
-    at = AppTest.from_file(str(ROOT / "pages/6_sensitivity.py"), default_timeout=300).run()
+    at = open_page("6_sensitivity.py", timeout=300).run()
     no_errors(at)
     at.number_input(key="sensitivity.images").set_value(60).run()
     at.selectbox(key="mixed.kind").set_value("agreement at least").run()
@@ -383,7 +388,7 @@ def test_a_sweep_started_from_the_cli_shows_up_in_the_app(empty_store, lab_store
     picker.set_value(str(cli_store.resolve())).run()
     no_errors(at)
     assert at.session_state["lab.store_folder"] == str(cli_store.resolve())
-    at.switch_page("pages/4_results.py").run()
+    at.switch_page("app_pages/4_results.py").run()
     no_errors(at)
     assert any("app-test" in str(getattr(e, "value", "")) or "app-test" in str(getattr(e, "options", ""))
                for e in [*at.selectbox, *at.markdown, *at.caption]), "the CLI store's sweep is listed"

@@ -1,10 +1,14 @@
 """End to end in a real headless Chromium: launch `streamlit run app.py`, look at
 every page, run a tiny grid with a post-training and a training-time point,
 check the trade-off plot shows both series, and download an exported model.
-Screenshots of each page go to test-artifacts/screenshots/."""
+Before that, every URL (each page's path opened first, an unknown path, a query
+string) goes through the app's one entry: the refusal on a non-loopback address,
+the navigation and sidebar on loopback; and the user's place survives a reload
+and a second tab. Screenshots go to test-artifacts/screenshots/."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -37,14 +41,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory, mnist_dir):
+@contextlib.contextmanager
+def serve(store: Path, address: str = "127.0.0.1", **env_changes):
+    """`streamlit run app.py` on a free port, listening on `address`; yields the URL to open (always via 127.0.0.1)."""
     port = free_port()
-    store = tmp_path_factory.mktemp("browser-store")
-    env = dict(os.environ, COMPRESS_LAB_STORE=str(store), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, COMPRESS_LAB_STORE=str(store), PYTHONPATH=str(ROOT), **env_changes)
+    env.pop("COMPRESS_LAB_ADDRESS", None)
     log = open(store / "streamlit.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1",
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", address,
          "--server.headless", "true", "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -68,14 +73,36 @@ def app_url(tmp_path_factory, mnist_dir):
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def app_url(tmp_path_factory, mnist_dir):
+    with serve(tmp_path_factory.mktemp("browser-store")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        context = browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
-        yield context.new_page()
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
+    yield context.new_page()
+    context.close()
+
+
+@contextlib.contextmanager
+def fresh_page(browser):
+    """A new browser context: no cookies, no session, as a first visit."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 def wait_idle(page, timeout_s: float = 90) -> None:
@@ -92,14 +119,19 @@ def wait_idle(page, timeout_s: float = 90) -> None:
 
 
 def open_page(page, title: str, expect: str) -> None:
-    """Go to a page through the sidebar (a new URL would start a new session and lose the choices)."""
+    """Go to a page through the sidebar, as a user clicks (the same session; a new URL would start a new one)."""
     page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).click()
     page.get_by_text(expect).first.wait_for(timeout=60_000)
     wait_idle(page)
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, address_bar: str | None = None) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
+    if address_bar:  # headless Chromium has no address bar: show which URL the screenshot is of
+        page.evaluate("""t => { const d = document.createElement('div'); d.textContent = t;
+            d.style.cssText = 'position:fixed;bottom:0;right:0;z-index:99999;padding:4px 10px;font:13px monospace;'
+                + 'background:#eee;color:#333;border-top-left-radius:6px'; document.body.appendChild(d); }""",
+                      address_bar)
     page.evaluate("() => document.querySelectorAll('[data-testid=\"stMain\"], section.main').forEach(e => e.scrollTo(0, 0))")
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
@@ -108,6 +140,112 @@ def no_error_on(page) -> None:
     errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
     assert not errors, errors
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+NAV = ["Home", "Model", "Data", "Sweep", "Results", "Export", "Sensitivity"]
+ICONS = ["home", "memory", "photo_library", "tune", "scatter_plot", "download", "equalizer"]  # material icon names
+TITLES = {"/": "compress lab", "/model": "Model", "/data": "Data", "/sweep": "Sweep", "/results": "Results",
+          "/export": "Export", "/sensitivity": "Sensitivity", "/no-such-page": "compress lab", "/data?foo=bar": "Data"}
+URLS = ["/sweep", *(u for u in TITLES if u != "/sweep")]  # a deep link first: the fresh server's first visit
+
+
+def sidebar_text(page) -> str:
+    return page.locator('[data-testid="stSidebarUserContent"]').inner_text()
+
+
+def test_every_url_refuses_on_a_non_loopback_address(browser, tmp_path, mnist_dir):
+    """Served on 0.0.0.0 without COMPRESS_LAB_ADDRESS: every URL, each the first of its own browser context (and
+    the first one the first visit of the server), shows the refusal and nothing of any page."""
+    with serve(tmp_path, address="0.0.0.0") as url:
+        for path in URLS:
+            with fresh_page(browser) as page:
+                page.goto(url + path)
+                page.get_by_text("not only on this computer").first.wait_for(timeout=60_000)
+                wait_idle(page)
+                assert "It has no authentication" in page.locator('[data-testid="stAlertContentError"]').inner_text()
+                assert page.locator('[data-testid="stSidebar"], [data-testid="stSidebarNav"]').count() == 0, path
+                assert page.get_by_role("heading").count() == 0, (path, page.get_by_role("heading").all_inner_texts())
+                assert page.locator('[data-testid="stMain"] [data-testid="stElementContainer"]').count() == 1, path
+                assert page.get_by_text("At a glance").count() == 0
+                if path == "/sweep":
+                    shot(page, "refusal_nonloopback", f"{page.url} · streamlit run app.py --server.address 0.0.0.0")
+    assert not list((tmp_path / "app-places").glob("*.json")), "a refused session saved a place"
+
+
+def test_every_url_shows_the_navigation_and_sidebar_on_loopback(app_url, browser):
+    """Each page URL opened first (a deep link, an unknown path, a query string) runs the app's entry: the same
+    navigation and sidebar as the home page, then the page asked for."""
+    sidebars = {}
+    for path in URLS:
+        with fresh_page(browser) as page:
+            page.goto(app_url + path)
+            page.get_by_text("At a glance").first.wait_for(timeout=90_000)
+            expect(page.get_by_role("heading", level=1).first).to_have_text(TITLES[path], timeout=90_000)
+            wait_idle(page)
+            nav = [t.split() for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
+            assert nav == [[icon, title] for icon, title in zip(ICONS, NAV)], (path, nav)  # the app's, with icons
+            sidebars[path] = sidebar_text(page)
+            assert "mnist_cnn" in sidebars[path] and "validation" in sidebars[path], sidebars[path]
+            assert "place=" in page.url
+            assert page.locator('[data-testid="stException"]').count() == 0
+            if path == "/sweep":
+                page.get_by_text("New sweep").first.wait_for(timeout=90_000)
+                wait_idle(page)
+                shot(page, "deeplink_loopback", f"{page.url} · opened first, in a fresh browser context")
+    assert all(text == sidebars["/"] for text in sidebars.values()), sidebars
+
+
+def test_the_place_survives_a_reload_and_a_second_tab(browser, tmp_path, mnist_dir):
+    """A model loaded by path and data folders set are still set after a reload; a second tab opened on a deep
+    link starts from them, and its changes do not leak into the first tab."""
+    model_py, val, train = str(mnist_dir / "model.py"), str(mnist_dir / "train"), str(mnist_dir / "val")
+    with serve(tmp_path) as url, fresh_page(browser) as page:
+        page.goto(url + "/model")
+        page.get_by_text("Layers").first.wait_for(timeout=90_000)
+        wait_idle(page)
+        page.get_by_text("A path on this computer").click()
+        page.get_by_role("textbox", name="Model path").fill(model_py)
+        page.get_by_role("textbox", name="Weights (for a model.py)").fill(str(mnist_dir / "weights.pt"))
+        page.get_by_role("button", name="Load model").click()
+        expect(page.locator('[data-testid="stSidebarUserContent"]')).to_contain_text("mnist_cnn/model.py", timeout=60_000)
+        wait_idle(page)
+        open_page(page, "Data", "Samples after preprocessing")
+        page.get_by_role("textbox", name="Validation folder").fill(val)  # the training digits, as another folder
+        page.get_by_role("textbox", name="Training folder (optional)").fill("")
+        page.get_by_role("spinbutton", name="Use at most N validation images").fill("200")
+        page.get_by_role("button", name="Scan").click()
+        page.get_by_text("a sweep uses a class-balanced 200").wait_for(timeout=90_000)
+        wait_idle(page)
+
+        page.reload()
+        page.get_by_text("a sweep uses a class-balanced 200").wait_for(timeout=90_000)
+        wait_idle(page)
+        expect(page.get_by_role("textbox", name="Validation folder")).to_have_value(val)
+        expect(page.get_by_role("textbox", name="Training folder (optional)")).to_have_value("")
+        side = sidebar_text(page)
+        assert "mnist_cnn/model.py" in side and "mnist_cnn/train" in side and "200 images" in side, side
+        open_page(page, "Model", "Layers")
+        expect(page.get_by_role("textbox", name="Model path")).to_have_value(model_py)
+        no_error_on(page)
+        first_place = page.url.split("place=")[1]
+
+        with fresh_page(browser) as other:  # a second tab, opened on a deep link without a place
+            other.goto(url + "/data")
+            other.get_by_text("a sweep uses a class-balanced 200").wait_for(timeout=90_000)
+            wait_idle(other)
+            expect(other.get_by_role("textbox", name="Validation folder")).to_have_value(val)
+            other.get_by_role("textbox", name="Training folder (optional)").fill(train)
+            other.get_by_role("button", name="Scan").click()
+            expect(other.locator('[data-testid="stSidebarUserContent"]')).to_contain_text("mnist_cnn/val", timeout=60_000)
+            wait_idle(other)
+            assert other.url.split("place=")[1] != first_place
+
+        page.reload()  # the first tab comes back to its own place, not the second tab's
+        page.get_by_text("Layers").first.wait_for(timeout=90_000)
+        wait_idle(page)
+        side = sidebar_text(page)
+        assert "training none" in " ".join(side.split()), side
+        expect(page.get_by_role("textbox", name="Model path")).to_have_value(model_py)
 
 
 def test_end_to_end(app_url, page):

@@ -30,6 +30,7 @@ def choose_model() -> None:
         name = st.selectbox("Sample model", samples, index=index, key="model.sample")
         if current.origin != "sample" or current.source != name:
             set_model(ModelChoice(name))
+            st.rerun()  # the sidebar, drawn before the page, shows the new model too
     elif where == SOURCES[1]:
         st.session_state.setdefault("model.path.source", "" if current.origin == "sample" else current.source)
         st.session_state.setdefault("model.path.weights", current.weights or "")
@@ -45,6 +46,7 @@ def choose_model() -> None:
                     st.error("Give the path of the model first.")
                     return
                 set_model(ModelChoice(source.strip(), weights.strip() or None, metadata.strip() or None, origin="path"))
+                st.rerun()
     else:
         files = st.file_uploader(
             "Upload an .mlpackage as a zip, a TorchScript .pt + metadata.json, or model.py + weights.pt + metadata.json",
@@ -54,6 +56,7 @@ def choose_model() -> None:
                 folder = upload_folder(store_folder() / "uploads", session_id())
                 save_files(folder, [(f.name, f.getvalue()) for f in files])
                 set_model(model_from_folder(folder))
+            st.rerun()
 
 
 def show_summary() -> None:
