@@ -172,6 +172,22 @@ def test_results_and_an_evaluation_render_as_html_tables(swept, tmp_path):
     assert "<table>" in table and f"{evaluation.top1:.4f}" in table and "per-class accuracy (10 classes)" in table
 
 
+def test_progress_outside_jupyter_is_the_clis_terminal_bar(swept, capsys):
+    import tqdm.std
+
+    from compress_lab.api import _auto_tqdm
+    from compress_lab.sweep.cli import _Reporter
+
+    _, _, results = swept
+    assert _auto_tqdm() is tqdm.std.tqdm             # tqdm.auto: a widget only inside a Jupyter kernel
+    reporter = _Reporter(quiet=False, bar_class=_auto_tqdm())
+    run = next(r for r in results.runs if r.label == "palettize nbits=2")
+    reporter.progress(4, 6, run)
+    assert isinstance(reporter.bar, tqdm.std.tqdm) and reporter.bar.n == 4
+    reporter.close()
+    assert "[4/6] COMPLETE palettize nbits=2" in capsys.readouterr().err
+
+
 def test_compress_takes_a_dict_config(mnist_handle, tmp_path):
     outcome = lab.compress(mnist_handle, {"technique": "quantize", "dtype": "int8"}, tmp_path / "q.mlpackage")
     assert (outcome.path / "Manifest.json").is_file() and outcome.timings["total_s"] > 0
