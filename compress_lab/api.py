@@ -272,13 +272,15 @@ class Results:
             raise ConfigError(f"x={x!r} is not an axis of the trade-off figure; use one of {list(X_AXES)}")
         if y not in Y_AXES:
             raise ConfigError(f"y={y!r} is not an axis of the trade-off figure; use one of {list(Y_AXES)}")
-        rows = runs_table(self.runs)
+        runs = self.runs
+        rows = runs_table(runs)
         data = tradeoff_data(rows, x, y)
         if not data["series"] and not data["baselines"]:
             raise StoreError(f"no finished run of sweep {self.name!r} has both {x} and {y} yet")
         best = self.best(top1_drop, agreement) if (top1_drop is not None or agreement is not None) else None
-        figure = tradeoff_figure(data, highlight_run_id=best and best["run_id"])
-        # the axis ranges of pages/4_results.py
+        figure = _with_config_hover(tradeoff_figure(data, highlight_run_id=best and best["run_id"]),
+                                    {r.run_id: r for r in runs})
+        # what pages/4_results.py adds to the figure: config hover, baseline labels apart, axis ranges
         if y in FRACTION_AXES:
             values = [r[y] for pts in data["series"].values() for r in pts] + [r[y] for r in data["baselines"]]
             low = min(values)
@@ -322,6 +324,25 @@ class Results:
             + "</tr>" for r in rows)
         return (f"<p>{html.escape(self.summary())}</p>"
                 f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def _with_config_hover(figure, runs: dict):
+    """As the app's Results page: hover text with each run's full config, and baseline labels that
+    would sit on top of each other alternating above and below their markers."""
+    import json
+
+    for trace in figure.data:
+        if trace.name == "baseline (uncompressed)" and trace.x is not None:
+            trace.textposition = ["top center" if i % 2 == 0 else "bottom center" for i in range(len(trace.x))]
+        if trace.customdata is None:
+            continue
+        texts = []
+        for run_id in trace.customdata:
+            run = runs.get(run_id[0] if isinstance(run_id, (list, tuple)) else run_id)
+            config = "<br>".join(f"{k} = {json.dumps(v)}" for k, v in (run.config or {}).items()) if run else ""
+            texts.append(f"{run.label}<br>{config}" if run else "")
+        trace.text = texts
+    return figure
 
 
 def _html_cell(column: str, value) -> str:

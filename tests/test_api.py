@@ -112,6 +112,10 @@ def test_figure_is_the_apps_tradeoff_figure(swept):
     for ours, theirs in zip(figure.data, app.data):
         assert list(ours.x) == list(theirs.x) and list(ours.y) == list(theirs.y)
     assert "smallest within budget" in [t.name for t in figure.data]
+    post = next(t for t in figure.data if t.name == "post-training")   # hover: the run's config, as the app's
+    assert any("nbits = 2" in text for text in post.text)
+    baselines = next(t for t in figure.data if t.name == "baseline (uncompressed)")
+    assert list(baselines.textposition) == ["top center", "bottom center", "top center"]
     assert figure.layout.xaxis.type == "log" and figure.layout.yaxis.range[1] == pytest.approx(1.005)
     plain = results.figure(x="ratio_fp16", y="agreement", top1_drop=None)
     assert "smallest within budget" not in [t.name for t in plain.data]
@@ -179,7 +183,10 @@ def test_progress_outside_jupyter_is_the_clis_terminal_bar(swept, capsys):
     from compress_lab.sweep.cli import _Reporter
 
     _, _, results = swept
-    assert _auto_tqdm() is tqdm.std.tqdm             # tqdm.auto: a widget only inside a Jupyter kernel
+    import tqdm.notebook
+
+    bar = _auto_tqdm()                               # tqdm.auto: a widget only inside a Jupyter kernel
+    assert issubclass(bar, tqdm.std.tqdm) and not issubclass(bar, tqdm.notebook.tqdm_notebook)
     reporter = _Reporter(quiet=False, bar_class=_auto_tqdm())
     run = next(r for r in results.runs if r.label == "palettize nbits=2")
     reporter.progress(4, 6, run)
