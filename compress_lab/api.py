@@ -27,7 +27,7 @@ from typing import Any, Mapping
 from compress_lab.errors import ConfigError, StoreError
 
 __all__ = ["load_model", "sweep_spec", "run", "open_results", "Results", "RunRow", "compress", "config_from_dict",
-           "evaluate_model"]
+           "evaluate_model", "default_store"]
 
 # The app's Results page: its axes, and its default budget (top-1 drop at most 1 point).
 X_AXES = ("bytes", "ratio_fp16", "ratio_fp32", "bits_per_weight")
