@@ -58,6 +58,10 @@ class EvalResult:
             raise ConfigError("evaluation result dict has no 'n' (number of images evaluated)")
         return cls(**data)
 
+    def _repr_html_(self) -> str:  # a table in a notebook
+        from compress_lab.api import evaluation_html
+        return evaluation_html(self)
+
     def save_logits(self, path: str | Path) -> Path:
         if self.logits is None:
             raise DataError("this evaluation result holds no logits to save")

@@ -135,11 +135,13 @@ def status_line(done: int, total: int, run) -> str:
 
 
 class _Reporter:
-    """Per-run status lines and an overall progress bar with ETA (tqdm, on stderr)."""
+    """Per-run status lines and an overall progress bar with ETA (tqdm, on stderr).
+    `bar_class`: the tqdm class to draw with (the Python API passes tqdm.auto's: a widget in Jupyter)."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, bar_class=None):
         self.quiet = quiet
         self.bar = None
+        self.bar_class = bar_class
         self.lock = threading.Lock()
 
     def progress(self, done: int, total: int, run) -> None:
@@ -148,6 +150,7 @@ class _Reporter:
         with self.lock:
             if self.bar is None:
                 from tqdm import tqdm
+                tqdm = self.bar_class or tqdm
                 tqdm.set_lock(threading.RLock())  # no multiprocessing semaphore (it would leak at exit)
                 self.bar = tqdm(total=total, initial=max(0, done - 1), desc="sweep", unit="run", file=sys.stderr,
                                 dynamic_ncols=True)
