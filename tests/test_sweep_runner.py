@@ -186,6 +186,27 @@ def test_the_cli_prints_a_summary_table_and_exits_1_when_runs_failed(sweep, caps
     assert "FAILED test_sleepy_quant fail=True: RuntimeError" in out
 
 
+def test_the_cli_runs_failed_points_again_only_with_retry_failed(tmp_path):
+    make_val(tmp_path / "val", per_class=1)
+    spec_path = write_spec(tmp_path, "[[grid]]\ntechnique = 'test_sleepy_quant'\nfail = true\n", "retry", workers=1)
+    store = tmp_path / "store"
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+
+    def failed_attempts():
+        runs = by_label(open_store(store).list_runs(open_store(store).list_sweeps()[0].sweep_id))
+        run = runs["test_sleepy_quant fail=True"]
+        assert run.state == "FAILED"
+        return run.attempts
+
+    assert cli.run(parser.parse_args([str(spec_path), "--store", str(store), "--quiet"])) == 1
+    first = failed_attempts()
+    assert cli.run(parser.parse_args([str(spec_path), "--store", str(store), "--quiet"])) == 1
+    assert failed_attempts() == first  # a plain re-run resumes: failed points stay recorded as they were
+    assert cli.run(parser.parse_args([str(spec_path), "--store", str(store), "--quiet", "--retry-failed"])) == 1
+    assert failed_attempts() == first + 1
+
+
 def test_cancel_stops_the_sweep_and_leaves_the_unfinished_runs_pending(tmp_path):
     make_val(tmp_path / "val", per_class=2)
     spec_path = write_spec(tmp_path, "[[grid]]\ntechnique = 'test_sleepy_quant'\nseconds = [300, 301]\n", "cancel", workers=1)

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     store = args.store or default_store_folder(args.spec, spec)
     reporter = _Reporter(quiet=args.quiet or args.json)
     try:
-        result = run_sweep(spec, store, plan=plan, progress=reporter.progress, on_event=reporter.event)
+        result = run_sweep(spec, store, plan=plan, progress=reporter.progress, on_event=reporter.event,
+                           retry_failed=args.retry_failed)
     finally:
         reporter.close()
     if args.json:
