@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from compress_lab.errors import ConfigError, StoreError
+from compress_lab.quiet import import_coremltools
+
+import_coremltools()  # a notebook cell shows no coremltools import noise
 
 __all__ = ["load_model", "sweep_spec", "run", "open_results", "Results", "RunRow", "compress", "config_from_dict",
            "evaluate_model", "default_store"]
