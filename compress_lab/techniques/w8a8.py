@@ -37,14 +37,16 @@ _RUN_SETTINGS = ("weights", "activation_dtype", "activation_mode", "calibration"
 
 @dataclass(frozen=True)
 class W8A8Config(PostTrainingConfig):
-    """weights: int8 (W8A8, per-channel scales by default), int4 (W4A8, per-block scales of
-    `block_size` input channels by default, 32) or palettize (an `nbits` look-up table,
-    default 4). granularity / block_size / group_size / nbits apply to that weight step,
-    as in the quantize and palettize techniques.
+    """weights: int8 (W8A8) or int4 (W4A8), per-channel scales by default as in the quantize
+    technique (granularity "per_block" with `block_size`, default 32, suits 4 bits when the
+    channels divide), or palettize (an `nbits` look-up table, default 4). granularity /
+    block_size / group_size / nbits apply to that weight step, as in the quantize and
+    palettize techniques.
 
     calibration: where the activation ranges come from. "validation" (the validation
-    folder), "train" (the training folder) or a folder path; `calibration_samples` images
-    of it, chosen by `seed`.
+    folder), "train" (the training folder) or the path of a folder of images (absolute, or
+    relative to the working directory; its contents are part of the run's identity in a
+    sweep); `calibration_samples` images of it, chosen by `seed`.
 
     Speed: Core ML Tools' guide (opt-quantization-perf) says devices with the A17 Pro or
     M4 chip (iPhone 15 Pro onwards) have increased int8-int8 compute throughput on the
@@ -103,7 +105,7 @@ class W8A8Config(PostTrainingConfig):
             for key in ("nbits", "group_size"):
                 if getattr(self, key) is not None:
                     self._fail(key, getattr(self, key), "applies to weights 'palettize' only")
-            granularity = self.granularity or ("per_channel" if self.weights == "int8" else "per_block")
+            granularity = self.granularity or "per_channel"
             cls, kwargs = QuantizeConfig, dict(dtype=self.weights, granularity=granularity, block_size=self.block_size)
         try:
             return cls(**kwargs, **common)
