@@ -43,7 +43,7 @@ def plan(spec: SweepSpec, has_train: bool, is_torch: bool) -> tuple[SweepPlan, l
         config = point.config
         if config.family == "training_time" and not is_torch:
             refused.append(f"{config.label()}: needs the PyTorch model (this one is a Core ML package)")
-        elif getattr(config.data_need, "value", "none") != "none" and not has_train:
+        elif config.train_folder_needed() and not has_train:
             refused.append(f"{config.label()}: needs a training folder (set it on the Data page)")
     return result, refused
 

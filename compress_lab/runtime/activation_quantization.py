@@ -31,8 +31,8 @@ def activation_quantization_available() -> tuple[bool, str]:
 
 
 def calibrate_activations(model, sample_data: Iterable, compute_precision: str = "fp32") -> dict[str, dict[str, float]]:
-    """Min / max of the input and of every computed float tensor except the outputs, over
-    `sample_data` (arrays (N, C, H, W), or dicts {input name: array}), with concat inputs
+    """Min / max of the inputs and of every computed float tensor except the outputs, over
+    `sample_data` (arrays (N, C, H, W), or dicts {input name: array}, as several inputs need), with concat inputs
     and outputs sharing one range, as coremltools' calibration does."""
     from coremltools.optimize.coreml.experimental._post_training_quantization import (
         _adjust_concat_surrounding_activation_stats,
@@ -54,9 +54,13 @@ def calibrate_activations(model, sample_data: Iterable, compute_precision: str =
 
     count = 0
     for batch in sample_data:
+        if isinstance(batch, dict) and len(program.input_names) > 1:
+            program.observe(batch, observe)  # several named inputs (checked by the program)
+            count += 1
+            continue
         array = batch.get(program.input_name, batch.get(None)) if isinstance(batch, dict) else batch
         if array is None:
-            raise DataError(f"calibration sample {sorted(batch)} has no array for input {program.input_name!r}")
+            raise DataError(f"calibration sample {sorted(map(str, batch))} has no array for input {program.input_name!r}")
         program.observe(array, observe)
         count += 1
     if count == 0:

@@ -28,11 +28,19 @@ def decompress_constants(program, function, origin: str = "the program") -> dict
     if any(is_constexpr(op) for op in function.operations):
         _decompress_in_place(program, origin)
     values: dict[str, np.ndarray] = {}
-    for op in function.operations:
+    for op in _all_ops(function):
         for var in op.outputs:
             if var.val is not None:
                 values[var.name] = var.val
     return values
+
+
+def _all_ops(block):
+    """The ops of a block and of the blocks nested in them (a while_loop's condition and body)."""
+    for op in block.operations:
+        yield op
+        for inner in op.blocks:
+            yield from _all_ops(inner)
 
 
 def _decompress_in_place(program, origin: str) -> None:

@@ -15,7 +15,7 @@ import torch
 from compress_lab.errors import UnsupportedOpError
 from compress_lab.runtime.constants import decompress_constants, is_constexpr
 from compress_lab.runtime.milprogram import MilSource
-from compress_lab.runtime.ops import OpContext, Ref, builder_for
+from compress_lab.runtime.ops import Kernel, OpContext, Ref, builder_for
 
 COMPUTE_PRECISIONS = ("fp32", "fp16")
 
@@ -73,25 +73,44 @@ class Interpreter:
     def _compile(self):
         function = self.source.function
         where = f"function {self.source.function_name!r}, top-level block"
-        steps, problems = [], []
-        for index, op in enumerate(function.operations):
+        problems: list[str] = []
+        steps = self._compile_ops(function.operations, where, problems)
+        if problems:
+            listed = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
+            raise UnsupportedOpError(
+                f"the lab's Core ML runtime cannot run {len(problems)} op(s) of {self.source.origin}:\n  {listed}\n"
+                "Convert the model without these ops, or run it on macOS with backend='native'.")
+        missing = [n for n in self._output_names if n not in self.constants and not any(n in s[3] for s in steps)]
+        if missing:
+            raise UnsupportedOpError(f"outputs {missing} of {self.source.origin} are not produced by any op")
+        return self._plan_frees(steps)
+
+    def _compile_ops(self, operations, where: str, problems: list[str]) -> list:
+        """The steps of one block's ops; every op that cannot run is added to `problems`."""
+        steps = []
+        for index, op in enumerate(operations):
             if op.op_type == "const" or is_constexpr(op):
                 continue
             if all(v.name in self.constants for v in op.outputs):
                 continue  # coremltools' value inference already folded it
             location = f"{where}, op #{index}"
-            if op.blocks:
-                problems.append(f"op {op.op_type!r} named {op.name!r} ({location}): control flow is not supported")
+            if op.op_type == "while_loop":
+                kernel = self._while_loop(op, location, problems)
+                if kernel is None:
+                    continue
+            elif op.blocks:
+                problems.append(f"op {op.op_type!r} named {op.name!r} ({location}): control flow of this kind is not supported")
                 continue
-            builder = builder_for(op.op_type)
-            if builder is None:
-                problems.append(f"op {op.op_type!r} named {op.name!r} ({location}): op type not supported")
-                continue
-            try:
-                kernel = builder(OpContext(op, self._tensors, self.constants, location))
-            except UnsupportedOpError as e:
-                problems.append(str(e))
-                continue
+            else:
+                builder = builder_for(op.op_type)
+                if builder is None:
+                    problems.append(f"op {op.op_type!r} named {op.name!r} ({location}): op type not supported")
+                    continue
+                try:
+                    kernel = builder(OpContext(op, self._tensors, self.constants, location))
+                except UnsupportedOpError as e:
+                    problems.append(str(e))
+                    continue
             fn = kernel.fn
             ctx_out_float = [self._is_float(v) for v in op.outputs]
             if self.round_fp16 and not kernel.layout_only and any(ctx_out_float):
@@ -102,15 +121,52 @@ class Interpreter:
                 self._fold(fn, kernel.args, outs)
                 continue
             steps.append([fn, list(kernel.args), refs, outs, ()])
-        if problems:
-            listed = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
-            raise UnsupportedOpError(
-                f"the lab's Core ML runtime cannot run {len(problems)} op(s) of {self.source.origin}:\n  {listed}\n"
-                "Convert the model without these ops, or run it on macOS with backend='native'.")
-        missing = [n for n in self._output_names if n not in self.constants and not any(n in s[3] for s in steps)]
-        if missing:
-            raise UnsupportedOpError(f"outputs {missing} of {self.source.origin} are not produced by any op")
-        return self._plan_frees(steps)
+        return steps
+
+    def _while_loop(self, op, location: str, problems: list[str]):
+        """A `while_loop` (ct.convert's form of GRU / RNN layers and loops over a sequence): its
+        condition and body blocks compiled like the top level, run until the condition is false."""
+        if len(op.blocks) != 2:
+            problems.append(f"op 'while_loop' named {op.name!r} ({location}): expected a condition and a body block, "
+                            f"found {len(op.blocks)}")
+            return None
+        before = len(problems)
+        cond_block, body_block = op.blocks
+        cond_steps = self._compile_ops(cond_block.operations, f"{location}, condition block", problems)
+        body_steps = self._compile_ops(body_block.operations, f"{location}, body block", problems)
+        if len(problems) > before:
+            return None
+        cond_inputs = [v.name for v in cond_block.inputs]
+        body_inputs = [v.name for v in body_block.inputs]
+        cond_out = cond_block.outputs[0].name
+        body_outs = [v.name for v in body_block.outputs]
+
+        def free_names(steps, inputs):
+            made = set(inputs) | {name for step in steps for name in step[3]}
+            return {name for step in steps for _, name in step[2] if name not in made}
+        free = sorted(free_names(cond_steps, cond_inputs) | free_names(body_steps, body_inputs))
+        loop_vars = op.inputs["loop_vars"]
+        count = len(loop_vars)
+        operands = [self._tensors[v.name] if v.name in self._tensors else Ref(v.name) for v in loop_vars]
+        tensors = self._tensors
+        cond_steps, body_steps = [tuple(s) for s in cond_steps], [tuple(s) for s in body_steps]
+
+        def lookup(env, name):
+            return env[name] if name in env else tensors[name]
+
+        def run_loop(*args):
+            values, outer = list(args[:count]), dict(zip(free, args[count:]))
+            for _ in range(MAX_LOOP_ITERATIONS):
+                env = {**outer, **dict(zip(cond_inputs, values))}
+                _run_steps(cond_steps, env)
+                if not bool(lookup(env, cond_out)):
+                    return tuple(values)
+                env = {**outer, **dict(zip(body_inputs, values))}
+                _run_steps(body_steps, env)
+                values = [lookup(env, name) for name in body_outs]
+            raise UnsupportedOpError(f"while_loop {op.name!r} ({location}) ran {MAX_LOOP_ITERATIONS} iterations "
+                                     "without its condition becoming false")
+        return Kernel(run_loop, [*operands, *[Ref(name) for name in free]], layout_only=True)
 
     @staticmethod
     def _is_float(var) -> bool:
@@ -141,31 +197,42 @@ class Interpreter:
         return [tuple(s) for s in steps]
 
     # --- run time -------------------------------------------------------------------------
-    def run(self, x: torch.Tensor, observe=None) -> dict[str, torch.Tensor]:
-        """Outputs by name. `observe(name, value)`, if given, sees every computed value
+    def run(self, x, observe=None) -> dict[str, torch.Tensor]:
+        """Outputs by name. `x`: the (first) input's tensor, or a dict {input name: tensor}.
+        `observe(name, value)`, if given, sees every input and computed value
         (calibration uses it to record activation ranges)."""
-        if self.round_fp16:
-            x = x.half().float()
-        env: dict[str, Any] = {self._input_name: x}
-        if observe is not None:
-            observe(self._input_name, x)
+        named = dict(x) if isinstance(x, dict) else {self._input_name: x}
+        env: dict[str, Any] = {}
+        for name, value in named.items():
+            if self.round_fp16 and value.is_floating_point():
+                value = value.half().float()
+            env[name] = value
+            if observe is not None:
+                observe(name, value)
         with torch.inference_mode():
-            for fn, args, refs, outs, frees in self._steps:
-                call = args.copy()  # a copy per call keeps one program usable from several threads
-                for i, name in refs:
-                    call[i] = env[name]
-                result = fn(*call)
-                if len(outs) == 1:
-                    env[outs[0]] = result
-                else:
-                    for name, value in zip(outs, result):
-                        env[name] = value
-                if observe is not None:
-                    for name in outs:
-                        observe(name, env[name])
-                for name in frees:
-                    del env[name]
+            _run_steps(self._steps, env, observe)
         return {name: env[name] if name in env else self._tensors[name] for name in self._output_names}
+
+
+MAX_LOOP_ITERATIONS = 1_000_000
+
+
+def _run_steps(steps, env: dict, observe=None) -> None:
+    for fn, args, refs, outs, frees in steps:
+        call = args.copy()  # a copy per call keeps one program usable from several threads
+        for i, name in refs:
+            call[i] = env[name]
+        result = fn(*call)
+        if len(outs) == 1:
+            env[outs[0]] = result
+        else:
+            for name, value in zip(outs, result):
+                env[name] = value
+        if observe is not None:
+            for name in outs:
+                observe(name, env[name])
+        for name in frees:
+            del env[name]
 
 
 def _rounding(fn):

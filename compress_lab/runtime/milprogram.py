@@ -15,6 +15,17 @@ from compress_lab.errors import ModelLoadError
 
 
 @dataclass(frozen=True)
+class InputFact:
+    """One input of a program: its name, default shape (flexible dimensions at their
+    default), which dimensions are flexible, and the dtype it takes."""
+
+    name: str
+    shape: tuple[int, ...]
+    flexible: tuple[bool, ...]
+    dtype: str  # "float32", "float16" or "int32"
+
+
+@dataclass(frozen=True)
 class MilSource:
     """A loaded ML program: the pymil function to run and what its caller needs to know."""
 
@@ -28,6 +39,7 @@ class MilSource:
     input_shape: tuple[int, ...]  # batch entry: the fixed batch, or the default batch of a flexible one
     fixed_batch: int | None
     max_batch: int | None  # upper bound of a flexible batch (None: unbounded or fixed)
+    inputs: tuple[InputFact, ...] = ()  # every input, in the model's order (the facts above are the first one's)
 
 
 def load_mil_source(source) -> MilSource:
@@ -48,19 +60,20 @@ def load_mil_source(source) -> MilSource:
             f"{origin} has no function {function_name!r} (functions: {sorted(program.functions)}); "
             "give a single-function ML program")
     function = program.functions[function_name]
-    if len(spec.description.input) != 1:
-        names = [i.name for i in spec.description.input]
-        raise ModelLoadError(f"{origin} has {len(names)} inputs {names}; the lab's runtime runs models with one image input")
+    if not spec.description.input:
+        raise ModelLoadError(f"{origin} has no input; the lab's runtime runs models with at least one tensor input")
+    for desc in spec.description.input:
+        if desc.type.WhichOneof("Type") != "multiArrayType":
+            raise ModelLoadError(
+                f"input {desc.name!r} of {origin} is a {desc.type.WhichOneof('Type')}; "
+                "the lab's runtime needs multi-array (tensor) inputs")
     input_desc = spec.description.input[0]
-    if input_desc.type.WhichOneof("Type") != "multiArrayType":
-        raise ModelLoadError(
-            f"input {input_desc.name!r} of {origin} is a {input_desc.type.WhichOneof('Type')}; "
-            "the lab's runtime needs a multi-array (tensor) input")
     fixed_batch, input_shape, max_batch = _input_facts(function, input_desc)
+    inputs = tuple(_input_fact(function, desc) for desc in spec.description.input)
     output_names = tuple(o.name for o in spec.description.output)
     return MilSource(origin=origin, mlmodel=mlmodel, program=program, function=function, function_name=function_name,
                      input_name=input_desc.name, output_names=output_names, input_shape=input_shape,
-                     fixed_batch=fixed_batch, max_batch=max_batch)
+                     fixed_batch=fixed_batch, max_batch=max_batch, inputs=inputs)
 
 
 def _open_mlmodel(source, ct):
@@ -106,6 +119,18 @@ def _input_facts(function, input_desc):
         max_batch = int(upper) if upper > 0 else None
     input_shape = tuple(int(d) if _is_int(d) else int(default[i]) for i, d in enumerate(shape))
     return fixed_batch, input_shape, max_batch
+
+
+_ARRAY_DTYPES = {65568: "float32", 65552: "float16", 131104: "int32", 65600: "float32"}  # FLOAT32, FLOAT16, INT32, DOUBLE
+
+
+def _input_fact(function, desc) -> InputFact:
+    var = function.inputs[desc.name]
+    array = desc.type.multiArrayType
+    default = list(array.shape) or [d if _is_int(d) else 1 for d in var.shape]
+    shape = tuple(int(d) if _is_int(d) else int(default[i]) for i, d in enumerate(var.shape))
+    flexible = tuple(not _is_int(d) for d in var.shape)
+    return InputFact(desc.name, shape, flexible, _ARRAY_DTYPES.get(int(array.dataType), "float32"))
 
 
 def _is_int(d) -> bool:

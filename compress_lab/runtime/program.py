@@ -37,6 +37,8 @@ class CoreMLProgram:
         self.origin = source.origin
         self.compute_precision = compute_precision
         self.input_name = source.input_name
+        self.inputs = tuple(source.inputs)
+        self.input_names = [i.name for i in self.inputs] or [source.input_name]
         self.output_names = list(source.output_names)
         self.input_shape = tuple(source.input_shape)
         self.fixed_batch = source.fixed_batch
@@ -49,11 +51,23 @@ class CoreMLProgram:
 
     # --- prediction -----------------------------------------------------------------------
     def predict(self, x, batch_size: int | None = None) -> np.ndarray:
-        """(N, C, H, W) float32 -> float32 array of the first output, (N, K) for a classifier."""
+        """(N, C, H, W) float32 -> float32 array of the first output, (N, K) for a classifier.
+        `x` may also be a dict {input name: array} (see `predict_all`)."""
         return self.predict_all(x, batch_size)[self.output_names[0]]
 
     def predict_all(self, x, batch_size: int | None = None) -> dict[str, np.ndarray]:
-        """All outputs, by name. `batch_size` caps how many samples run at once (flexible programs)."""
+        """All outputs, by name. `batch_size` caps how many samples run at once (flexible programs).
+
+        `x`: one array for a single-input program, or a dict {input name: array} for any
+        program (several inputs, int32 inputs such as token ids, state inputs whose batch is
+        not their first axis). A dict runs in one call, as given: no batching, no padding."""
+        if isinstance(x, dict):
+            named = self._check_named(x)
+            outputs = self._run_named(named)
+            return {name: _to_numpy(outputs[name]) for name in self.output_names}
+        if len(self.input_names) > 1:
+            raise DataError(f"{self.origin} takes {len(self.input_names)} inputs {self.input_names}; "
+                            "pass a dict {input name: array}")
         x = self._check_input(x)
         n = x.shape[0]
         if self.fixed_batch is not None:
@@ -78,10 +92,46 @@ class CoreMLProgram:
     def _run_batch(self, x: torch.Tensor) -> dict:
         return self._interpreter.run(x)
 
+    def _run_named(self, named: dict[str, torch.Tensor]) -> dict:
+        return self._interpreter.run(named)
+
     def observe(self, x, callback) -> None:
-        """Run one batch, calling `callback(var_name, torch_value)` for the input and every
-        computed value (activation calibration records ranges with it)."""
-        self._interpreter.run(self._check_input(x), observe=callback)
+        """Run one batch, calling `callback(var_name, torch_value)` for the inputs and every
+        computed value (activation calibration records ranges with it). `x`: an array or a dict."""
+        self._interpreter.run(self._check_named(x) if isinstance(x, dict) else self._check_input(x), observe=callback)
+
+    def _check_named(self, x: dict) -> dict[str, torch.Tensor]:
+        """Named inputs as tensors of the dtype each input takes; shapes checked against the
+        program (flexible dimensions may take any size)."""
+        facts = {f.name: f for f in self.inputs}
+        missing = [n for n in self.input_names if n not in x]
+        unknown = sorted(str(k) for k in x if k not in facts)
+        if missing or unknown:
+            raise DataError(f"{self.origin} takes inputs {self.input_names}; "
+                            + (f"missing {missing}" if missing else "") + ("; " if missing and unknown else "")
+                            + (f"unknown {unknown}" if unknown else ""))
+        out = {}
+        for name in self.input_names:
+            fact, value = facts[name], x[name]
+            if isinstance(value, torch.Tensor):
+                value = value.detach().cpu().numpy()
+            value = np.asarray(value)
+            if fact.dtype == "int32":
+                if value.dtype.kind not in "iub":
+                    raise DataError(f"input {name!r} of {self.origin} takes int32 values, got {value.dtype}")
+                tensor = torch.from_numpy(np.ascontiguousarray(value, dtype=np.int32))
+            else:
+                if value.dtype.kind not in "fiub":
+                    raise DataError(f"input {name!r} of {self.origin} takes float values, got {value.dtype}")
+                tensor = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+            wrong = tensor.dim() != len(fact.shape) or any(
+                not flex and int(got) != want for got, want, flex in zip(tensor.shape, fact.shape, fact.flexible))
+            if wrong:
+                shape = ", ".join("*" if flex else str(d) for d, flex in zip(fact.shape, fact.flexible))
+                raise DataError(f"input {name!r} of shape {tuple(tensor.shape)} does not fit {self.origin}, which takes "
+                                f"({shape}) (* = any size); reshape the input")
+            out[name] = tensor
+        return out
 
     @property
     def mil_function(self):
@@ -139,6 +189,10 @@ class NativeProgram(CoreMLProgram):
     def _run_batch(self, x: torch.Tensor) -> dict:
         array = x.numpy().astype(np.float16 if self._input_fp16 else np.float32)
         return self._mlmodel.predict({self.input_name: array})
+
+    def _run_named(self, named: dict[str, torch.Tensor]) -> dict:
+        dtypes = {f.name: {"float16": np.float16, "int32": np.int32}.get(f.dtype, np.float32) for f in self.inputs}
+        return self._mlmodel.predict({k: v.numpy().astype(dtypes[k]) for k, v in named.items()})
 
     def weights(self) -> dict[str, np.ndarray]:
         if self._constants is None:

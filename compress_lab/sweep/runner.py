@@ -96,7 +96,6 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
     """Load the model, compute run ids, register the sweep and its runs in the store."""
     from compress_lab.models.handle import load_model
     from compress_lab.store import RunSpec, open_store
-    from compress_lab.techniques import DataNeed
 
     load_plugins(spec.run.plugins)
     plan = plan or expand(spec)
@@ -121,7 +120,10 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
                                         "is a Core ML package"))
             continue
         data_fp = val_fp
-        if config.data_need is not DataNeed.NONE:
+        extra = config.extra_data_folder()
+        if extra is not None and Path(extra).expanduser().is_dir():  # a calibration folder of its own
+            data_fp = keys.data_fingerprint(spec.data.validation, preprocessing, Path(extra).expanduser())
+        elif config.train_folder_needed():
             if spec.data.train is None:
                 invalid.append(InvalidPoint(point.grid_index, config.to_dict(),
                                             f"technique {config.name!r} needs {config.data_need.value} data; "

@@ -163,6 +163,7 @@ def _execute(task: RunTask, ctx: SweepContext, state: _WorkerState, started: flo
     artifact: Path | None = None
     compress_ctx = CompressContext(handle=handle, workdir=Path(ctx.workdir),
                                    train_dir=Path(ctx.train) if ctx.train else None,
+                                   validation_dir=Path(ctx.validation),
                                    preprocessing_overrides=ctx.preprocessing or None,
                                    progress=progress, cancel_event=cancel_event)
 

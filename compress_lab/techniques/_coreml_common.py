@@ -291,8 +291,12 @@ def _input_vars(op):
 
 # --------------------------------------------------------------------------- handler
 
-def run_post_training(config: PostTrainingConfig, ctx: CompressContext, out_path: Path) -> CompressOutcome:
-    """Load the float package, apply the config's steps, save. Never touches the source package."""
+def run_post_training(config: PostTrainingConfig, ctx: CompressContext, out_path: Path, *,
+                      before_steps: Callable[[Any], Any] | None = None) -> CompressOutcome:
+    """Load the float package, apply the config's steps, save. Never touches the source package.
+
+    `before_steps(mlmodel) -> mlmodel` runs on the float model before the weight steps
+    (activation quantization); the weight layers and op names are those of the float model."""
     import coremltools as ct
     from compress_lab.models.convert import save_mlmodel
     from compress_lab.techniques.base import Progress
@@ -320,6 +324,9 @@ def run_post_training(config: PostTrainingConfig, ctx: CompressContext, out_path
         skip_users = {n for l in layers if l.const in skipped for n, _ in l.consumers}
         timings["load_s"] = time.perf_counter() - t
 
+        if before_steps is not None:
+            ctx.check_cancelled()
+            mlmodel = before_steps(mlmodel)
         t = time.perf_counter()
         applied = []
         for i, ((step, _), (global_part, step_overrides)) in enumerate(zip(steps, parts)):

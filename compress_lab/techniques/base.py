@@ -41,6 +41,14 @@ class TechniqueConfig:
     summary: ClassVar[str] = ""
     label_fields: ClassVar[tuple[str, ...]] = ()  # always shown in the label, default or not
 
+    def train_folder_needed(self) -> bool:
+        """Whether this config reads the training folder (runs without one are refused before any work)."""
+        return self.data_need is not DataNeed.NONE
+
+    def extra_data_folder(self) -> str | None:
+        """A folder this config reads besides the validation and training ones (e.g. a calibration folder)."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"technique": self.name}
         for f in dataclasses.fields(self):
@@ -180,6 +188,7 @@ class CompressContext:
     workdir: Path
     train_dir: Path | None = None
     calibration_dir: Path | None = None
+    validation_dir: Path | None = None
     preprocessing_overrides: dict[str, Any] | None = None
     progress: Callable[[Progress], None] | None = None
     cancel_event: threading.Event | None = None
@@ -298,7 +307,8 @@ def compress(handle: ModelHandle, config: TechniqueConfig, out_path: str | Path,
             "load the PyTorch model (definition + weights or TorchScript) to use training-time techniques")
     if config.data_need is DataNeed.TRAINING and context.train_dir is None:
         raise ConfigError(f"technique {config.name!r} needs training data; give a training folder (--train DIR / [data] train = ...)")
-    if config.data_need is DataNeed.CALIBRATION and context.calibration_dir is None and context.train_dir is None:
+    if config.data_need is DataNeed.CALIBRATION and config.train_folder_needed() \
+            and context.calibration_dir is None and context.train_dir is None:
         raise ConfigError(f"technique {config.name!r} needs calibration data; give a training or calibration folder")
     started = time.perf_counter()
     outcome = REGISTRY.handler(config.name)(config, context, out_path)

@@ -132,7 +132,74 @@ def _pad(ctx: OpContext) -> Kernel:
         flat += [pad[2 * i], pad[2 * i + 1]]
     if mode == "constant":
         return Kernel(lambda x: F.pad(x, flat, value=value), [ctx.operand("x")], layout_only=value == 0.0)
-    return Kernel(lambda x: F.pad(x, flat, mode=mode), [ctx.operand("x")], layout_only=True)
+    while len(flat) > 2 and flat[-2:] == [0, 0]:  # MIL pads every axis; torch's reflect/replicate only the last ones
+        flat = flat[:-2]
+    padded = len(flat) // 2
+    rank = ctx.rank("x")
+
+    def pad(x):
+        if rank - padded >= 1 or padded == 1:
+            return F.pad(x, flat, mode=mode)
+        # torch wants at least one unpadded leading axis: add one and take it away again
+        return F.pad(x.unsqueeze(0), flat, mode=mode).squeeze(0)
+    return Kernel(pad, [ctx.operand("x")], layout_only=True)
+
+
+@register("crop")
+def _crop(ctx: OpContext) -> Kernel:
+    top, bottom = ctx.ints("crop_height")
+    left, right = ctx.ints("crop_width")
+
+    def crop(x):
+        h, w = x.shape[-2], x.shape[-1]
+        return x[..., top:h - bottom, left:w - right]
+    return Kernel(crop, [ctx.operand("x")], layout_only=True)
+
+
+@register("topk")
+def _topk(ctx: OpContext) -> Kernel:
+    axis = int(ctx.scalar("axis", -1))
+    ascending = bool(ctx.scalar("ascending", False))
+    if not bool(ctx.scalar("return_indices", True)):
+        raise ctx.unsupported("topk without indices (return_indices=False) is not supported")
+    index_dtype = ctx.out_dtype(1)
+    sort = bool(ctx.scalar("sort", True))
+
+    def topk(x, k):
+        values, indices = torch.topk(x, int(k), dim=axis, largest=not ascending, sorted=sort)
+        return values, indices.to(index_dtype)
+    return Kernel(topk, [ctx.operand("x"), ctx.operand("k")], layout_only=True)
+
+
+_SCATTER_MODES = ("update", "add", "sub", "mul", "div", "max", "min")
+
+
+@register("scatter")
+def _scatter(ctx: OpContext) -> Kernel:
+    """data[..., indices[i], ...] (at `axis`) combined with updates[..., i, ...] by `mode`."""
+    axis = int(ctx.scalar("axis", 0))
+    mode = str(ctx.scalar("mode", "add"))
+    if mode not in _SCATTER_MODES:
+        raise ctx.unsupported(f"scatter mode {mode!r} is not supported")
+
+    def scatter(data, indices, updates):
+        a = axis % data.dim()
+        out = data.movedim(a, 0).clone()
+        idx = indices.long().reshape(-1)
+        idx = torch.where(idx < 0, idx + out.shape[0], idx)
+        upd = updates.movedim(a, 0).reshape(idx.shape[0], *out.shape[1:]).to(out.dtype)
+        if mode == "update":
+            out[idx] = upd
+        elif mode in ("add", "sub"):
+            out.index_add_(0, idx, upd if mode == "add" else -upd)
+        elif mode == "mul":
+            out.index_reduce_(0, idx, upd, "prod")
+        elif mode == "div":
+            out.index_reduce_(0, idx, 1.0 / upd, "prod")
+        else:
+            out.index_reduce_(0, idx, upd, "amax" if mode == "max" else "amin")
+        return out.movedim(0, a)
+    return Kernel(scatter, [ctx.operand("data"), ctx.operand("indices"), ctx.operand("updates")], layout_only=mode == "update")
 
 
 @register("gather")
