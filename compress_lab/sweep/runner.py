@@ -96,6 +96,7 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
     """Load the model, compute run ids, register the sweep and its runs in the store."""
     from compress_lab.models.handle import load_model
     from compress_lab.store import RunSpec, open_store
+    from compress_lab.tasks import task_for
     from compress_lab.techniques import DataNeed
 
     load_plugins(spec.run.plugins)
@@ -119,6 +120,10 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
             invalid.append(InvalidPoint(point.grid_index, config.to_dict(),
                                         f"technique {config.name!r} fine-tunes the PyTorch model; {spec.model.source} "
                                         "is a Core ML package"))
+            continue
+        refusal = task_for(handle.metadata).training_refusal(handle.metadata) if config.family == "training_time" else None
+        if refusal:
+            invalid.append(InvalidPoint(point.grid_index, config.to_dict(), f"technique {config.name!r}: {refusal}"))
             continue
         data_fp = val_fp
         if config.data_need is not DataNeed.NONE:
@@ -146,12 +151,11 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
 
 def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record) -> SweepContext:
     """Float packages, their sizes and the reference logits: converted/computed once, cached in the store folder."""
-    import numpy as np
-
-    from compress_lab.data import TensorCache, scan_folder
-    from compress_lab.evaluate import SNR_CAP_DB, coreml_predictor, evaluate, torch_predictor
+    from compress_lab.data import TensorCache
+    from compress_lab.evaluate import SNR_CAP_DB, evaluate
     from compress_lab.models.size import package_size
-    from compress_lab.sweep.task import outcome_ok, torch_sizes
+    from compress_lab.sweep.task import outcome_ok, predictor_of, save_reference, torch_sizes
+    from compress_lab.tasks import task_for
     from compress_lab.techniques import CompressContext
 
     spec, handle = prep.spec, prep.handle
@@ -159,18 +163,19 @@ def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record
     cache_dir = store_folder / CACHE_DIR
     meta = handle.metadata
     preprocessing = meta.preprocessing.with_overrides(spec.data.preprocessing or None)
-    reference = store_folder / REFERENCE_DIR / f"{handle.fingerprint[:16]}_{prep.data_fp[:16]}.npy"
+    task = task_for(meta)
+    suffix = ".npy" if task.name == "classification" else ".npz"  # a classifier's logits, or every output
+    reference = store_folder / REFERENCE_DIR / f"{handle.fingerprint[:16]}_{prep.data_fp[:16]}{suffix}"
     evaluation: dict = {}
 
     def evaluate_reference() -> None:  # in a thread: PyTorch inference overlaps the conversions below
         try:
             t = time.perf_counter()
-            predictor = (torch_predictor(handle.module) if handle.kind == "torch"
-                         else coreml_predictor(handle.mlpackage, compute_precision="fp32"))
-            folder = scan_folder(spec.data.validation, class_names=meta.class_names)
-            evaluation["result"] = evaluate(predictor, folder, meta.num_classes, batch_size=spec.data.batch_size,
-                                            cache=TensorCache(cache_dir), preprocessing=preprocessing,
-                                            input_shape=meta.input_shape)
+            predictor = predictor_of(handle, None if handle.kind == "torch" else handle.mlpackage)
+            source = task.open_source(spec.data.validation, meta)
+            extra = {"preprocessing": preprocessing} if task.name == "classification" else {}
+            data = task.dataset(source, meta, batch_size=spec.data.batch_size, cache=TensorCache(cache_dir), **extra)
+            evaluation["result"] = evaluate(predictor, data, task, None, meta=meta)
             evaluation["seconds"] = time.perf_counter() - t
         except BaseException as e:  # noqa: BLE001 - raised again in the driver below
             evaluation["error"] = e
@@ -197,15 +202,14 @@ def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record
             example = f", e.g. {result.skipped_files[0][0]}: {result.skipped_files[0][1]}" if result.skipped_files else ""
             raise DataError(f"no image in {spec.data.validation} could be read ({result.skipped} file(s) skipped"
                             f"{example}); replace or remove the unreadable files, then run the sweep again")
-        reference.parent.mkdir(parents=True, exist_ok=True)
-        tmp = reference.with_name(f"{reference.stem}.tmp-{os.getpid()}.npy")
-        np.save(tmp, np.asarray(result.logits, dtype=np.float32))
-        os.replace(tmp, reference)
+        save_reference(reference, result)
         # The PyTorch baseline is exactly this evaluation (its own reference: agreement 1, SNR capped).
         torch_task = next((t for t in prep.tasks if t.kind == KIND_PYTORCH), None)
         if torch_task is not None and prep.store.claim_run(torch_task.run_id, driver):
             metrics = result.to_dict()
-            metrics.update(agreement=1.0, snr_db=SNR_CAP_DB)
+            metrics.update(snr_db=SNR_CAP_DB)
+            if task.name == "classification" or any(o.meaning == "class_scores" for o in meta.io.outputs):
+                metrics["agreement"] = 1.0
             record(torch_task, outcome_ok(metrics, torch_sizes(handle, baseline_sizes),
                                           {"evaluate_s": evaluate_s, "total_s": evaluate_s}, None), driver)
     return SweepContext(
