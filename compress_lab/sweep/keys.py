@@ -24,6 +24,10 @@ def folder_fingerprint(folder: str | Path) -> str:
     Cheap (stat only): editing, adding or removing an image changes it."""
     root = Path(folder)
     digest = hashlib.sha256()
+    if root.is_file():  # an array source (.npz): its own name, size and mtime
+        st = root.stat()
+        digest.update(f"{root.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
     entries = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
