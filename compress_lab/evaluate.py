@@ -49,6 +49,7 @@ class EvalResult:
     logits: np.ndarray | None = field(default=None, repr=False, compare=False)  # float32 (n, K)
     labels: np.ndarray | None = field(default=None, repr=False, compare=False)  # int64 (n,), -1 unlabelled
     outputs: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)  # other tasks: every output
+    metric_error: str | None = field(default=None, repr=False, compare=False)  # a user metric's failure (kept, not raised)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: _json_safe(getattr(self, f.name)) for f in fields(self) if f.name not in _ARRAYS}
@@ -83,7 +84,7 @@ class EvalResult:
         return path
 
 
-_ARRAYS = ("logits", "labels", "outputs")
+_ARRAYS = ("logits", "labels", "outputs", "metric_error")
 
 
 def _json_safe(value: Any) -> Any:
@@ -261,6 +262,7 @@ def as_named(predictor, input_names: Sequence[str], output_names: Sequence[str])
 
 def evaluate(predictor, dataset, task=None, reference=None, batch_size: int = 64, cache: TensorCache | None = None,
              progress: Progress | None = None, *, meta: ModelMetadata | None = None, metric=None,
+             metric_errors: str = "raise",
              reference_logits: np.ndarray | None = None, preprocessing: Preprocessing | None = None,
              input_shape: Sequence[int] | None = None, class_names: Sequence[str] | None = None) -> EvalResult:
     """The one evaluation path: run `predictor` over `dataset` and measure it with `task`.
@@ -274,7 +276,9 @@ def evaluate(predictor, dataset, task=None, reference=None, batch_size: int = 64
       task on that folder (an ImageFolder needs `preprocessing` and `input_shape`).
 
     `predictor` takes one array (single-input models) or, marked `named = True`, a
-    dict of named arrays, and returns one array or a dict of named outputs."""
+    dict of named arrays, and returns one array or a dict of named outputs. `metric` is a
+    user metric (or its "path.py[:function]"); its failure raises a MetricError, or with
+    `metric_errors="keep"` is kept in `result.metric_error` (the rest of the result stands)."""
     from compress_lab.tasks import get_task
     from compress_lab.tasks.base import Task
 
@@ -303,10 +307,18 @@ def evaluate(predictor, dataset, task=None, reference=None, batch_size: int = 64
                 for key, value in values.items():
                     store.setdefault(key, []).append(np.asarray(value))
     fields_ = accumulator.result()
+    metric_error = None
     if metric is not None:  # a user metric sees every output and target of the whole source, in sample order
-        fields_["values"] = metric({k: np.concatenate(v) for k, v in kept_outputs.items()},
-                                   {k: np.concatenate(v) for k, v in kept_targets.items()})
+        from compress_lab.metrics import MetricError
+        try:
+            fields_["values"] = metric({k: np.concatenate(v) for k, v in kept_outputs.items()},
+                                       {k: np.concatenate(v) for k, v in kept_targets.items()})
+        except MetricError as e:
+            if metric_errors != "keep":
+                raise
+            metric_error = f"{type(e).__name__}: {e}"
     result = EvalResult(elapsed_s=0.0, task=task.name, **fields_)
+    result.metric_error = metric_error
     if result.logits is None and hasattr(accumulator, "outputs") and task.name != "classification":
         result.outputs = accumulator.outputs()
     result.elapsed_s = time.perf_counter() - started

@@ -103,7 +103,7 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
     plan = plan or expand(spec)
     handle = load_model(spec.model.source, weights=spec.model.weights, metadata=spec.model.metadata)
     preprocessing = handle.metadata.preprocessing.with_overrides(spec.data.preprocessing or None).to_dict()
-    val_fp = keys.data_fingerprint(spec.data.validation, preprocessing)
+    val_fp = keys.data_fingerprint(spec.data.validation, preprocessing, metric=spec.data.metric)
     train_fp = None
 
     invalid = list(plan.invalid)
@@ -133,7 +133,8 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
                                             "add `train = \"FOLDER\"` to [data]"))
                 continue
             if train_fp is None:
-                train_fp = keys.data_fingerprint(spec.data.validation, preprocessing, spec.data.train)
+                train_fp = keys.data_fingerprint(spec.data.validation, preprocessing, spec.data.train,
+                                                 metric=spec.data.metric)
             data_fp = train_fp
         cfg = config.to_dict()
         tasks.append(RunTask(keys.run_id(handle.fingerprint, cfg, data_fp), KIND_TECHNIQUE, cfg, config.label(),
@@ -154,7 +155,7 @@ def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record
     from compress_lab.data import TensorCache
     from compress_lab.evaluate import SNR_CAP_DB, evaluate
     from compress_lab.models.size import package_size
-    from compress_lab.sweep.task import outcome_ok, predictor_of, save_reference, torch_sizes
+    from compress_lab.sweep.task import outcome_failed, outcome_ok, predictor_of, save_reference, torch_sizes
     from compress_lab.tasks import task_for
     from compress_lab.techniques import CompressContext
 
@@ -167,6 +168,10 @@ def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record
     suffix = ".npy" if task.name == "classification" else ".npz"  # a classifier's logits, or every output
     reference = store_folder / REFERENCE_DIR / f"{handle.fingerprint[:16]}_{prep.data_fp[:16]}{suffix}"
     evaluation: dict = {}
+    metric = None
+    if spec.data.metric:
+        from compress_lab.metrics import load_metric
+        metric = load_metric(spec.data.metric)   # a file that does not load stops the sweep before any run
 
     def evaluate_reference() -> None:  # in a thread: PyTorch inference overlaps the conversions below
         try:
@@ -175,7 +180,8 @@ def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record
             source = task.open_source(spec.data.validation, meta)
             extra = {"preprocessing": preprocessing} if task.name == "classification" else {}
             data = task.dataset(source, meta, batch_size=spec.data.batch_size, cache=TensorCache(cache_dir), **extra)
-            evaluation["result"] = evaluate(predictor, data, task, None, meta=meta)
+            evaluation["result"] = evaluate(predictor, data, task, None, meta=meta, metric=metric,
+                                            metric_errors="keep")
             evaluation["seconds"] = time.perf_counter() - t
         except BaseException as e:  # noqa: BLE001 - raised again in the driver below
             evaluation["error"] = e
@@ -210,13 +216,17 @@ def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record
             metrics.update(snr_db=SNR_CAP_DB)
             if task.name == "classification" or any(o.meaning == "class_scores" for o in meta.io.outputs):
                 metrics["agreement"] = 1.0
-            record(torch_task, outcome_ok(metrics, torch_sizes(handle, baseline_sizes),
-                                          {"evaluate_s": evaluate_s, "total_s": evaluate_s}, None), driver)
+            if result.metric_error:  # the reference is good; the baseline's metric failed: that is its error
+                record(torch_task, outcome_failed(result.metric_error), driver)
+            else:
+                record(torch_task, outcome_ok(metrics, torch_sizes(handle, baseline_sizes),
+                                              {"evaluate_s": evaluate_s, "total_s": evaluate_s}, None), driver)
     return SweepContext(
         store_folder=str(store_folder), model=spec.model.to_dict(), validation=str(spec.data.validation),
         train=str(spec.data.train) if spec.data.train else None, preprocessing=dict(spec.data.preprocessing),
         batch_size=spec.data.batch_size, reference_path=str(reference), baseline_sizes=baseline_sizes,
-        workdir=str(workdir), cache_dir=str(cache_dir), plugins=tuple(str(p) for p in spec.run.plugins))
+        workdir=str(workdir), cache_dir=str(cache_dir), plugins=tuple(str(p) for p in spec.run.plugins),
+        metric=spec.data.metric)
 
 
 # --------------------------------------------------------------------------- running

@@ -51,6 +51,7 @@ class SweepContext:
     cache_dir: str                    # TensorCache folder
     plugins: tuple[str, ...] = ()     # Python files that register extra techniques
     threads: int | None = None        # torch threads per worker
+    metric: str | None = None         # a user metric file, "path.py[:function]"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +114,10 @@ class _WorkerState:
         self.folder = self.task.open_source(ctx.validation, meta)  # an ImageFolder for a classifier
         self.cache = TensorCache(ctx.cache_dir)
         self.reference = load_reference(ctx.reference_path) if ctx.reference_path else None
+        self.metric = None
+        if ctx.metric:
+            from compress_lab.metrics import load_metric
+            self.metric = load_metric(ctx.metric)
         self.lock = threading.Lock()
 
     def dataset(self, batch_size: int):
@@ -230,7 +235,8 @@ def _execute(task: RunTask, ctx: SweepContext, state: _WorkerState, started: flo
         predictor = predictor_of(handle, artifact)
 
     t = time.perf_counter()
-    result = evaluate(predictor, state.dataset(ctx.batch_size), state.task, state.reference, meta=meta)
+    result = evaluate(predictor, state.dataset(ctx.batch_size), state.task, state.reference, meta=meta,
+                      metric=state.metric)
     timings["evaluate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     rel = relative_artifact_path(ctx.store_folder, artifact) if artifact is not None else None
