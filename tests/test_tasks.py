@@ -174,3 +174,28 @@ def test_a_task_with_no_loss_refuses_training_time_techniques_up_front_with_the_
     with pytest.raises(ConfigError, match="task 'tensors' defines no loss.*post-training"):
         task.require_training(handle.metadata)
     assert get_task("classification").training_refusal(None) is None
+
+
+def test_a_classifier_reads_samples_from_arrays_with_class_labels_and_scores_them_as_its_image_folder(tmp_path, mnist_dir):
+    from compress_lab.data import load_image, scan_folder
+    handle = load_model("mnist_cnn")
+    meta = handle.metadata
+    folder = tmp_path / "val"
+    for class_dir in sorted((mnist_dir / "val").iterdir())[:4]:
+        (folder / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:4]:
+            (folder / class_dir.name / image.name).write_bytes(image.read_bytes())
+    scanned = scan_folder(folder, class_names=meta.class_names)
+    x = np.stack([load_image(p, meta.preprocessing, meta.input_shape) for p, _ in scanned.samples])
+    labels = np.array([label for _, label in scanned.samples])
+    np.savez(tmp_path / "val.npz", input=x, label=labels)
+    from_images = evaluate_model(handle, folder)
+    from_arrays = evaluate_model(handle, tmp_path / "val.npz", reference=handle)
+    assert from_arrays.n == from_images.n == 16
+    assert from_arrays.confusion == from_images.confusion
+    for key in ("top1", "top5", "loss", "per_class"):
+        assert getattr(from_arrays, key) == pytest.approx(getattr(from_images, key)), key
+    assert from_arrays.agreement == 1.0 and from_arrays.snr_db == 200.0
+    np.savez(tmp_path / "bad_labels.npz", input=x, label=labels + 10)
+    with pytest.raises(DataError, match=r"array 'label' in .*bad_labels.npz holds 10..13 but the model has 10 classes"):
+        evaluate_model(handle, tmp_path / "bad_labels.npz")

@@ -144,13 +144,34 @@ class Classification(Task):
                 Metric("top5", "top-5 accuracy", "", True),
                 Metric("loss", "cross-entropy", "nats", False)]
 
-    def open_source(self, source, meta) -> ImageFolder:
-        return source if isinstance(source, ImageFolder) else scan_folder(Path(source), class_names=meta.class_names)
+    def open_source(self, source, meta):
+        """An ImageFolder, or (for an `.npz` file or a folder of `.npz` files) an array
+        source whose input array is named after the model's input and whose `label`
+        array holds class indices."""
+        from compress_lab.arrays import ArraySource, read_arrays
+        if isinstance(source, (ImageFolder, ArraySource)):
+            return source
+        path = Path(source)
+        if path.suffix == ".npz" or (path.is_dir() and any(path.glob("*.npz")) and not _has_images(path)):
+            arrays = read_arrays(path, meta.io)
+            _check_labels(arrays, meta)
+            return arrays
+        return scan_folder(path, class_names=meta.class_names)
 
     def dataset(self, source, meta, *, batch_size: int = 64, preprocessing_overrides: dict | None = None,
                 cache: TensorCache | None = None, progress=None, preprocessing=None) -> ClassificationData:
-        """`source` is a folder path or an already scanned ImageFolder."""
-        folder = source if isinstance(source, ImageFolder) else scan_folder(Path(source), class_names=meta.class_names)
+        """`source` is a folder path, an already scanned ImageFolder or an array source."""
+        from compress_lab.arrays import ArraySource
+        source = self.open_source(source, meta)
+        if isinstance(source, ArraySource):
+            io = meta.io
+            name = io.inputs[0].name
+            batches = (Batch(x=np.asarray(b.inputs[name], dtype=np.float32),
+                             labels=np.asarray(b.targets["label"], dtype=np.int64) if "label" in b.targets
+                             else np.full(len(b), -1, dtype=np.int64), paths=list(b.ids))
+                       for b in source.batches(batch_size))
+            return ClassificationData(batches, meta.num_classes, list(meta.class_names), None, name, io.outputs[0].name)
+        folder = source
         k = meta.num_classes
         if folder.labelled and len(folder.classes) > k:
             raise DataError(
@@ -185,6 +206,25 @@ class Classification(Task):
             logits = outputs if not isinstance(outputs, dict) else next(iter(outputs.values()))
             return F.cross_entropy(logits, targets["label"] if isinstance(targets, dict) else targets)
         return cross_entropy
+
+
+def _has_images(path: Path) -> bool:
+    from compress_lab.data import IMAGE_EXTENSIONS
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*"))
+
+
+def _check_labels(arrays, meta) -> None:
+    labels = arrays.targets.get("label") if arrays.inputs is not None else None
+    if labels is None:
+        return
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"array 'label' in {arrays.root} has shape {list(labels.shape)} and dtype {labels.dtype}; "
+                        "give one integer class index per sample (-1 for unlabelled)")
+    if labels.size and (labels.max() >= meta.num_classes or labels.min() < -1):
+        raise DataError(f"array 'label' in {arrays.root} holds {int(labels.min())}..{int(labels.max())} but the model "
+                        f"has {meta.num_classes} classes; labels are class indices 0..{meta.num_classes - 1} in "
+                        "class_names order (-1 for unlabelled)")
 
 
 register_task(Classification())
