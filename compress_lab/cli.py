@@ -33,8 +33,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("evaluate", help="evaluate a PyTorch model or .mlpackage on a validation folder")
     add_model_arguments(p)
-    p.add_argument("--data", type=Path, required=True, help="validation folder (<class>/<image> or a flat folder of images)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="validation data: for a classifier a folder (<class>/<image> or a flat folder of images); for a "
+                        "'tensors' model an .npz (one array per input, first axis = sample) or a folder of .npz files")
     p.add_argument("--reference", help="model whose outputs are the reference for agreement/SNR (default: none)")
+    p.add_argument("--metric", help="your metric: path/to/metric.py[:function], a function (outputs, targets) -> dict of "
+                                    "floats with DIRECTIONS declared. It is code: it runs with your rights, like model code")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -105,7 +109,14 @@ def cmd_info(args) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{summary['name']}  ({summary['kind']}, {summary['source']})")
-    print(f"input {summary['input_shape']}, {summary['num_classes']} classes, {summary['parameters']:,} parameters")
+    if summary.get("task", "classification") == "classification":
+        print(f"input {summary['input_shape']}, {summary['num_classes']} classes, {summary['parameters']:,} parameters")
+    else:
+        print(f"task {summary['task']}, {summary['parameters']:,} parameters")
+        for spec in summary["inputs"]:
+            print(f"input  {spec['name']}: {spec['dtype']} {spec['shape']} (per sample; null = flexible)")
+        for spec in summary["outputs"]:
+            print(f"output {spec['name']}: {spec['meaning']}" + (f" {spec['shape']}" if spec.get("shape") else ""))
     print(f"{'layer':40s} {'type':12s} {'params':>10s}  post-training  training-time")
     for layer in summary["layers"]:
         print(f"{layer['name'][:40]:40s} {layer['type'][:12]:12s} {layer['parameters']:>10,}  "
@@ -151,19 +162,31 @@ def _print_estimate(config, handle, train_dir: Path) -> None:
 
 def cmd_evaluate(args) -> int:
     from compress_lab.evaluate import evaluate_model
+    metric = getattr(args, "metric", None)
     result = evaluate_model(args.model if args.weights is None and args.metadata is None else load_model_from_args(args), args.data,
-                            batch_size=args.batch_size, reference=args.reference)
+                            batch_size=args.batch_size, reference=args.reference, metric=metric)
     data = result.to_dict()
-    if data.get("top1") is None and args.reference is None and data.get("n"):
-        print(f"warning: {args.data} is not labelled (no <class>/ folders naming the model's classes), so there is "
-              "no accuracy to measure; give --reference MODEL (e.g. the uncompressed model) to measure agreement "
-              "with it", file=sys.stderr)
+    if result.task == "classification":
+        if data.get("top1") is None and args.reference is None and metric is None and data.get("n"):
+            print(f"warning: {args.data} is not labelled (no <class>/ folders naming the model's classes), so there is "
+                  "no accuracy to measure; give --reference MODEL (e.g. the uncompressed model) to measure agreement "
+                  "with it", file=sys.stderr)
+    elif args.reference is None and metric is None and data.get("n"):
+        print(f"warning: task {result.task!r} has no built-in metric against targets, so nothing was measured; give "
+              "--reference MODEL (e.g. the uncompressed model) for fidelity per output, or --metric FILE",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
     for key in ("n", "top1", "top5", "loss", "agreement", "snr_db", "skipped", "elapsed_s"):
         if data.get(key) is not None:
             print(f"{key:10s} {data[key]}")
+    if result.task != "classification" or len(result.fidelity) > 1:
+        for output, measures in result.fidelity.items():
+            shown = ", ".join(f"{k} {v:.6g}" for k, v in measures.items() if v is not None)
+            print(f"{output}: {shown}")
+    for key, value in result.values.items():
+        print(f"{key:10s} {value}")
     return 0
 
 

@@ -18,14 +18,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from compress_lab.data import Batch, ImageFolder, Progress, TensorCache, iter_batches, scan_folder
+from compress_lab.data import Batch, ImageFolder, Progress, TensorCache, iter_batches, scan_folder  # noqa: F401
 from compress_lab.errors import ConfigError, DataError, ModelLoadError
 from compress_lab.models.metadata import ModelMetadata, Preprocessing
 
-Predictor = Callable[[np.ndarray], np.ndarray]  # float32 (N, C, H, W) -> logits (N, K)
+from compress_lab.tasks.base import SNR_CAP_DB  # noqa: E402 (re-exported: SNR reported for identical outputs)
+from compress_lab.tasks.classification import MAX_SKIPPED_LISTED  # noqa: E402
 
-SNR_CAP_DB = 200.0  # SNR reported for outputs identical to the reference (the true value is +inf)
-MAX_SKIPPED_LISTED = 100
+Predictor = Callable[[np.ndarray], np.ndarray]  # float32 (N, C, H, W) -> logits (N, K)
+NamedPredictor = Callable[[dict], dict]         # {input name: array} -> {output name: array}
 
 
 @dataclass
@@ -42,15 +43,32 @@ class EvalResult:
     elapsed_s: float = 0.0
     skipped_files: list[list[str]] = field(default_factory=list)  # [path, reason], first MAX_SKIPPED_LISTED
     warnings: list[str] = field(default_factory=list)
+    task: str = "classification"             # the task that measured it
+    fidelity: dict[str, dict[str, float | None]] = field(default_factory=dict)  # per output: snr_db, psnr_db, cosine, ...
+    values: dict[str, float] = field(default_factory=dict)  # a user metric's values
     logits: np.ndarray | None = field(default=None, repr=False, compare=False)  # float32 (n, K)
     labels: np.ndarray | None = field(default=None, repr=False, compare=False)  # int64 (n,), -1 unlabelled
+    outputs: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)  # other tasks: every output
+    metric_error: str | None = field(default=None, repr=False, compare=False)  # a user metric's failure (kept, not raised)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _json_safe(getattr(self, f.name)) for f in fields(self) if f.name not in ("logits", "labels")}
+        d = {f.name: _json_safe(getattr(self, f.name)) for f in fields(self) if f.name not in _ARRAYS}
+        for key in ("fidelity", "values"):  # today's stored metrics keep their keys
+            if not d[key]:
+                del d[key]
+        if d["task"] == "classification":
+            del d["task"]
+        return d
+
+    def reference_outputs(self) -> dict[str, np.ndarray] | None:
+        """What a later run compares with: the outputs by name."""
+        if self.outputs is not None:
+            return self.outputs
+        return None if self.logits is None else {"logits": self.logits}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EvalResult":
-        allowed = {f.name for f in fields(cls)} - {"logits", "labels"}
+        allowed = {f.name for f in fields(cls)} - set(_ARRAYS)
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ConfigError(f"unknown evaluation result key(s) {unknown}; allowed keys are {sorted(allowed)}")
@@ -68,6 +86,9 @@ class EvalResult:
         path = Path(path)
         np.save(path, self.logits)
         return path
+
+
+_ARRAYS = ("logits", "labels", "outputs", "metric_error")
 
 
 def _json_safe(value: Any) -> Any:
@@ -127,172 +148,254 @@ def coreml_predictor(path: str | Path, compute_precision: str = "fp32") -> Predi
     return predict
 
 
+def named_torch_predictor(module, io) -> NamedPredictor:
+    """Predict named inputs -> named outputs with a PyTorch module: the inputs are
+    passed positionally in declared order (float inputs in the module's dtype,
+    int32 ones as int64 indices); a tuple/list of outputs is named in declared order."""
+    import torch
+
+    if any(m.training for m in module.modules()):
+        module = copy.deepcopy(module).eval()
+    try:
+        param = next(module.parameters())
+        device, dtype = param.device, param.dtype if param.is_floating_point() else torch.float32
+    except StopIteration:
+        device, dtype = torch.device("cpu"), torch.float32
+    names = io.output_names
+
+    def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = []
+        for spec in io.inputs:
+            value = np.asarray(inputs[spec.name])
+            tensor = torch.from_numpy(np.array(value, copy=True))
+            args.append(tensor.to(device=device, dtype=torch.int64 if spec.dtype == "int32" else dtype))
+        with torch.no_grad():
+            out = module(*args)
+        return _name_outputs(out, names)
+
+    predict.named = True  # type: ignore[attr-defined]
+    return predict
+
+
+def _name_outputs(out, names: Sequence[str]) -> dict[str, np.ndarray]:
+    import torch
+
+    def arr(t):
+        return t.detach().to("cpu").numpy().astype(np.float32) if t.is_floating_point() else t.detach().cpu().numpy()
+
+    if isinstance(out, torch.Tensor):
+        return {names[0]: arr(out)}
+    if isinstance(out, dict):
+        return {str(k): arr(v) for k, v in out.items() if isinstance(v, torch.Tensor)}
+    if isinstance(out, (tuple, list)):
+        tensors = [t for t in out if isinstance(t, torch.Tensor)]
+        return {(names[i] if i < len(names) else f"output_{i}"): arr(t) for i, t in enumerate(tensors)}
+    raise ModelLoadError(f"the model returned {type(out).__name__}; return a tensor, a tuple of tensors or a dict of them")
+
+
+def run_program(program, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The lab's Core ML runtime on named inputs: every output by name. A single input
+    goes as an array (the runtime then batches it); several go as one dict."""
+    if len(inputs) == 1:
+        (value,) = inputs.values()
+        return program.predict_all(np.ascontiguousarray(value))
+    return program.predict_all(dict(inputs))
+
+
+def named_coreml_predictor(path: str | Path, io, compute_precision: str = "fp32") -> NamedPredictor:
+    """Predict named inputs -> named outputs with a Core ML `.mlpackage` through the lab's runtime."""
+    from compress_lab.runtime import load_program
+
+    program = load_program(path, compute_precision=compute_precision)
+    names = io.output_names
+
+    def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = {k: np.ascontiguousarray(v, dtype=np.int32 if v.dtype.kind in "iu" else np.float32)
+                  for k, v in inputs.items()}
+        out = run_program(program, arrays)
+        if len(names) == 1 and names[0] not in out and len(out) >= 1:
+            return {names[0]: np.asarray(next(iter(out.values())))}
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    predict.named = True  # type: ignore[attr-defined]
+    return predict
+
+
 def predictor_for(model_source, compute_precision: str = "fp32") -> tuple[Predictor, ModelMetadata]:
-    """A predictor and the metadata for a ModelHandle or a model path/sample name."""
+    """A predictor and the metadata for a ModelHandle or a model path/sample name
+    (a named predictor for tasks other than classification)."""
     from compress_lab.models.handle import ModelHandle, load_model
 
     handle = model_source if isinstance(model_source, ModelHandle) else load_model(model_source)
+    meta = handle.metadata
+    if meta.task != "classification":
+        if handle.kind == "coreml":
+            return named_coreml_predictor(handle.mlpackage, meta.io, compute_precision=compute_precision), meta
+        return named_torch_predictor(handle.module, meta.io), meta
     if handle.kind == "coreml":
-        return coreml_predictor(handle.mlpackage, compute_precision=compute_precision), handle.metadata
-    return torch_predictor(handle.module), handle.metadata
+        return coreml_predictor(handle.mlpackage, compute_precision=compute_precision), meta
+    return torch_predictor(handle.module), meta
 
 
 # ---------------------------------------------------------------- evaluation
 
-class _Accumulator:
-    def __init__(self, num_classes: int, num_rows: int, reference: np.ndarray | None):
-        self.k = num_classes
-        self.confusion = np.zeros((num_rows, num_classes), dtype=np.int64)
-        self.top5_hits = 0
-        self.loss_sum = 0.0
-        self.labelled = 0
-        self.reference = reference
-        self.agree = 0
-        self.signal = 0.0
-        self.noise = 0.0
-        self.n = 0
-        self.logits: list[np.ndarray] = []
-        self.labels: list[np.ndarray] = []
+def as_named(predictor, input_names: Sequence[str], output_names: Sequence[str]) -> NamedPredictor:
+    """A predictor of named arrays (dict -> dict). A predictor marked `named = True`
+    is returned as it is; a single-array one (ndarray -> ndarray, or -> dict of
+    outputs) takes the model's one input and names its output after the declaration."""
+    if getattr(predictor, "named", False):
+        return predictor
+    first_output = output_names[0] if output_names else "output"
 
-    def add(self, logits: np.ndarray, labels: np.ndarray) -> None:
-        n = len(labels)
-        pred = logits.argmax(axis=1)
-        known = labels >= 0
-        if known.any():
-            y, out = labels[known], logits[known].astype(np.float64)
-            np.add.at(self.confusion, (y, pred[known]), 1)
-            if self.k >= 5:
-                top5 = np.argpartition(-out, 4, axis=1)[:, :5]
-                self.top5_hits += int((top5 == y[:, None]).any(axis=1).sum())
-            shifted = out - out.max(axis=1, keepdims=True)
-            log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-            self.loss_sum += float(-log_probs[np.arange(len(y)), y].sum())
-            self.labelled += len(y)
-        if self.reference is not None:
-            ref = np.asarray(self.reference[self.n:self.n + n], dtype=np.float64)
-            self.agree += int((ref.argmax(axis=1) == pred).sum())
-            self.signal += float((ref ** 2).sum())
-            self.noise += float(((ref - logits.astype(np.float64)) ** 2).sum())
-        self.n += n
-        self.logits.append(logits)
-        self.labels.append(labels)
+    def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if len(inputs) != 1:
+            raise ModelLoadError(
+                f"this predictor takes one array but the data has {len(inputs)} inputs {sorted(inputs)}; "
+                "give a named predictor (dict of arrays -> dict of arrays)")
+        out = predictor(next(iter(inputs.values())))
+        return dict(out) if isinstance(out, dict) else {first_output: out}
 
-    def snr_db(self) -> float | None:
-        if self.noise == 0.0:
-            return SNR_CAP_DB if self.n else None
-        if self.signal == 0.0:
-            return None
-        return min(SNR_CAP_DB, 10.0 * math.log10(self.signal / self.noise))
+    predict.named = True  # type: ignore[attr-defined]
+    return predict
 
 
-def evaluate(predictor: Predictor, folder_or_batches: ImageFolder | Iterable[Batch], num_classes: int,
-             reference_logits: np.ndarray | None = None, batch_size: int = 64, cache: TensorCache | None = None,
-             progress: Progress | None = None, *, preprocessing: Preprocessing | None = None,
+def evaluate(predictor, dataset, task=None, reference=None, batch_size: int = 64, cache: TensorCache | None = None,
+             progress: Progress | None = None, *, meta: ModelMetadata | None = None, metric=None,
+             metric_errors: str = "raise",
+             reference_logits: np.ndarray | None = None, preprocessing: Preprocessing | None = None,
              input_shape: Sequence[int] | None = None, class_names: Sequence[str] | None = None) -> EvalResult:
-    """Run `predictor` over an ImageFolder (needs `preprocessing` and `input_shape`)
-    or an iterable of Batches, and measure it. `reference_logits` are another
-    model's logits on the same images in the same order (e.g. the baseline's
-    `EvalResult.logits`); with them the result has agreement and SNR."""
+    """The one evaluation path: run `predictor` over `dataset` and measure it with `task`.
+
+    - `task` is a Task (or its name) and `dataset` what `task.dataset(source, meta)`
+      returned; `meta` is the model's metadata. `reference` holds the uncompressed
+      model's outputs on the same samples in the same order (a dict by output name,
+      or for a classifier its logits array, e.g. the baseline's EvalResult.logits).
+    - Kept for existing callers: `evaluate(predictor, image_folder_or_batches, num_classes,
+      reference_logits=..., preprocessing=..., input_shape=...)` is the classification
+      task on that folder (an ImageFolder needs `preprocessing` and `input_shape`).
+
+    `predictor` takes one array (single-input models) or, marked `named = True`, a
+    dict of named arrays, and returns one array or a dict of named outputs. `metric` is a
+    user metric (or its "path.py[:function]"); its failure raises a MetricError, or with
+    `metric_errors="keep"` is kept in `result.metric_error` (the rest of the result stands)."""
+    from compress_lab.tasks import get_task
+    from compress_lab.tasks.base import Task
+
     started = time.perf_counter()
+    if reference is None:
+        reference = reference_logits
+    if task is None or (not isinstance(task, (Task, str)) and isinstance(task, (int, np.integer))):
+        task, dataset = _classification_source(dataset, task, batch_size, cache, progress, preprocessing,
+                                               input_shape, class_names, meta)
+    elif isinstance(task, str):
+        task = get_task(task)
+    if isinstance(metric, (str, Path)):
+        from compress_lab.metrics import load_metric
+        metric = load_metric(metric)
+    accumulator = task.accumulator(meta, dataset, reference)
+    io = meta.io if meta is not None else None
+    named = as_named(predictor, io.input_names if io else (getattr(dataset, "input_name", "input"),),
+                     io.output_names if io else (getattr(dataset, "output_name", "logits"),))
+    kept_outputs: dict[str, list] = {}
+    kept_targets: dict[str, list] = {}
+    for batch in dataset:
+        outputs = named(batch.inputs)
+        accumulator.add(batch, outputs)
+        if metric is not None:
+            for store, values in ((kept_outputs, outputs), (kept_targets, batch.targets)):
+                for key, value in values.items():
+                    store.setdefault(key, []).append(np.asarray(value))
+    fields_ = accumulator.result()
+    metric_error = None
+    if metric is not None:  # a user metric sees every output and target of the whole source, in sample order
+        from compress_lab.metrics import MetricError
+        try:
+            fields_["values"] = metric({k: np.concatenate(v) for k, v in kept_outputs.items()},
+                                       {k: np.concatenate(v) for k, v in kept_targets.items()})
+        except MetricError as e:
+            if metric_errors != "keep":
+                raise
+            metric_error = f"{type(e).__name__}: {e}"
+    result = EvalResult(elapsed_s=0.0, task=task.name, **fields_)
+    result.metric_error = metric_error
+    if result.logits is None and hasattr(accumulator, "outputs") and task.name != "classification":
+        result.outputs = accumulator.outputs()
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
+def _classification_source(source, num_classes, batch_size, cache, progress, preprocessing, input_shape, class_names,
+                           meta):
+    """The classification task and its dataset for the legacy call form."""
+    from compress_lab.tasks import get_task
+
+    task = get_task("classification")
+    if num_classes is None:
+        if meta is None:
+            raise ConfigError("evaluate needs a task (or, for a classifier, num_classes)")
+        num_classes = meta.num_classes
     k = int(num_classes)
     if k <= 0:
         raise ConfigError(f"num_classes {num_classes!r} must be a positive integer")
-    folder = folder_or_batches if isinstance(folder_or_batches, ImageFolder) else None
-    if folder is not None:
-        if preprocessing is None or input_shape is None:
-            raise ConfigError("evaluating an ImageFolder needs its preprocessing and input_shape (the model's metadata)")
-        classes = list(folder.classes)
-        if folder.labelled and len(classes) > k:
-            raise DataError(
-                f"the data folder {folder.root} has {len(classes)} classes but the model has {k} outputs; "
-                "scan the folder with the model's class names (scan_folder(path, class_names=...)) or use a matching folder")
-        batches: Iterable[Batch] = iter_batches(folder, preprocessing, input_shape, batch_size, cache, progress)
-    else:
-        classes = list(class_names) if class_names is not None else [str(i) for i in range(k)]
-        batches = folder_or_batches
-    if reference_logits is not None:
-        reference_logits = np.asarray(reference_logits)
-        if reference_logits.ndim != 2 or reference_logits.shape[1] != k:
-            raise DataError(f"reference logits have shape {reference_logits.shape}; expected (images, {k})")
-
-    acc = _Accumulator(k, max(len(classes), k) if folder is None else max(len(classes), 1), reference_logits)
-    for batch in batches:
-        logits = np.asarray(predictor(batch.x))
-        if logits.ndim != 2 or logits.shape != (len(batch), k):
-            raise ModelLoadError(
-                f"the model returned outputs of shape {tuple(logits.shape)} for a batch of {len(batch)} images; "
-                f"expected ({len(batch)}, {k}) logits. Check the model's class count and output.")
-        labels = np.asarray(batch.labels, dtype=np.int64)
-        if labels.size and labels.max() >= acc.confusion.shape[0]:
-            raise DataError(f"label {int(labels.max())} is out of range for {acc.confusion.shape[0]} classes")
-        if reference_logits is not None and acc.n + len(batch) > len(reference_logits):
-            raise DataError(
-                f"reference logits cover {len(reference_logits)} images but this evaluation has more; the reference "
-                "must come from the same folder (same images, same order, same unreadable files)")
-        acc.add(logits.astype(np.float32, copy=False), labels)
-    if reference_logits is not None and acc.n != len(reference_logits):
+    if not isinstance(source, ImageFolder):
+        return task, task.batches_dataset(source, k, class_names, meta)
+    if preprocessing is None or input_shape is None:
+        raise ConfigError("evaluating an ImageFolder needs its preprocessing and input_shape (the model's metadata)")
+    if source.labelled and len(source.classes) > k:
         raise DataError(
-            f"reference logits cover {len(reference_logits)} images but {acc.n} were evaluated; the reference "
-            "must come from the same folder (same images, same order, same unreadable files)")
-    return _result(acc, classes, folder, time.perf_counter() - started)
-
-
-def _result(acc: _Accumulator, classes: list[str], folder: ImageFolder | None, elapsed: float) -> EvalResult:
-    logits = np.concatenate(acc.logits) if acc.logits else np.zeros((0, acc.k), dtype=np.float32)
-    labels = np.concatenate(acc.labels) if acc.labels else np.zeros((0,), dtype=np.int64)
-    result = EvalResult(n=acc.n, elapsed_s=elapsed, logits=logits, labels=labels)
-    if folder is not None:
-        result.skipped = len(folder.skipped)
-        result.skipped_files = [[str(p), r] for p, r in folder.skipped[:MAX_SKIPPED_LISTED]]
-        result.warnings = list(folder.warnings)
-    if acc.labelled:
-        confusion = acc.confusion
-        result.top1 = float(np.trace(confusion[:, :min(confusion.shape)])) / acc.labelled
-        result.top5 = acc.top5_hits / acc.labelled if acc.k >= 5 else None
-        result.loss = acc.loss_sum / acc.labelled
-        totals = confusion.sum(axis=1)
-        result.per_class = {classes[i] if i < len(classes) else str(i): float(confusion[i, i] / totals[i])
-                            for i in range(confusion.shape[0]) if totals[i] > 0}
-        result.confusion = confusion.tolist()
-    if acc.reference is not None:
-        result.agreement = acc.agree / acc.n if acc.n else None
-        result.snr_db = acc.snr_db()
-    return result
+            f"the data folder {source.root} has {len(source.classes)} classes but the model has {k} outputs; "
+            "scan the folder with the model's class names (scan_folder(path, class_names=...)) or use a matching folder")
+    from compress_lab.tasks.classification import ClassificationData
+    io = meta.io if meta is not None else None
+    batches = iter_batches(source, preprocessing, input_shape, batch_size, cache, progress)
+    return task, ClassificationData(batches, k, source.classes, source, io.inputs[0].name if io else "input",
+                                    io.outputs[0].name if io else "logits")
 
 
 def evaluate_model(model_source, data_dir: str | Path, *, batch_size: int = 64,
                    preprocessing_overrides: dict[str, Any] | None = None, reference=None,
                    cache_dir: str | Path | None = None, progress: Progress | None = None,
-                   compute_precision: str = "fp32") -> EvalResult:
-    """Evaluate a model (ModelHandle, path or sample name) on `data_dir`.
+                   compute_precision: str = "fp32", metric=None) -> EvalResult:
+    """Evaluate a model (ModelHandle, path or sample name) on `data_dir` (what its
+    task reads: an image folder for a classifier, an .npz source for `tensors`).
     `reference` is another model (handle/path), an EvalResult, logits, or a .npy of
-    logits; the reference model is evaluated on the same folder first."""
+    logits / .npz of outputs; a reference model is evaluated on the same data first.
+    `metric` is a user metric (compress_lab.metrics.load_metric) measured on the outputs."""
+    from compress_lab.tasks import task_for
+
     predictor, metadata = predictor_for(model_source, compute_precision=compute_precision)
-    preprocessing = metadata.preprocessing.with_overrides(preprocessing_overrides)
-    folder = scan_folder(data_dir, class_names=metadata.class_names)
+    task = task_for(metadata)
+    source = task.open_source(data_dir, metadata)
     cache = TensorCache(cache_dir) if cache_dir is not None else None
-    reference_logits = _reference_logits(reference, folder, preprocessing, metadata, batch_size, cache, compute_precision)
-    return evaluate(predictor, folder, metadata.num_classes, reference_logits, batch_size, cache, progress,
-                    preprocessing=preprocessing, input_shape=metadata.input_shape)
+
+    def data(with_progress: Progress | None = None):
+        return task.dataset(source, metadata, batch_size=batch_size, preprocessing_overrides=preprocessing_overrides,
+                            cache=cache, progress=with_progress)
+
+    reference_outputs = _reference_outputs(reference, task, metadata, data, compute_precision)
+    return evaluate(predictor, data(progress), task, reference_outputs, meta=metadata, metric=metric)
 
 
-def _reference_logits(reference, folder, preprocessing, metadata, batch_size, cache, compute_precision):
+def _reference_outputs(reference, task, metadata, data, compute_precision):
     if reference is None:
         return None
     if isinstance(reference, EvalResult):
-        if reference.logits is None:
+        outputs = reference.logits if task.name == "classification" else reference.outputs
+        if outputs is None:
             raise DataError("the reference evaluation result holds no logits (results loaded from JSON do not)")
-        return reference.logits
-    if isinstance(reference, np.ndarray):
+        return outputs
+    if isinstance(reference, (np.ndarray, dict)):
         return reference
-    if isinstance(reference, (str, Path)) and str(reference).endswith(".npy"):
+    if isinstance(reference, (str, Path)) and str(reference).endswith((".npy", ".npz")):
         path = Path(reference)
         if not path.is_file():
             raise DataError(f"reference logits file {path} does not exist")
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as stored:
+                return {k: stored[k] for k in stored.files}
         return np.load(path, mmap_mode="r")
     ref_predictor, ref_meta = predictor_for(reference, compute_precision=compute_precision)
-    if ref_meta.num_classes != metadata.num_classes:
+    if task.name == "classification" and ref_meta.num_classes != metadata.num_classes:
         raise DataError(f"reference model has {ref_meta.num_classes} outputs but the model has {metadata.num_classes}")
-    result = evaluate(ref_predictor, folder, ref_meta.num_classes, batch_size=batch_size, cache=cache,
-                      preprocessing=preprocessing, input_shape=metadata.input_shape)
-    return result.logits
+    result = evaluate(ref_predictor, data(None), task, None, meta=metadata)
+    return result.logits if task.name == "classification" else result.outputs

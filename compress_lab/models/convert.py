@@ -40,6 +40,9 @@ def convert_module(module: torch.nn.Module, metadata: ModelMetadata, out_path: s
 
     out_path = Path(out_path)
     compute_precision = coreml_precision(precision)
+    if metadata.task != "classification":
+        mlmodel = _convert_declared(module, metadata, compute_precision, flexible_batch, pass_pipeline, traced)
+        return _finish(mlmodel, metadata, out_path)
     example = torch.zeros((1, *metadata.input_shape))
     if traced is None:
         module = module.eval()
@@ -71,11 +74,64 @@ def convert_module(module: torch.nn.Module, metadata: ModelMetadata, out_path: s
             last_error = e
     else:
         raise ModelLoadError(f"ct.convert failed for model {metadata.name}: {type(last_error).__name__}: {last_error}") from last_error
+    return _finish(mlmodel, metadata, out_path)
+
+
+def _finish(mlmodel, metadata: ModelMetadata, out_path: Path) -> Path:
     mlmodel.user_defined_metadata[METADATA_KEY] = metadata.to_json()
     mlmodel.short_description = metadata.description or metadata.name
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_mlmodel(mlmodel, out_path)
     return out_path
+
+
+EXAMPLE_FLEXIBLE = 4   # the size a flexible dimension is traced with
+
+
+def _convert_declared(module, metadata: ModelMetadata, compute_precision, flexible_batch: bool, pass_pipeline, traced):
+    """Convert a model of declared named inputs/outputs (task other than classification):
+    inputs in declared order and dtype, flexible dimensions (and the batch) as ct.RangeDim,
+    outputs named as declared."""
+    import coremltools as ct
+    import numpy as np
+
+    io = metadata.io
+    dtypes = {"float32": (torch.float32, np.float32), "float16": (torch.float32, np.float16), "int32": (torch.int32, np.int32)}
+    examples = tuple(torch.zeros((1, *[EXAMPLE_FLEXIBLE if isinstance(d, str) else int(d) for d in spec.shape]),
+                                 dtype=dtypes[spec.dtype][0]) for spec in io.inputs)
+    if traced is None:
+        module = module.eval()
+        try:
+            with torch.no_grad():
+                traced = torch.jit.trace(module, examples)
+        except Exception as e:
+            shapes = {s.name: list(x.shape) for s, x in zip(io.inputs, examples)}
+            raise ModelLoadError(f"cannot trace model {metadata.name} with inputs {shapes}: {e}") from e
+
+    def input_types(flexible: bool):
+        types = []
+        for spec, example in zip(io.inputs, examples):
+            if flexible:
+                shape = (ct.RangeDim(1, MAX_BATCH, 1), *[ct.RangeDim(1, 1 << 16, EXAMPLE_FLEXIBLE) if isinstance(d, str)
+                                                         else int(d) for d in spec.shape])
+            else:
+                shape = tuple(example.shape)
+            types.append(ct.TensorType(name=spec.name, shape=shape, dtype=dtypes[spec.dtype][1]))
+        return types
+
+    last_error = None
+    for flexible in ((True, False) if flexible_batch else (False,)):
+        kwargs = dict(inputs=input_types(flexible), outputs=[ct.TensorType(name=o.name) for o in io.outputs],
+                      convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18,
+                      compute_precision=compute_precision)
+        if pass_pipeline is not None:
+            kwargs["pass_pipeline"] = pass_pipeline
+        try:
+            with quiet_coremltools():
+                return ct.convert(traced, **kwargs)
+        except Exception as e:  # a program whose shape arithmetic needs static shapes
+            last_error = e
+    raise ModelLoadError(f"ct.convert failed for model {metadata.name}: {type(last_error).__name__}: {last_error}") from last_error
 
 
 def save_mlmodel(mlmodel, out_path: str | Path) -> Path:

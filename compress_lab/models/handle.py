@@ -206,7 +206,10 @@ IO_HELP = ("the lab works with image classifiers: forward(x) takes one image bat
 
 def check_torch_io(module: torch.nn.Module, meta: ModelMetadata, source) -> None:
     """Run one blank image through `module` (no gradients, eval mode; nothing changes) and check
-    that it takes a single image tensor and returns one logit per class of `meta`."""
+    that it takes a single image tensor and returns one logit per class of `meta`. A model
+    of another task is run on blank declared inputs and checked by its task."""
+    if meta.task != "classification":
+        return _check_task_torch_io(module, meta, source)
     try:
         param = next(p for p in module.parameters() if p.is_floating_point())
         dtype = param.dtype
@@ -233,6 +236,28 @@ def check_torch_io(module: torch.nn.Module, meta: ModelMetadata, source) -> None
             f"model {source} returns outputs of shape {list(out.shape)} for one image, but its metadata names "
             f"{meta.num_classes} classes (expected [1, {meta.num_classes}]); make class_names in metadata.json list "
             "exactly one name per model output, in output order")
+
+
+def _check_task_torch_io(module: torch.nn.Module, meta: ModelMetadata, source) -> None:
+    from compress_lab.evaluate import named_torch_predictor
+    from compress_lab.models.io_spec import FLEXIBLE
+    from compress_lab.tasks import task_for
+    import numpy as np
+
+    io = meta.io
+    arrays = {spec.name: np.zeros((1, *[2 if isinstance(d, str) or d == FLEXIBLE else int(d) for d in spec.shape]),
+                                  dtype=np.int32 if spec.dtype == "int32" else np.float32) for spec in io.inputs}
+    try:
+        outputs = named_torch_predictor(module, io)(arrays)
+    except Exception as e:
+        detail = " ".join(str(e).split())[:300]
+        shapes = {k: list(v.shape) for k, v in arrays.items()}
+        raise ModelLoadError(
+            f"model {source} cannot run on blank inputs {shapes} built from metadata.json 'inputs' "
+            f"({type(e).__name__}: {detail}); forward() takes the declared inputs positionally, in declared order. "
+            "Fix 'inputs' (names, shapes, dtypes) to what the model takes") from None
+    task_for(meta).check_io(meta, {k: list(v.shape) for k, v in arrays.items()},
+                            {k: list(v.shape) for k, v in outputs.items()}, source=f"model {source}")
 
 
 def _looks_like_state_dict(path: Path) -> bool:
@@ -266,8 +291,19 @@ def _load_mlpackage(path: Path, meta) -> ModelHandle:
 
 
 def _check_coreml_io(spec, meta: ModelMetadata, path: Path) -> None:
-    """One tensor input (N, C, H, W) agreeing with the metadata; an output with one value per class where its shape is declared."""
+    """One tensor input (N, C, H, W) agreeing with the metadata; an output with one value per class where its shape is declared.
+    A model of another task: its inputs and outputs checked by its task against the declaration."""
     inputs = list(spec.description.input)
+    if meta.task != "classification":
+        from compress_lab.tasks import task_for
+
+        def shape_of(feature):
+            if feature.type.WhichOneof("Type") != "multiArrayType":
+                return None
+            return [int(d) for d in feature.type.multiArrayType.shape] or None
+        task_for(meta).check_io(meta, {i.name: shape_of(i) for i in inputs},
+                                {o.name: shape_of(o) for o in spec.description.output}, source=str(path))
+        return
     if len(inputs) != 1:
         raise ModelLoadError(
             f"{path} has {len(inputs)} inputs {[i.name for i in inputs]}; {IO_HELP}. Re-convert it with a single image input")

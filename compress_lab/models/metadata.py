@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from compress_lab.errors import ConfigError
+from compress_lab.models.io_spec import IOSpec, OutputSpec, TensorSpec, parse_inputs, parse_outputs
 
 COLOR_MODES = ("L", "RGB")
 
@@ -73,13 +74,25 @@ class Preprocessing:
         return replace(self, **overrides)
 
 
+DEFAULT_TASK = "classification"
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
+    """What `metadata.json` declares. `task` (default "classification") says what the
+    model does; `inputs` / `outputs` declare its named tensors (see io_spec.py). A
+    classification model needs `input_shape` [C, H, W] (or one declared input) and
+    `class_names`; its inputs/outputs default to the lab's ("input" -> "logits").
+    Any other task needs `inputs` and `outputs`."""
+
     name: str
-    input_shape: tuple[int, ...]  # (C, H, W), without the batch dimension
-    class_names: tuple[str, ...]
+    input_shape: tuple[int, ...] | None = None  # (C, H, W), without the batch dimension (classification)
+    class_names: tuple[str, ...] = ()
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     description: str = ""
+    task: str = DEFAULT_TASK
+    inputs: tuple[TensorSpec, ...] = ()     # declared; empty = derived (classification only), see `io`
+    outputs: tuple[OutputSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -88,7 +101,58 @@ class ModelMetadata:
             raise ConfigError(f"model metadata description = {self.description!r} must be a string")
         if not isinstance(self.preprocessing, Preprocessing):
             raise ConfigError(f"model metadata preprocessing = {self.preprocessing!r} must be a table of preprocessing settings")
+        _check_task(self.task)
+        object.__setattr__(self, "inputs", parse_inputs(self.inputs))
+        object.__setattr__(self, "outputs", parse_outputs(self.outputs))
+        if self.task == DEFAULT_TASK:
+            self._check_classification()
+        else:
+            self._check_declared()
+
+    def _check_declared(self) -> None:
+        for key, example in (("inputs", '[{"name": "input_ids", "shape": ["T"], "dtype": "int32"}]'),
+                             ("outputs", '[{"name": "embedding", "meaning": "embedding"}]')):
+            if not getattr(self, key):
+                raise ConfigError(f"model metadata task {self.task!r} needs {key!r}: list the model's {key} by name, "
+                                  f"e.g. \"{key}\": {example}")
+        if self.input_shape is not None:
+            shape = self.input_shape
+            if (not isinstance(shape, (list, tuple))
+                    or not all(not isinstance(s, bool) and isinstance(s, int) and 0 < s <= 1 << 16 for s in shape)):
+                raise ConfigError(f"input_shape {shape!r} must be a list of positive integers, or left out "
+                                  f"(task {self.task!r} reads the shapes from 'inputs')")
+            object.__setattr__(self, "input_shape", tuple(int(s) for s in shape))
+        names = self.class_names
+        if not isinstance(names, (list, tuple)) or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in names):
+            raise ConfigError(f"class_names {names!r} must be a list of names, or left out")
+        object.__setattr__(self, "class_names", tuple(str(c) for c in names))
+
+    def _check_classification(self) -> None:
+        if self.inputs:
+            if len(self.inputs) != 1:
+                raise ConfigError(
+                    f"inputs declares {len(self.inputs)} inputs {[i.name for i in self.inputs]} but task 'classification' "
+                    "takes one image input; declare one input, or set \"task\": \"tensors\" for a model with several inputs")
+            declared = self.inputs[0]
+            if declared.dtype == "int32" or len(declared.shape) != 3 or declared.flexible:
+                raise ConfigError(
+                    f"inputs[0] {declared.name!r} has shape {list(declared.shape)} and dtype {declared.dtype} but task "
+                    "'classification' takes one float image [channels, height, width] of fixed size; fix the input, or "
+                    "set \"task\": \"tensors\"")
+            if self.input_shape is None:
+                object.__setattr__(self, "input_shape", tuple(int(s) for s in declared.shape))
+            elif tuple(self.input_shape) != tuple(declared.shape):
+                raise ConfigError(f"input_shape {list(self.input_shape)} and inputs[0].shape {list(declared.shape)} "
+                                  "disagree; give one of them, or make them equal")
+        if self.outputs:
+            if len(self.outputs) != 1 or self.outputs[0].meaning != "class_scores":
+                raise ConfigError(
+                    f"outputs declares {[(o.name, o.meaning) for o in self.outputs]} but task 'classification' has one "
+                    "output of meaning \"class_scores\"; declare that one, or set \"task\": \"tensors\"")
         shape = self.input_shape
+        if shape is None:
+            raise ConfigError("model metadata lacks input_shape; a classification model needs input_shape "
+                              "[channels, height, width] (or one declared input)")
         if (not isinstance(shape, (list, tuple))
                 or not all(not isinstance(s, bool) and isinstance(s, int) and 0 < s <= 1 << 16 for s in shape)):
             raise ConfigError(
@@ -110,28 +174,61 @@ class ModelMetadata:
             raise ConfigError(
                 f"input_shape has {self.input_shape[0]} channel(s) but preprocessing color "
                 f"{self.preprocessing.color!r} gives {self.preprocessing.channels}; make them agree")
+        out = self.outputs[0].shape if self.outputs else None
+        if out is not None and tuple(out) != (len(self.class_names),):
+            raise ConfigError(f"outputs[0].shape {list(out)} does not match the {len(self.class_names)} class_names; "
+                              f"give [{len(self.class_names)}] or leave the shape out")
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def io(self) -> IOSpec:
+        """The model's inputs and outputs: as declared, or (classification) the lab's
+        defaults derived from input_shape and class_names."""
+        inputs = self.inputs or (TensorSpec(DEFAULT_INPUT_NAME, tuple(self.input_shape or ()), "float32"),)
+        outputs = self.outputs or (OutputSpec(DEFAULT_OUTPUT_NAME, "class_scores", (self.num_classes,)),)
+        return IOSpec(inputs, outputs)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "input_shape": list(self.input_shape),
-            "class_names": list(self.class_names),
-            "preprocessing": self.preprocessing.to_dict(),
-            "description": self.description,
-        }
+        d: dict[str, Any] = {"name": self.name}
+        if self.input_shape is not None:
+            d["input_shape"] = list(self.input_shape)
+        if self.class_names or self.task == DEFAULT_TASK:
+            d["class_names"] = list(self.class_names)
+        d["preprocessing"] = self.preprocessing.to_dict()
+        d["description"] = self.description
+        if self.task != DEFAULT_TASK:  # today's metadata stays byte-for-byte what it was
+            d["task"] = self.task
+        if self.inputs:
+            d["inputs"] = [i.to_dict() for i in self.inputs]
+        if self.outputs:
+            d["outputs"] = [o.to_dict() for o in self.outputs]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelMetadata":
         _reject_unknown(cls, data, "model metadata")
-        missing = [k for k in ("name", "input_shape", "class_names") if k not in data]
-        if missing:
-            raise ConfigError(f"model metadata lacks {missing}; it needs name, input_shape [C, H, W] and class_names")
+        task = data.get("task", DEFAULT_TASK)
+        _check_task(task)
+        if task == DEFAULT_TASK:
+            missing = [k for k in ("name", "class_names") if k not in data]
+            if "input_shape" not in data and "inputs" not in data:
+                missing.insert(1, "input_shape")
+            if missing:
+                raise ConfigError(f"model metadata lacks {missing}; it needs name, input_shape [C, H, W] and class_names")
+        else:
+            missing = [k for k in ("name", "inputs", "outputs") if k not in data]
+            if missing:
+                raise ConfigError(f"model metadata lacks {missing}; task {task!r} needs name, inputs and outputs "
+                                  "(see README, 'Your own model')")
         data = dict(data)
         data["preprocessing"] = Preprocessing.from_dict(data.get("preprocessing", {}))
+        data["inputs"] = parse_inputs(data.get("inputs", ()))
+        data["outputs"] = parse_outputs(data.get("outputs", ()))
+        if data.get("class_names") is None:
+            data.pop("class_names", None)
         return cls(**data)
 
     def to_json(self) -> str:
@@ -151,6 +248,15 @@ class ModelMetadata:
         except OSError as e:
             raise ConfigError(f"cannot read model metadata file {path}: {e.strerror or e}") from None
         return cls.from_dict(data)
+
+
+DEFAULT_INPUT_NAME = "input"    # the names the lab gives a converted classifier (models/convert.py)
+DEFAULT_OUTPUT_NAME = "logits"
+
+
+def _check_task(task: Any) -> None:
+    from compress_lab.tasks import check_task_name
+    check_task_name(task)
 
 
 def _finite(value: Any) -> bool:

@@ -37,6 +37,9 @@ class ModelSummary:
     fp32_weight_bytes_estimate: int | None
     layers: list[LayerSummary] = field(default_factory=list)
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
+    inputs: list[dict[str, Any]] = field(default_factory=list)    # declared (or derived) inputs: name, shape, dtype
+    outputs: list[dict[str, Any]] = field(default_factory=list)   # name, meaning (, shape)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,11 +52,13 @@ def summarize(handle: ModelHandle, weight_threshold: int = DEFAULT_WEIGHT_THRESH
     if params is None:
         params = sum(layer.parameters for layer in layers)
     return ModelSummary(
-        name=meta.name, source=handle.source, kind=handle.kind, input_shape=[1, *meta.input_shape],
+        name=meta.name, source=handle.source, kind=handle.kind,
+        input_shape=[1, *meta.input_shape] if meta.input_shape is not None else None,
         num_classes=meta.num_classes, class_names=list(meta.class_names), parameters=params,
         fp16_weight_bytes_estimate=params * 2 if params else None,
         fp32_weight_bytes_estimate=params * 4 if params else None,
-        layers=layers, preprocessing=meta.preprocessing.to_dict())
+        layers=layers, preprocessing=meta.preprocessing.to_dict(), task=meta.task,
+        inputs=[i.to_dict() for i in meta.io.inputs], outputs=[o.to_dict() for o in meta.io.outputs])
 
 
 def _torch_layers(module: torch.nn.Module, weight_threshold: int) -> list[LayerSummary]:

@@ -24,6 +24,10 @@ def folder_fingerprint(folder: str | Path) -> str:
     Cheap (stat only): editing, adding or removing an image changes it."""
     root = Path(folder)
     digest = hashlib.sha256()
+    if root.is_file():  # an array source (.npz): its own name, size and mtime
+        st = root.stat()
+        digest.update(f"{root.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
     entries = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -42,12 +46,15 @@ def folder_fingerprint(folder: str | Path) -> str:
 
 
 def data_fingerprint(validation: str | Path, preprocessing: dict, train: str | Path | None = None,
-                     _cache: dict | None = None) -> str:
+                     _cache: dict | None = None, metric: str | None = None) -> str:
     """The data a run depends on: the validation folder (+ the train folder for a
     technique that reads data) and the effective preprocessing."""
     parts = {"validation": folder_fingerprint(validation), "preprocessing": preprocessing}
     if train is not None:
         parts["train"] = folder_fingerprint(train)
+    if metric is not None:  # a user metric file: its name and content (runs without one keep their ids)
+        file_part = metric.rsplit(":", 1)[0] if ":" in Path(metric).name else metric
+        parts["metric"] = [Path(metric).name, hashlib.sha256(Path(file_part).read_bytes()).hexdigest()]
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
 
 

@@ -96,12 +96,13 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
     """Load the model, compute run ids, register the sweep and its runs in the store."""
     from compress_lab.models.handle import load_model
     from compress_lab.store import RunSpec, open_store
+    from compress_lab.tasks import task_for
 
     load_plugins(spec.run.plugins)
     plan = plan or expand(spec)
     handle = load_model(spec.model.source, weights=spec.model.weights, metadata=spec.model.metadata)
     preprocessing = handle.metadata.preprocessing.with_overrides(spec.data.preprocessing or None).to_dict()
-    val_fp = keys.data_fingerprint(spec.data.validation, preprocessing)
+    val_fp = keys.data_fingerprint(spec.data.validation, preprocessing, metric=spec.data.metric)
     train_fp = None
 
     invalid = list(plan.invalid)
@@ -119,10 +120,15 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
                                         f"technique {config.name!r} fine-tunes the PyTorch model; {spec.model.source} "
                                         "is a Core ML package"))
             continue
+        refusal = task_for(handle.metadata).training_refusal(handle.metadata) if config.family == "training_time" else None
+        if refusal:
+            invalid.append(InvalidPoint(point.grid_index, config.to_dict(), f"technique {config.name!r}: {refusal}"))
+            continue
         data_fp = val_fp
         extra = config.extra_data_folder()
         if extra is not None and Path(extra).expanduser().is_dir():  # a calibration folder of its own
-            data_fp = keys.data_fingerprint(spec.data.validation, preprocessing, Path(extra).expanduser())
+            data_fp = keys.data_fingerprint(spec.data.validation, preprocessing, Path(extra).expanduser(),
+                                            metric=spec.data.metric)
         elif config.train_folder_needed():
             if spec.data.train is None:
                 invalid.append(InvalidPoint(point.grid_index, config.to_dict(),
@@ -130,7 +136,8 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
                                             "add `train = \"FOLDER\"` to [data]"))
                 continue
             if train_fp is None:
-                train_fp = keys.data_fingerprint(spec.data.validation, preprocessing, spec.data.train)
+                train_fp = keys.data_fingerprint(spec.data.validation, preprocessing, spec.data.train,
+                                                 metric=spec.data.metric)
             data_fp = train_fp
         cfg = config.to_dict()
         tasks.append(RunTask(keys.run_id(handle.fingerprint, cfg, data_fp), KIND_TECHNIQUE, cfg, config.label(),
@@ -148,12 +155,11 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
 
 def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record) -> SweepContext:
     """Float packages, their sizes and the reference logits: converted/computed once, cached in the store folder."""
-    import numpy as np
-
-    from compress_lab.data import TensorCache, scan_folder
-    from compress_lab.evaluate import SNR_CAP_DB, coreml_predictor, evaluate, torch_predictor
+    from compress_lab.data import TensorCache
+    from compress_lab.evaluate import SNR_CAP_DB, evaluate
     from compress_lab.models.size import package_size
-    from compress_lab.sweep.task import outcome_ok, torch_sizes
+    from compress_lab.sweep.task import outcome_failed, outcome_ok, predictor_of, save_reference, torch_sizes
+    from compress_lab.tasks import task_for
     from compress_lab.techniques import CompressContext
 
     spec, handle = prep.spec, prep.handle
@@ -161,18 +167,24 @@ def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record
     cache_dir = store_folder / CACHE_DIR
     meta = handle.metadata
     preprocessing = meta.preprocessing.with_overrides(spec.data.preprocessing or None)
-    reference = store_folder / REFERENCE_DIR / f"{handle.fingerprint[:16]}_{prep.data_fp[:16]}.npy"
+    task = task_for(meta)
+    suffix = ".npy" if task.name == "classification" else ".npz"  # a classifier's logits, or every output
+    reference = store_folder / REFERENCE_DIR / f"{handle.fingerprint[:16]}_{prep.data_fp[:16]}{suffix}"
     evaluation: dict = {}
+    metric = None
+    if spec.data.metric:
+        from compress_lab.metrics import load_metric
+        metric = load_metric(spec.data.metric)   # a file that does not load stops the sweep before any run
 
     def evaluate_reference() -> None:  # in a thread: PyTorch inference overlaps the conversions below
         try:
             t = time.perf_counter()
-            predictor = (torch_predictor(handle.module) if handle.kind == "torch"
-                         else coreml_predictor(handle.mlpackage, compute_precision="fp32"))
-            folder = scan_folder(spec.data.validation, class_names=meta.class_names)
-            evaluation["result"] = evaluate(predictor, folder, meta.num_classes, batch_size=spec.data.batch_size,
-                                            cache=TensorCache(cache_dir), preprocessing=preprocessing,
-                                            input_shape=meta.input_shape)
+            predictor = predictor_of(handle, None if handle.kind == "torch" else handle.mlpackage)
+            source = task.open_source(spec.data.validation, meta)
+            extra = {"preprocessing": preprocessing} if task.name == "classification" else {}
+            data = task.dataset(source, meta, batch_size=spec.data.batch_size, cache=TensorCache(cache_dir), **extra)
+            evaluation["result"] = evaluate(predictor, data, task, None, meta=meta, metric=metric,
+                                            metric_errors="keep")
             evaluation["seconds"] = time.perf_counter() - t
         except BaseException as e:  # noqa: BLE001 - raised again in the driver below
             evaluation["error"] = e
@@ -199,22 +211,25 @@ def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record
             example = f", e.g. {result.skipped_files[0][0]}: {result.skipped_files[0][1]}" if result.skipped_files else ""
             raise DataError(f"no image in {spec.data.validation} could be read ({result.skipped} file(s) skipped"
                             f"{example}); replace or remove the unreadable files, then run the sweep again")
-        reference.parent.mkdir(parents=True, exist_ok=True)
-        tmp = reference.with_name(f"{reference.stem}.tmp-{os.getpid()}.npy")
-        np.save(tmp, np.asarray(result.logits, dtype=np.float32))
-        os.replace(tmp, reference)
+        save_reference(reference, result)
         # The PyTorch baseline is exactly this evaluation (its own reference: agreement 1, SNR capped).
         torch_task = next((t for t in prep.tasks if t.kind == KIND_PYTORCH), None)
         if torch_task is not None and prep.store.claim_run(torch_task.run_id, driver):
             metrics = result.to_dict()
-            metrics.update(agreement=1.0, snr_db=SNR_CAP_DB)
-            record(torch_task, outcome_ok(metrics, torch_sizes(handle, baseline_sizes),
-                                          {"evaluate_s": evaluate_s, "total_s": evaluate_s}, None), driver)
+            metrics.update(snr_db=SNR_CAP_DB)
+            if task.name == "classification" or any(o.meaning == "class_scores" for o in meta.io.outputs):
+                metrics["agreement"] = 1.0
+            if result.metric_error:  # the reference is good; the baseline's metric failed: that is its error
+                record(torch_task, outcome_failed(result.metric_error), driver)
+            else:
+                record(torch_task, outcome_ok(metrics, torch_sizes(handle, baseline_sizes),
+                                              {"evaluate_s": evaluate_s, "total_s": evaluate_s}, None), driver)
     return SweepContext(
         store_folder=str(store_folder), model=spec.model.to_dict(), validation=str(spec.data.validation),
         train=str(spec.data.train) if spec.data.train else None, preprocessing=dict(spec.data.preprocessing),
         batch_size=spec.data.batch_size, reference_path=str(reference), baseline_sizes=baseline_sizes,
-        workdir=str(workdir), cache_dir=str(cache_dir), plugins=tuple(str(p) for p in spec.run.plugins))
+        workdir=str(workdir), cache_dir=str(cache_dir), plugins=tuple(str(p) for p in spec.run.plugins),
+        metric=spec.data.metric)
 
 
 # --------------------------------------------------------------------------- running

@@ -51,6 +51,7 @@ class SweepContext:
     cache_dir: str                    # TensorCache folder
     plugins: tuple[str, ...] = ()     # Python files that register extra techniques
     threads: int | None = None        # torch threads per worker
+    metric: str | None = None         # a user metric file, "path.py[:function]"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,22 +98,64 @@ def load_plugins(paths) -> None:
 
 
 class _WorkerState:
-    """Per process and sweep: the loaded model, the scanned folder, the tensor cache and reference logits."""
+    """Per process and sweep: the loaded model, its task and opened validation source,
+    the tensor cache and the reference outputs."""
 
     def __init__(self, ctx: SweepContext):
-        import numpy as np
-
-        from compress_lab.data import TensorCache, scan_folder
+        from compress_lab.data import TensorCache
         from compress_lab.models.handle import load_model
+        from compress_lab.tasks import task_for
 
         model = ctx.model
         self.handle = load_model(model["source"], weights=model.get("weights"), metadata=model.get("metadata"))
         meta = self.handle.metadata
+        self.task = task_for(meta)
         self.preprocessing = meta.preprocessing.with_overrides(ctx.preprocessing or None)
-        self.folder = scan_folder(ctx.validation, class_names=meta.class_names)
+        self.folder = self.task.open_source(ctx.validation, meta)  # an ImageFolder for a classifier
         self.cache = TensorCache(ctx.cache_dir)
-        self.reference = np.load(ctx.reference_path, mmap_mode="r") if ctx.reference_path else None
+        self.reference = load_reference(ctx.reference_path) if ctx.reference_path else None
+        self.metric = None
+        if ctx.metric:
+            from compress_lab.metrics import load_metric
+            self.metric = load_metric(ctx.metric)
         self.lock = threading.Lock()
+
+    def dataset(self, batch_size: int):
+        return self.task.dataset(self.folder, self.handle.metadata, batch_size=batch_size,
+                                 preprocessing_overrides=None, cache=self.cache, **self._pre())
+
+    def _pre(self) -> dict:
+        return {"preprocessing": self.preprocessing} if self.task.name == "classification" else {}
+
+
+def load_reference(path: str):
+    """The reference outputs a sweep saved: a classifier's logits (.npy, memory-mapped) or every output (.npz)."""
+    import numpy as np
+    if str(path).endswith(".npz"):
+        with np.load(path, allow_pickle=False) as stored:
+            return {k: stored[k] for k in stored.files}
+    return np.load(path, mmap_mode="r")
+
+
+def save_reference(path: Path, result) -> None:
+    """Write the reference outputs of `result` atomically at `path` (.npy logits or .npz outputs)."""
+    import numpy as np
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    if path.suffix == ".npz":
+        np.savez(tmp, **{k: np.asarray(v) for k, v in result.reference_outputs().items()})
+    else:
+        np.save(tmp, np.asarray(result.logits, dtype=np.float32))
+    os.replace(tmp, path)
+
+
+def predictor_of(handle, artifact: Path | None = None):
+    """The predictor for a run: the PyTorch model (artifact None) or a Core ML package."""
+    from compress_lab.evaluate import coreml_predictor, named_coreml_predictor, named_torch_predictor, torch_predictor
+    meta = handle.metadata
+    if meta.task == "classification":
+        return torch_predictor(handle.module) if artifact is None else coreml_predictor(artifact)
+    return named_torch_predictor(handle.module, meta.io) if artifact is None else named_coreml_predictor(artifact, meta.io)
 
 
 def _state(ctx: SweepContext) -> _WorkerState:
@@ -152,7 +195,7 @@ def execute(task: RunTask, ctx: SweepContext, progress: Callable | None = None,
 
 
 def _execute(task: RunTask, ctx: SweepContext, state: _WorkerState, started: float, progress, cancel_event) -> dict:
-    from compress_lab.evaluate import coreml_predictor, evaluate, torch_predictor
+    from compress_lab.evaluate import evaluate
     from compress_lab.models.size import package_size
     from compress_lab.store.artifacts import artifact_dir, relative_artifact_path, remove_artifacts
     from compress_lab.techniques import CompressContext, compress, config_from_dict
@@ -168,7 +211,7 @@ def _execute(task: RunTask, ctx: SweepContext, state: _WorkerState, started: flo
                                    progress=progress, cancel_event=cancel_event)
 
     if task.kind == KIND_PYTORCH:
-        predictor = torch_predictor(handle.module)
+        predictor = predictor_of(handle)
         sizes = torch_sizes(handle, ctx.baseline_sizes)
     else:
         remove_artifacts(ctx.store_folder, task.run_id)  # a redone run starts clean
@@ -190,12 +233,11 @@ def _execute(task: RunTask, ctx: SweepContext, state: _WorkerState, started: flo
         t = time.perf_counter()
         sizes = size_dict(package_size(artifact), ctx.baseline_sizes)
         timings["size_s"] = time.perf_counter() - t
-        predictor = coreml_predictor(artifact)
+        predictor = predictor_of(handle, artifact)
 
     t = time.perf_counter()
-    result = evaluate(predictor, state.folder, meta.num_classes, reference_logits=state.reference,
-                      batch_size=ctx.batch_size, cache=state.cache,
-                      preprocessing=state.preprocessing, input_shape=meta.input_shape)
+    result = evaluate(predictor, state.dataset(ctx.batch_size), state.task, state.reference, meta=meta,
+                      metric=state.metric)
     timings["evaluate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     rel = relative_artifact_path(ctx.store_folder, artifact) if artifact is not None else None

@@ -1,0 +1,182 @@
+"""Array sources: validation / calibration data given as NumPy `.npz` files.
+
+Two layouts:
+- one `.npz` holding one stacked array per input name, first axis = sample
+  (`np.savez("val.npz", input_ids=ids, attention_mask=mask)`);
+- a folder of `.npz` files, one sample each (arrays without the sample axis),
+  read in sorted file-name order.
+
+Arrays whose names are not inputs are targets (e.g. `label`, `target`), passed
+to metrics as they are. Every error names the file, the array and the fix."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from compress_lab.errors import ConfigError, DataError
+from compress_lab.models.io_spec import IOSpec, TensorSpec, format_shape, shape_matches
+from compress_lab.tasks.base import TaskBatch
+
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32}
+
+
+def _open_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise DataError(f"array file {path} does not exist; give an .npz file or a folder of .npz files") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise DataError(f"array file {path} is not a readable .npz ({type(e).__name__}: {str(e)[:160]}); "
+                        "write it with numpy.savez(path, input_name=array, ...)") from None
+
+
+def _cast(array: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
+    want = NUMPY_DTYPES[spec.dtype]
+    if array.dtype == want:
+        return array
+    if spec.dtype == "int32":
+        if array.dtype.kind not in "iub":
+            if array.dtype.kind == "f" and array.size and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
+                return array.astype(np.int32)
+            raise DataError(f"{where} holds {array.dtype} values but input {spec.name!r} is declared int32; "
+                            "store integer ids (e.g. array.astype(numpy.int32))")
+        if array.size and (array.max() > np.iinfo(np.int32).max or array.min() < np.iinfo(np.int32).min):
+            raise DataError(f"{where} holds values outside the int32 range; input {spec.name!r} is declared int32")
+        return array.astype(np.int32)
+    if array.dtype.kind not in "fiub":
+        raise DataError(f"{where} holds {array.dtype} values; input {spec.name!r} needs numbers ({spec.dtype})")
+    return array.astype(want)
+
+
+@dataclass
+class ArraySource:
+    """An array source read against a model's inputs."""
+
+    root: Path
+    inputs: dict[str, np.ndarray] | None = None     # stacked (one .npz)
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)  # one sample each (a folder)
+    io: IOSpec | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        if self.inputs is not None:
+            return len(next(iter(self.inputs.values())))
+        return len(self.files)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.targets) if self.inputs is not None else bool(self._folder_targets)
+
+    _folder_targets: tuple = ()
+
+    def batches(self, batch_size: int = 64) -> Iterator[TaskBatch]:
+        if int(batch_size) <= 0:
+            raise ConfigError(f"batch size {batch_size!r} must be a positive integer")
+        batch_size = int(batch_size)
+        if self.inputs is not None:
+            for start in range(0, self.n, batch_size):
+                stop = min(start + batch_size, self.n)
+                yield TaskBatch(inputs={k: v[start:stop] for k, v in self.inputs.items()},
+                                targets={k: v[start:stop] for k, v in self.targets.items()},
+                                ids=list(range(start, stop)))
+            return
+        pending: list[tuple[int, dict, dict]] = []
+        for index, path in enumerate(self.files):
+            sample, targets = _read_sample(path, self.io)
+            if pending and (_shapes(sample) != _shapes(pending[0][1]) or set(targets) != set(pending[0][2])
+                            or len(pending) == batch_size):
+                yield _stack(pending)
+                pending = []
+            pending.append((index, sample, targets))
+        if pending:
+            yield _stack(pending)
+
+
+def _shapes(arrays: dict[str, np.ndarray]) -> dict[str, tuple]:
+    return {k: v.shape for k, v in arrays.items()}
+
+
+def _stack(pending) -> TaskBatch:
+    first = pending[0]
+    return TaskBatch(inputs={k: np.stack([p[1][k] for p in pending]) for k in first[1]},
+                     targets={k: np.stack([p[2][k] for p in pending]) for k in first[2]},
+                     ids=[p[0] for p in pending])
+
+
+def _read_sample(path: Path, io: IOSpec) -> tuple[dict, dict]:
+    arrays = _open_npz(path)
+    _require_inputs(arrays, io, path)
+    inputs, targets = {}, {}
+    for name, array in arrays.items():
+        if name in io.input_names:
+            spec = io.input(name)
+            if array.ndim == len(spec.shape) + 1 and array.shape[0] == 1:
+                array = array[0]
+            if not shape_matches(spec.shape, array.shape):
+                raise DataError(f"array {name!r} in {path} has shape {list(array.shape)} but input {name!r} is declared "
+                                f"{format_shape(spec.shape)} per sample; a folder holds one sample per .npz file "
+                                "(no sample axis), or fix 'inputs' in metadata.json")
+            inputs[name] = _cast(array, spec, f"array {name!r} in {path}")
+        else:
+            targets[name] = array
+    return inputs, targets
+
+
+def _require_inputs(arrays: dict, io: IOSpec, path: Path) -> None:
+    missing = [n for n in io.input_names if n not in arrays]
+    if missing:
+        raise DataError(f"array file {path} has no array {missing[0]!r} for input {missing[0]!r} (it holds "
+                        f"{sorted(arrays) or 'no arrays'}); save one array per input name, e.g. "
+                        f"numpy.savez({path.name!r}, {', '.join(f'{n}=...' for n in io.input_names)})")
+
+
+def read_arrays(source: str | Path, io: IOSpec) -> ArraySource:
+    """Read `source` (an .npz file or a folder of .npz files) against `io`."""
+    root = Path(source).expanduser()
+    if not root.exists():
+        raise DataError(f"array source {root} does not exist; give an .npz file (one array per input, first axis = "
+                        "sample) or a folder of .npz files (one sample each)")
+    if root.is_dir():
+        files = sorted(p for p in root.iterdir() if p.suffix == ".npz" and p.is_file() and not p.name.startswith("."))
+        if not files:
+            others = sorted(p.name for p in root.iterdir())[:8]
+            raise DataError(f"no .npz files in {root} (found {others or 'nothing'}); a folder source holds one .npz "
+                            "per sample")
+        source_ = ArraySource(root=root, files=files, io=io)
+        _, targets = _read_sample(files[0], io)  # fail early on a bad first file
+        source_._folder_targets = tuple(targets)
+        return source_
+    if root.suffix != ".npz":
+        raise DataError(f"array source {root} is not an .npz file; write the arrays with numpy.savez")
+    arrays = _open_npz(root)
+    _require_inputs(arrays, io, root)
+    counts = {name: (int(a.shape[0]) if a.ndim else None) for name, a in arrays.items()}
+    scalars = [n for n, c in counts.items() if c is None]
+    if scalars:
+        raise DataError(f"array {scalars[0]!r} in {root} is a scalar; every array needs a first axis of samples")
+    if len(set(counts.values())) > 1:
+        listing = ", ".join(f"{n!r}: {c}" for n, c in counts.items())
+        raise DataError(f"arrays in {root} have different sample counts ({listing}); the first axis is the sample "
+                        "axis and must have the same length in every array")
+    inputs, targets = {}, {}
+    for name, array in arrays.items():
+        if name in io.input_names:
+            spec = io.input(name)
+            if not shape_matches(spec.shape, array.shape[1:]):
+                raise DataError(f"array {name!r} in {root} has shape {list(array.shape)}, i.e. {list(array.shape[1:])} "
+                                f"per sample, but input {name!r} is declared {format_shape(spec.shape)}; fix the array "
+                                "(first axis = sample) or 'inputs' in metadata.json")
+            inputs[name] = _cast(array, spec, f"array {name!r} in {root}")
+        else:
+            targets[name] = array
+    if not next(iter(counts.values())):
+        raise DataError(f"array file {root} holds 0 samples")
+    return ArraySource(root=root, inputs={n: inputs[n] for n in io.input_names}, targets=targets, io=io)

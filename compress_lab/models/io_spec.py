@@ -1,0 +1,234 @@
+"""A model's declared inputs and outputs (metadata.json `inputs` / `outputs`).
+
+An input is a name, a per-sample shape (without the batch dimension) and a
+dtype. A dimension is a positive integer (fixed) or flexible: written `null`,
+`-1` or a name such as `"T"` (a flexible dimension with the same name must have
+the same size in every input and output of one sample). An output is a name,
+what it means (`meaning`, which decides the fidelity measures that apply) and an
+optional shape checked the same way.
+
+    "inputs":  [{"name": "input_ids", "shape": ["T"], "dtype": "int32"},
+                {"name": "attention_mask", "shape": ["T"], "dtype": "int32"}],
+    "outputs": [{"name": "embedding", "meaning": "embedding"}]
+
+Errors name the field (`inputs[1].dtype`), the value found and the fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from compress_lab.errors import ConfigError
+
+DTYPES = ("float32", "float16", "int32")
+FLEXIBLE = "?"   # a flexible dimension given as null or -1
+MAX_DIM = 1 << 24
+# What an output holds. "class_scores" adds top-1 agreement to its fidelity measures.
+MEANINGS = {
+    "class_scores": "one score (logit) per class, last axis",
+    "logits_per_position": "class scores per position (e.g. next-token logits, last axis = vocabulary)",
+    "embedding": "a vector per sample (compared by cosine similarity)",
+    "values": "any numbers (regression values, dense maps, detections, ...)",
+    "state": "a recurrent state handed back in as an input on the next step",
+}
+INPUT_KEYS = ("name", "shape", "dtype", "description")
+OUTPUT_KEYS = ("name", "meaning", "shape", "description")
+
+Dim = "int | str"
+
+
+def _check_name(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{field} = {value!r} must be a non-empty name (the model's own input/output name, e.g. \"input_ids\")")
+    if any(c.isspace() for c in value) or not all(c.isalnum() or c in "_-.:/" for c in value):
+        raise ConfigError(f"{field} = {value!r} has characters a Core ML input/output name cannot hold; "
+                          "use letters, digits and _ (e.g. \"attention_mask\")")
+    return value
+
+
+def _check_shape(value: Any, field: str, *, allow_missing: bool = False) -> tuple[int | str, ...] | None:
+    if value is None and allow_missing:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{field} = {value!r} must be a list of dimensions without the batch dimension, "
+                          "each a positive integer or null / -1 / a name such as \"T\" for a flexible one "
+                          "(e.g. [3, 224, 224] or [\"T\"])")
+    dims: list[int | str] = []
+    for i, d in enumerate(value):
+        if d is None or (not isinstance(d, bool) and isinstance(d, int) and d == -1):
+            dims.append(FLEXIBLE)
+        elif isinstance(d, str) and d.strip():
+            if not (d == FLEXIBLE or d.replace("_", "").isalnum()):
+                raise ConfigError(f"{field}[{i}] = {d!r} is not a dimension name; name a flexible dimension with "
+                                  "letters, digits and _ (e.g. \"T\"), or write null")
+            dims.append(d)
+        elif isinstance(d, float) and d.is_integer() and 0 < d <= MAX_DIM:
+            dims.append(int(d))
+        elif not isinstance(d, bool) and isinstance(d, int) and 0 < d <= MAX_DIM:
+            dims.append(d)
+        else:
+            raise ConfigError(f"{field}[{i}] = {d!r} is not a dimension; give a positive integer (at most {MAX_DIM}), "
+                              "or null / -1 / a name such as \"T\" for a flexible one")
+    return tuple(dims)
+
+
+def _reject_unknown(data: Any, allowed: Sequence[str], field: str, example: str) -> dict:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{field} = {data!r:.120} must be an object such as {example}")
+    unknown = sorted(k for k in data if k not in allowed)
+    if unknown:
+        raise ConfigError(f"{field} has unknown key(s) {unknown}; allowed keys are {list(allowed)}")
+    return data
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One declared input."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate("input")
+
+    def validate(self, field: str) -> None:
+        _check_name(self.name, f"{field}.name")
+        object.__setattr__(self, "shape", _check_shape(self.shape, f"{field}.shape"))
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"{field}.dtype = {self.dtype!r} is not supported; use one of {list(DTYPES)}")
+        if not isinstance(self.description, str):
+            raise ConfigError(f"{field}.description = {self.description!r} must be a string")
+
+    @property
+    def flexible(self) -> bool:
+        return any(isinstance(d, str) for d in self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "shape": [None if s == FLEXIBLE else s for s in self.shape],
+                             "dtype": self.dtype}
+        if self.description:
+            d["description"] = self.description
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any, field: str = "input") -> "TensorSpec":
+        data = _reject_unknown(data, INPUT_KEYS, field, '{"name": "input_ids", "shape": ["T"], "dtype": "int32"}')
+        for key in ("name", "shape"):
+            if key not in data:
+                raise ConfigError(f"{field} lacks {key!r}; an input needs a name and a shape (and a dtype, "
+                                  f"default float32), e.g. {{\"name\": \"input\", \"shape\": [3, 224, 224]}}")
+        spec = cls.__new__(cls)
+        for key, default in (("name", None), ("shape", None), ("dtype", "float32"), ("description", "")):
+            object.__setattr__(spec, key, data.get(key, default))
+        spec.validate(field)
+        return spec
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One declared output."""
+
+    name: str
+    meaning: str = "values"
+    shape: tuple[int | str, ...] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate("output")
+
+    def validate(self, field: str) -> None:
+        _check_name(self.name, f"{field}.name")
+        if self.meaning not in MEANINGS:
+            raise ConfigError(f"{field}.meaning = {self.meaning!r} is not known; use one of {sorted(MEANINGS)} "
+                              f"({'; '.join(f'{k}: {v}' for k, v in MEANINGS.items())})")
+        object.__setattr__(self, "shape", _check_shape(self.shape, f"{field}.shape", allow_missing=True))
+        if not isinstance(self.description, str):
+            raise ConfigError(f"{field}.description = {self.description!r} must be a string")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "meaning": self.meaning}
+        if self.shape is not None:
+            d["shape"] = [None if s == FLEXIBLE else s for s in self.shape]
+        if self.description:
+            d["description"] = self.description
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any, field: str = "output") -> "OutputSpec":
+        data = _reject_unknown(data, OUTPUT_KEYS, field, '{"name": "logits", "meaning": "class_scores"}')
+        if "name" not in data:
+            raise ConfigError(f"{field} lacks 'name'; an output needs a name and a meaning, "
+                              f"e.g. {{\"name\": \"embedding\", \"meaning\": \"embedding\"}}")
+        spec = cls.__new__(cls)
+        for key, default in (("name", None), ("meaning", "values"), ("shape", None), ("description", "")):
+            object.__setattr__(spec, key, data.get(key, default))
+        spec.validate(field)
+        return spec
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[OutputSpec, ...]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.outputs)
+
+    def input(self, name: str) -> TensorSpec:
+        return next(i for i in self.inputs if i.name == name)
+
+    def output(self, name: str) -> OutputSpec:
+        return next(o for o in self.outputs if o.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": [i.to_dict() for i in self.inputs], "outputs": [o.to_dict() for o in self.outputs]}
+
+
+def parse_inputs(value: Any) -> tuple[TensorSpec, ...]:
+    if isinstance(value, tuple) and all(isinstance(v, TensorSpec) for v in value):
+        return value
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"inputs = {value!r:.120} must be a list of inputs, e.g. "
+                          '[{"name": "input_ids", "shape": ["T"], "dtype": "int32"}]')
+    specs = tuple(v if isinstance(v, TensorSpec) else TensorSpec.from_dict(v, f"inputs[{i}]") for i, v in enumerate(value))
+    _no_repeats([s.name for s in specs], "inputs")
+    return specs
+
+
+def parse_outputs(value: Any) -> tuple[OutputSpec, ...]:
+    if isinstance(value, tuple) and all(isinstance(v, OutputSpec) for v in value):
+        return value
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"outputs = {value!r:.120} must be a list of outputs, e.g. "
+                          '[{"name": "embedding", "meaning": "embedding"}]')
+    specs = tuple(v if isinstance(v, OutputSpec) else OutputSpec.from_dict(v, f"outputs[{i}]") for i, v in enumerate(value))
+    _no_repeats([s.name for s in specs], "outputs")
+    return specs
+
+
+def _no_repeats(names: list[str], field: str) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{field} repeat the name(s) {dupes}; each {field[:-1]} needs its own name")
+
+
+def shape_matches(declared: Sequence[int | str] | None, found: Sequence[int]) -> bool:
+    """Whether a per-sample shape found (no batch dimension) fits a declared one."""
+    if declared is None:
+        return True
+    if len(declared) != len(found):
+        return False
+    return all(isinstance(d, str) or int(d) == int(f) for d, f in zip(declared, found))
+
+
+def format_shape(shape: Sequence[int | str] | None) -> str:
+    if shape is None:
+        return "(any)"
+    return "[" + ", ".join("null" if d == FLEXIBLE else (repr(d) if isinstance(d, str) else str(d)) for d in shape) + "]"
