@@ -137,6 +137,21 @@ def test_a_two_input_int32_text_model_reads_a_folder_of_one_sample_npz_files(tmp
     assert result.outputs["embedding"].shape == (5, 8)
 
 
+def test_a_two_input_int32_text_model_is_compressed_and_evaluated_through_the_core_ml_runtime(tmp_path):
+    from compress_lab.techniques import compress, config_from_dict
+    model = make_model(tmp_path / "text", TEXT_MODEL, TEXT_META)
+    rng = np.random.default_rng(1)
+    mask = np.ones((12, 6), np.int32)
+    mask[:, 4:] = 0                                                    # padded positions
+    np.savez(tmp_path / "val.npz", input_ids=rng.integers(0, 50, (12, 6)).astype(np.int32), attention_mask=mask)
+    handle = load_model(model)
+    outcome = compress(handle, config_from_dict({"technique": "quantize"}), tmp_path / "int8.mlpackage")
+    result = evaluate_model(outcome.path, tmp_path / "val.npz", reference=handle)
+    assert result.n == 12 and result.outputs["embedding"].shape == (12, 8)
+    measures = result.fidelity["embedding"]
+    assert measures["cosine"] > 0.999 and 30 < measures["snr_db"] < 200     # int8 weights: close, not identical
+
+
 def test_an_npz_missing_an_input_or_with_mismatched_sample_counts_is_refused_naming_the_file(tmp_path, two_heads):
     np.savez(tmp_path / "wrong_name.npz", features=np.zeros((4, 6), np.float32))
     with pytest.raises(DataError) as err:
