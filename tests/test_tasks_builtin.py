@@ -294,3 +294,16 @@ def test_each_task_loss_trains_its_model_and_training_time_points_are_refused_un
         assert reason and "defines a loss" in reason and "post-training" in reason
     np.savez(tmp_path / "nopairs.npz", input_ids=np.zeros((4, 3), np.int32), attention_mask=np.ones((4, 3), np.int32))
     assert "has no array 'pair'" in embedding.training_refusal(emb.metadata, tmp_path / "nopairs.npz")
+
+
+def test_embedding_pairs_in_a_folder_of_one_sample_files_score_as_the_stacked_source(tmp_path):
+    folder = make_model(tmp_path / "emb", TEXT_MODEL, EMBED_META)
+    ids, mask, pair = embedding_source(tmp_path / "val.npz", n_keys=6, n_queries=4)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for i in range(len(ids)):                       # `pair` as a scalar per file; j = the key's file position
+        np.savez(samples / f"{i:03d}.npz", input_ids=ids[i], attention_mask=mask[i], pair=np.int64(pair[i]))
+    stacked = evaluate_model(folder, tmp_path / "val.npz", batch_size=3)
+    files = evaluate_model(folder, samples, batch_size=3)
+    assert files.n == stacked.n == 10
+    assert files.values == pytest.approx(stacked.values) and set(files.values) == {"retrieval_top1", "mrr"}
