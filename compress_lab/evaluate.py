@@ -45,7 +45,7 @@ class EvalResult:
     warnings: list[str] = field(default_factory=list)
     task: str = "classification"             # the task that measured it
     fidelity: dict[str, dict[str, float | None]] = field(default_factory=dict)  # per output: snr_db, psnr_db, cosine, ...
-    values: dict[str, float] = field(default_factory=dict)  # a user metric's values
+    values: dict[str, float] = field(default_factory=dict)  # the task's own metrics (mae, perplexity, ...) and a user metric's values
     logits: np.ndarray | None = field(default=None, repr=False, compare=False)  # float32 (n, K)
     labels: np.ndarray | None = field(default=None, repr=False, compare=False)  # int64 (n,), -1 unlabelled
     outputs: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)  # other tasks: every output
@@ -195,10 +195,15 @@ def _name_outputs(out, names: Sequence[str]) -> dict[str, np.ndarray]:
 
 def run_program(program, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The lab's Core ML runtime on named inputs: every output by name. A single input
-    goes as an array (the runtime then batches it); several go as one dict."""
+    goes as an array (the runtime then batches it) when it is float and fits the program's
+    fixed shape; otherwise (int32 token ids, a flexible length) it goes as a dict, like several."""
     if len(inputs) == 1:
         (value,) = inputs.values()
-        return program.predict_all(np.ascontiguousarray(value))
+        shape = getattr(program, "input_shape", None)
+        if value.dtype.kind == "f" and (shape is None or tuple(shape[1:]) == tuple(value.shape[1:])):
+            return program.predict_all(np.ascontiguousarray(value))
+        names = getattr(program, "input_names", None) or list(inputs)
+        return program.predict_all({names[0]: value})
     return program.predict_all(dict(inputs))
 
 
@@ -310,8 +315,9 @@ def evaluate(predictor, dataset, task=None, reference=None, batch_size: int = 64
     if metric is not None:  # a user metric sees every output and target of the whole source, in sample order
         from compress_lab.metrics import MetricError
         try:
-            fields_["values"] = metric({k: np.concatenate(v) for k, v in kept_outputs.items()},
-                                       {k: np.concatenate(v) for k, v in kept_targets.items()})
+            fields_["values"] = {**fields_.get("values", {}),  # the task's own metrics stay beside the user's
+                                 **metric({k: np.concatenate(v) for k, v in kept_outputs.items()},
+                                          {k: np.concatenate(v) for k, v in kept_targets.items()})}
         except MetricError as e:
             if metric_errors != "keep":
                 raise

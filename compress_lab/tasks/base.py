@@ -128,6 +128,12 @@ class Task:
     name = ""
     label = ""
     description = ""
+    # Whether the lab's fine-tuning loop (techniques/_training.py) can train this task
+    # with its `loss` today. That loop reads labelled image folders and minimises
+    # cross-entropy on (N, K) logits, so a task that defines a loss over other data sets
+    # this False: its training-time points are refused up front, with the reason,
+    # instead of failing inside every run.
+    finetune_supported = True
 
     # -- declaration
     def io(self, meta) -> IOSpec:
@@ -212,15 +218,20 @@ class Task:
         tensor that training-time techniques minimise, or None."""
         return None
 
-    def training_refusal(self, meta) -> str | None:
-        """Why training-time techniques cannot run for this model (None: they can)."""
+    def training_refusal(self, meta, source=None) -> str | None:
+        """Why training-time techniques cannot run for this model (None: they can);
+        `source` (a training source, optional) lets a task refuse data its loss cannot use."""
         if self.loss(meta) is None:
             return (f"task {self.name!r} defines no loss, so training-time techniques cannot fine-tune model "
                     f"{meta.name!r}; use post-training techniques, or declare a task that has a loss")
+        if not self.finetune_supported:
+            return (f"task {self.name!r} defines a loss, but the lab's fine-tuning loop trains image classifiers only "
+                    f"(labelled image folders, cross-entropy on class scores), so training-time techniques cannot "
+                    f"fine-tune model {meta.name!r} yet; use post-training techniques")
         return None
 
-    def require_training(self, meta) -> None:
-        reason = self.training_refusal(meta)
+    def require_training(self, meta, source=None) -> None:
+        reason = self.training_refusal(meta, source)
         if reason:
             raise ConfigError(reason)
 
@@ -248,3 +259,21 @@ def check_batch_outputs(outputs: dict[str, np.ndarray], io: IOSpec, n: int) -> d
 
 def iter_task_batches(data: Iterable[TaskBatch]) -> Iterator[TaskBatch]:
     yield from data
+
+
+def metric_value(result, name: str, higher_is_better: bool = True) -> float | None:
+    """A metric's value in an evaluation result (an EvalResult or its `to_dict()`):
+    a top-level field (`top1`, `snr_db`, ...), else a task or user metric in `values`
+    (`mae`, `perplexity`, ...), else a fidelity measure: the worst over the outputs
+    (lowest when higher is better). None where the result does not hold it."""
+    data = result if isinstance(result, dict) else result.to_dict()
+    value = data.get(name)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    values = data.get("values") or {}
+    if name in values and values[name] is not None:
+        return float(values[name])
+    found = [float(m[name]) for m in (data.get("fidelity") or {}).values() if m.get(name) is not None]
+    if found:
+        return min(found) if higher_is_better else max(found)
+    return None
