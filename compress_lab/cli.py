@@ -171,8 +171,8 @@ def cmd_evaluate(args) -> int:
             print(f"warning: {args.data} is not labelled (no <class>/ folders naming the model's classes), so there is "
                   "no accuracy to measure; give --reference MODEL (e.g. the uncompressed model) to measure agreement "
                   "with it", file=sys.stderr)
-    elif args.reference is None and metric is None and data.get("n"):
-        print(f"warning: task {result.task!r} has no built-in metric against targets, so nothing was measured; give "
+    elif args.reference is None and metric is None and data.get("n") and not data.get("values"):
+        print(f"warning: nothing was measured: task {result.task!r} found no targets it scores in {args.data}; give "
               "--reference MODEL (e.g. the uncompressed model) for fidelity per output, or --metric FILE",
               file=sys.stderr)
     if args.json:
