@@ -1,4 +1,6 @@
-"""`compress-lab mixed MODEL --data DIR --family palettize --budget-top1-drop 1` (or --budget-agreement 0.99)"""
+"""`compress-lab mixed MODEL --data DIR --family palettize --budget-top1-drop 1` (or --budget-agreement 0.99):
+the smallest per-op mix within an accuracy budget; or `--budget-bytes N` / `--budget-bits-per-weight B`:
+the most accurate mix within a size budget (checked on the real package, in bytes on disk)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ def add_arguments(parser) -> None:
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-top1-drop", type=float, metavar="POINTS", help="max top-1 drop in percentage points")
     budget.add_argument("--budget-agreement", type=float, metavar="FRACTION", help="min top-1 agreement, e.g. 0.99")
+    budget.add_argument("--budget-bytes", type=int, metavar="BYTES",
+                        help="size budget: the most accurate mix of at most BYTES on disk (the .mlpackage)")
+    budget.add_argument("--budget-bits-per-weight", type=float, metavar="BITS",
+                        help="size budget: the most accurate mix of at most BITS bits per weight (weights file)")
     parser.add_argument("--max-images", type=int, default=2000, help="images used by the search (evenly spaced)")
     parser.add_argument("--out", type=Path, help="where to write the chosen .mlpackage (default: WORKDIR/mixed.mlpackage)")
     parser.add_argument("--workdir", type=Path, default=Path(".lab-work"))
@@ -26,14 +32,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true")
 
 
+def budget_from_args(args):
+    from compress_lab.analysis.mixed import Budget
+    for metric, value in (("top1_drop", args.budget_top1_drop), ("agreement", args.budget_agreement),
+                          ("bytes", args.budget_bytes), ("bits_per_weight", args.budget_bits_per_weight)):
+        if value is not None:
+            return Budget(metric, value)
+    raise AssertionError("argparse requires one budget")
+
+
 def run(args) -> int:
     from compress_lab.analysis.mixed import Budget
     from compress_lab.analysis.mixed_run import run_mixed
     from compress_lab.cli import load_model_from_args
 
     handle = load_model_from_args(args)
-    budget = Budget("top1_drop", args.budget_top1_drop) if args.budget_top1_drop is not None \
-        else Budget("agreement", args.budget_agreement)
+    budget = budget_from_args(args)
     if args.sweep:
         return _add_to_sweep(args, handle, budget)
     out = args.out or args.workdir / "mixed.mlpackage"
@@ -47,8 +61,9 @@ def run(args) -> int:
     print(f"budget: {budget.describe()}; search chose {outcome['search']['chosen']} "
           f"({outcome['search']['evaluations']} evaluations, {outcome['search']['elapsed_s']:.1f}s)")
     print(f"config: {json.dumps(outcome['config'])}")
-    print(f"wrote {outcome['path']}: {verified['bytes']:,} bytes; full validation: top-1 {verified['top1']}, "
-          f"agreement {verified['agreement']}, meets budget: {verified['meets_budget']}")
+    print(f"wrote {outcome['path']}: {verified['bytes']:,} bytes, {verified['bits_per_weight']:.2f} bits per weight; "
+          f"full validation: top-1 {verified['top1']}, agreement {verified['agreement']}, "
+          f"meets budget: {verified['meets_budget']}")
     return 0
 
 
