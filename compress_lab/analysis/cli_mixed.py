@@ -29,6 +29,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sweep", type=Path, metavar="SPEC.toml",
                         help="add the answer to this sweep as a 'mixed' point (measured like its other points)")
     parser.add_argument("--store", type=Path, help="the sweep's store folder (default: the sweep's default)")
+    parser.add_argument("--export-config", type=Path, metavar="FILE.yaml",
+                        help="also write the chosen assignment as a coremltools OptimizationConfig (.yaml or .json, "
+                             "with op_name_configs) to apply with ct.optimize.coreml.* in your own pipeline")
     parser.add_argument("--json", action="store_true")
 
 
@@ -53,6 +56,8 @@ def run(args) -> int:
     out = args.out or args.workdir / "mixed.mlpackage"
     outcome = run_mixed(handle, args.data, args.family, budget, out, workdir=args.workdir, max_images=args.max_images,
                         progress=_progress)
+    if args.export_config:
+        _write_config(outcome["coreml_config"], args.export_config)
     if args.json:
         print(json.dumps(outcome, indent=2, default=str))
         return 0
@@ -77,6 +82,9 @@ def _add_to_sweep(args, handle, budget) -> int:
     store = args.store or default_store_folder(args.sweep, spec)
     config, result = search_config(handle, args.data, args.family, budget, workdir=args.workdir,
                                    max_images=args.max_images, progress=_progress)
+    if args.export_config:
+        from compress_lab.analysis.mixed_run import coreml_config_of
+        _write_config(coreml_config_of(handle, config, workdir=args.workdir), args.export_config)
     run = add_point(spec, store, config, family="mixed" if result.chosen == "mixed" else "post_training",
                     label=f"mixed {args.family} ({budget.describe()})" if result.chosen == "mixed" else None)
     if args.json:
@@ -89,6 +97,13 @@ def _add_to_sweep(args, handle, budget) -> int:
     else:
         print(f"error: {run.error}")
     return 0 if run.state == "COMPLETE" else 1
+
+
+def _write_config(config_dict: dict, path: Path) -> None:
+    from compress_lab.analysis.coreml_config import usage, write_config
+    write_config(config_dict, path)
+    print(f"\nwrote the coremltools optimization config {path}; apply it with:\n{usage(config_dict, path)}",
+          file=sys.stderr)
 
 
 def _progress(stage: str, done: int, total: int) -> None:

@@ -75,9 +75,11 @@ def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_pat
     full_baseline = Measurement(top1=reference.top1, agreement=1.0, snr_db=200.0)
     full = Measurement(top1=measured.top1, agreement=measured.agreement, snr_db=measured.snr_db)
     size = package_size(outcome.path).to_dict()
+    from compress_lab.analysis.coreml_config import optimization_config_dict
     return {
         "path": str(outcome.path),
         "config": config,
+        "coreml_config": optimization_config_dict(outcome.details),
         "search": result.to_dict(),
         "verified": {"top1": measured.top1, "baseline_top1": reference.top1, "agreement": measured.agreement,
                      "snr_db": measured.snr_db, "bytes": size["package_bytes"],
@@ -88,3 +90,12 @@ def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_pat
         "sizes": size,
         "timings": {"search_s": result.elapsed_s, **outcome.timings, "total_s": time.perf_counter() - started},
     }
+
+
+def coreml_config_of(handle, config: dict[str, Any], *, workdir: str | Path, precision: str = "fp16") -> dict[str, Any]:
+    """The coremltools OptimizationConfig dict of a lab config, from compressing it once."""
+    from compress_lab.analysis.coreml_config import optimization_config_dict
+    from compress_lab.techniques import CompressContext, compress, config_from_dict
+    ctx = CompressContext(handle=handle, workdir=Path(workdir))
+    outcome = compress(handle, config_from_dict(config), Path(workdir) / "mixed-export.mlpackage", context=ctx)
+    return optimization_config_dict(outcome.details)
