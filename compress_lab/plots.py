@@ -120,7 +120,7 @@ def format_value(column: str, value: float | None) -> str:
     if column in SIZE_AXES:
         for size, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
             if value >= size:
-                return f"{value / size:.3g} {unit}"
+                return f"{value / size:.4g} {unit}"
         return f"{value:.0f} B"
     if column.startswith("ratio"):
         return f"{value:.2f}x"

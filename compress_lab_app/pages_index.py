@@ -100,7 +100,8 @@ def sidebar_glance() -> None:
         spec = (sweep.spec or {}) if sweep is not None else {}
         swept_model = (spec.get("model") or {}).get("source")
         swept_data = spec.get("data") or {}
-        if swept_model and (swept_model != model.source or swept_data.get("validation") != data.validation):
+        if swept_model and not (_same(swept_model, model.source, by_name=True)
+                                and _same(swept_data.get("validation"), data.validation)):
             # the chosen sweep was made from another model or data (e.g. a store from `compress-lab sweep`)
             st.markdown(f"sweep `{sweep.name}` ({sweep.sweep_id[:12]})  \nmodel **{_short(swept_model)}**  \n"
                         f"validation `{_short(swept_data.get('validation') or 'not set')}`  \n"
@@ -125,6 +126,15 @@ def _store_picker() -> None:
         if picked != current:
             choose_store_folder(picked)
             st.rerun()
+
+
+def _same(a: str | None, b: str | None, by_name: bool = False) -> bool:
+    """Two model sources / folders are the same one (a sample's name matches its folder)."""
+    from pathlib import Path
+    if not a or not b:
+        return a == b
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.resolve() == pb.resolve() or (by_name and pa.name == pb.name)
 
 
 def _short(text: str, keep: int = 2) -> str:

@@ -111,7 +111,7 @@ def budget_answer(rows: list[dict]) -> tuple[dict | None, tuple[str, float] | No
         value = right.number_input("points", min_value=0.0, max_value=100.0, value=1.0, step=0.5, key="results.budget_top1")
         threshold = accuracy_threshold(rows, "top1", drop=value / 100)
         budget = None if threshold is None else ("top1", threshold - 1e-12)
-        text = f"a top-1 drop of {value:g} points"
+        text = f"a top-1 drop of {value:g} point" + ("" if value == 1 else "s")
     else:
         value = right.number_input("fraction", min_value=0.0, max_value=1.0, value=0.99, step=0.005, format="%.3f",
                                    key="results.budget_agreement")

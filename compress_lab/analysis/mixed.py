@@ -99,6 +99,7 @@ class MixedResult:
     elapsed_s: float = 0.0
     noise: dict[str, list[float]] = field(default_factory=dict)  # op -> relative output noise per level, alone
     size_target: dict[str, Any] = field(default_factory=dict)   # size budgets: the weight bits aimed at
+    reused_single_op: bool = False                               # the single-op stage came from an earlier search
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

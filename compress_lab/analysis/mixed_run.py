@@ -11,17 +11,68 @@ from compress_lab.analysis.mixed import Budget, search_mixed
 from compress_lab.analysis.subset import Measurement, SubsetEvaluator
 
 
+def single_op_key(evaluator: SubsetEvaluator, family: str, levels: list[dict[str, Any]] | None) -> str:
+    """What the single-op stage depends on: the float program (its files), the subset (its pixels
+    and labels), the family and its levels."""
+    import hashlib
+    import json
+
+    from compress_lab.analysis.compressors import DEFAULT_LEVELS
+    digest = hashlib.sha256()
+    package = Path(evaluator.base.origin)
+    for path in sorted(p for p in package.rglob("*") if p.is_file() and p.name != "Manifest.json"):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    digest.update(evaluator.x.tobytes())
+    digest.update(evaluator.labels.tobytes())
+    digest.update(json.dumps([family, levels or DEFAULT_LEVELS[family]], sort_keys=True).encode())
+    return digest.hexdigest()[:32]
+
+
+def stored_single_op(workdir: str | Path, key: str) -> dict[str, list[float]] | None:
+    import json
+    path = Path(workdir) / SINGLE_OP_DIR / f"{key}.json"
+    try:
+        return json.loads(path.read_text())["noise"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def store_single_op(workdir: str | Path, key: str, noise: dict[str, list[float]]) -> Path:
+    import json
+    folder = Path(workdir) / SINGLE_OP_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{key}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "noise": noise}))
+    tmp.replace(path)
+    return path
+
+
+SINGLE_OP_DIR = "mixed-single-op"
+
+
 def search_config(handle, data_dir: str | Path, family: str, budget: Budget, *, workdir: str | Path,
-                  max_images: int = 2000, precision: str = "fp16", progress=None, levels=None):
-    """The mixed-precision search on a validation subset: (technique config dict, MixedResult)."""
+                  max_images: int = 2000, precision: str = "fp16", progress=None, levels=None, reuse: bool = True):
+    """The mixed-precision search on a validation subset: (technique config dict, MixedResult).
+    With `reuse`, the single-op stage (each op alone at each level: most of the search's
+    evaluations) of an earlier search on the same float program, subset and levels is read
+    from WORKDIR/mixed-single-op/ instead of measured again, and a new one is stored there."""
     from compress_lab.techniques import CompressContext, config_from_dict
 
     ctx = CompressContext(handle=handle, workdir=Path(workdir))
     evaluator = SubsetEvaluator(ctx.float_package(precision), data_dir, handle.metadata, max_images=max_images)
-    result = search_mixed(evaluator, family, budget, levels=levels, progress=progress)
+    key = single_op_key(evaluator, family, levels) if reuse else None
+    noise = stored_single_op(workdir, key) if reuse else None
+    result = search_mixed(evaluator, family, budget, levels=levels, progress=progress, noise=noise)
+    result.reused_single_op = noise is not None and result.noise == noise
+    if reuse and not result.reused_single_op:
+        store_single_op(workdir, key, result.noise)
     config = config_from_dict(result.technique_config({"precision": precision})).to_dict()
     if budget.is_size:
+        reused = result.reused_single_op
         config, result = _fit_size(ctx, evaluator, family, budget, result, config, precision, progress)
+        result.reused_single_op = reused
     return config, result
 
 
