@@ -163,3 +163,23 @@ def test_mixed_cli_size_budget_writes_a_package_within_it(mnist_dir, tmp_path, c
             assert _bytes_on_disk(out) == outcome["verified"]["bytes"] <= 120_000
         else:
             assert package_size(out).bits_per_weight <= 2.5
+
+
+def test_a_second_search_reuses_the_stored_single_op_stage(mnist_handle, mnist_dir, tmp_path):
+    """Same program, subset and levels: the single-op stage is read back, not measured, and the
+    answer is the same; other levels (or another subset) measure it again."""
+    from compress_lab.analysis.mixed_run import search_config
+    kwargs = dict(workdir=tmp_path / "work", max_images=100)
+    budget = Budget("agreement", 0.98)
+    first_config, first = search_config(mnist_handle, mnist_dir / "val", "palettize", budget, levels=UNIFORM_LEVELS,
+                                        **kwargs)
+    assert not first.reused_single_op and list((tmp_path / "work" / "mixed-single-op").glob("*.json"))
+    again_config, again = search_config(mnist_handle, mnist_dir / "val", "palettize", budget, levels=UNIFORM_LEVELS,
+                                        **kwargs)
+    assert again.reused_single_op and again_config == first_config and again.noise == first.noise
+    assert again.evaluations == first.evaluations - 4 * len(UNIFORM_LEVELS)  # 4 ops x 4 levels not measured
+    _, other = search_config(mnist_handle, mnist_dir / "val", "palettize", budget, levels=UNIFORM_LEVELS[:3], **kwargs)
+    assert not other.reused_single_op
+    _, today = search_config(mnist_handle, mnist_dir / "val", "palettize", budget, levels=UNIFORM_LEVELS,
+                             reuse=False, **kwargs)
+    assert not today.reused_single_op and today.evaluations == first.evaluations

@@ -29,6 +29,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sweep", type=Path, metavar="SPEC.toml",
                         help="add the answer to this sweep as a 'mixed' point (measured like its other points)")
     parser.add_argument("--store", type=Path, help="the sweep's store folder (default: the sweep's default)")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="measure the single-op stage again even if WORKDIR holds one of an earlier search on the "
+                             "same model, data and levels (today's behaviour before reuse)")
     parser.add_argument("--export-config", type=Path, metavar="FILE.yaml",
                         help="also write the chosen assignment as a coremltools OptimizationConfig (.yaml or .json, "
                              "with op_name_configs) to apply with ct.optimize.coreml.* in your own pipeline")
@@ -55,7 +58,7 @@ def run(args) -> int:
         return _add_to_sweep(args, handle, budget)
     out = args.out or args.workdir / "mixed.mlpackage"
     outcome = run_mixed(handle, args.data, args.family, budget, out, workdir=args.workdir, max_images=args.max_images,
-                        progress=_progress)
+                        progress=_progress, reuse=not args.no_reuse)
     if args.export_config:
         _write_config(outcome["coreml_config"], args.export_config)
     if args.json:
@@ -64,7 +67,8 @@ def run(args) -> int:
     print()
     verified = outcome["verified"]
     print(f"budget: {budget.describe()}; search chose {outcome['search']['chosen']} "
-          f"({outcome['search']['evaluations']} evaluations, {outcome['search']['elapsed_s']:.1f}s)")
+          f"({outcome['search']['evaluations']} evaluations, {outcome['search']['elapsed_s']:.1f}s"
+          + (", single-op stage reused from an earlier search" if outcome['search']['reused_single_op'] else "") + ")")
     print(f"config: {json.dumps(outcome['config'])}")
     print(f"wrote {outcome['path']}: {verified['bytes']:,} bytes, {verified['bits_per_weight']:.2f} bits per weight; "
           f"full validation: top-1 {verified['top1']}, agreement {verified['agreement']}, "
@@ -81,7 +85,7 @@ def _add_to_sweep(args, handle, budget) -> int:
     spec = load_spec(args.sweep)
     store = args.store or default_store_folder(args.sweep, spec)
     config, result = search_config(handle, args.data, args.family, budget, workdir=args.workdir,
-                                   max_images=args.max_images, progress=_progress)
+                                   max_images=args.max_images, progress=_progress, reuse=not args.no_reuse)
     if args.export_config:
         from compress_lab.analysis.mixed_run import coreml_config_of
         _write_config(coreml_config_of(handle, config, workdir=args.workdir), args.export_config)

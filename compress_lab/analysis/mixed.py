@@ -125,11 +125,14 @@ class MixedResult:
 def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels: list[dict[str, Any]] | None = None,
                  weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD,
                  progress: Callable[[str, int, int], None] | None = None,
-                 noise: dict[str, list[float]] | None = None, margin_bytes: float = 0.0) -> MixedResult:
+                 noise: dict[str, list[float]] | None = None, margin_bytes: float = 0.0,
+                 variants: dict[str, list[np.ndarray]] | None = None) -> MixedResult:
     """The search (see the module docstring). `noise`: the single-op stage of an earlier search
     on the same package, subset and levels (MixedResult.noise), reused instead of measured.
     Size budgets: `margin_bytes` is kept free below the budget (the caller raises it when the
-    real package came out larger than estimated)."""
+    real package came out larger than estimated). `variants`: a dict of each op's weight
+    compressed + decompressed at each level; used when it holds them all (an earlier search's),
+    else filled in (so a caller can store it beside `noise`)."""
     check_family(family)
     levels = [dict(l) for l in (levels or DEFAULT_LEVELS[family])]
     started = time.perf_counter()
@@ -141,7 +144,13 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
     if budget.metric == "top1_drop" and baseline.top1 is None:
         raise ConfigError("a top-1 drop budget needs a labelled validation folder; use an agreement budget instead")
     originals = {op.name: np.asarray(weights[op.name]) for op in ops}
-    variants = {op.name: [simulate(originals[op.name], family, l) for l in levels] for op in ops}
+    if variants is None:
+        variants = {}
+    complete = set(variants) == {op.name for op in ops} and all(
+        len(variants[op.name]) == len(levels) and all(v.shape == tuple(op.shape) for v in variants[op.name]) for op in ops)
+    if not complete:
+        variants.clear()
+        variants.update({op.name: [simulate(originals[op.name], family, l) for l in levels] for op in ops})
     bits = {op.name: [compressed_bits(family, l, op.numel, op.shape[0]) for l in levels] for op in ops}
     float_bits = {op.name: op.numel * 16.0 for op in ops}
 

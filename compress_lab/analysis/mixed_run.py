@@ -29,20 +29,36 @@ def single_op_key(evaluator: SubsetEvaluator, family: str, levels: list[dict[str
     return digest.hexdigest()[:32]
 
 
-def stored_single_op(workdir: str | Path, key: str) -> dict[str, list[float]] | None:
+def stored_single_op(workdir: str | Path, key: str) -> tuple[dict[str, list[float]] | None, dict]:
+    """(noise per op and level, weight variants per op and level) of an earlier search; (None, {}) if none."""
     import json
-    path = Path(workdir) / SINGLE_OP_DIR / f"{key}.json"
+    import numpy as np
+    folder = Path(workdir) / SINGLE_OP_DIR
     try:
-        return json.loads(path.read_text())["noise"]
+        noise = json.loads((folder / f"{key}.json").read_text())["noise"]
     except (OSError, ValueError, KeyError):
-        return None
+        return None, {}
+    variants: dict[str, list] = {}
+    try:
+        with np.load(folder / f"{key}.npz", allow_pickle=False) as arrays:
+            for name in arrays.files:  # "<op>@<level>"
+                op, level = name.rsplit("@", 1)
+                variants.setdefault(op, {})[int(level)] = arrays[name]
+        variants = {op: [by_level[i] for i in sorted(by_level)] for op, by_level in variants.items()}
+    except (OSError, ValueError, KeyError):
+        variants = {}
+    return noise, variants
 
 
-def store_single_op(workdir: str | Path, key: str, noise: dict[str, list[float]]) -> Path:
+def store_single_op(workdir: str | Path, key: str, noise: dict[str, list[float]], variants: dict) -> Path:
     import json
+    import numpy as np
     folder = Path(workdir) / SINGLE_OP_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key}.json"
+    with open(folder / f"{key}.tmp.npz", "wb") as f:
+        np.savez(f, **{f"{op}@{i}": v for op, levels in variants.items() for i, v in enumerate(levels)})
+    (folder / f"{key}.tmp.npz").replace(folder / f"{key}.npz")
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"key": key, "noise": noise}))
     tmp.replace(path)
@@ -56,27 +72,28 @@ def search_config(handle, data_dir: str | Path, family: str, budget: Budget, *, 
                   max_images: int = 2000, precision: str = "fp16", progress=None, levels=None, reuse: bool = True):
     """The mixed-precision search on a validation subset: (technique config dict, MixedResult).
     With `reuse`, the single-op stage (each op alone at each level: most of the search's
-    evaluations) of an earlier search on the same float program, subset and levels is read
-    from WORKDIR/mixed-single-op/ instead of measured again, and a new one is stored there."""
+    evaluations, and every op's weight compressed at every level) of an earlier search on the
+    same float program, subset and levels is read from WORKDIR/mixed-single-op/ instead of
+    computed again, and a new one is stored there."""
     from compress_lab.techniques import CompressContext, config_from_dict
 
     ctx = CompressContext(handle=handle, workdir=Path(workdir))
     evaluator = SubsetEvaluator(ctx.float_package(precision), data_dir, handle.metadata, max_images=max_images)
     key = single_op_key(evaluator, family, levels) if reuse else None
-    noise = stored_single_op(workdir, key) if reuse else None
-    result = search_mixed(evaluator, family, budget, levels=levels, progress=progress, noise=noise)
+    noise, variants = stored_single_op(workdir, key) if reuse else (None, {})
+    result = search_mixed(evaluator, family, budget, levels=levels, progress=progress, noise=noise, variants=variants)
     result.reused_single_op = noise is not None and result.noise == noise
     if reuse and not result.reused_single_op:
-        store_single_op(workdir, key, result.noise)
+        store_single_op(workdir, key, result.noise, variants)
     config = config_from_dict(result.technique_config({"precision": precision})).to_dict()
     if budget.is_size:
         reused = result.reused_single_op
-        config, result = _fit_size(ctx, evaluator, family, budget, result, config, precision, progress)
+        config, result = _fit_size(ctx, evaluator, family, budget, result, config, precision, progress, variants)
         result.reused_single_op = reused
     return config, result
 
 
-def _fit_size(ctx, evaluator, family, budget, result, config, precision, progress, attempts: int = 4):
+def _fit_size(ctx, evaluator, family, budget, result, config, precision, progress, variants=None, attempts: int = 4):
     """A size budget is met by the real package: compress the answer, measure it on disk, and
     while it is larger than the budget (the search estimates each op's payload), search again
     with the excess kept free (reusing the single-op stage, so only the candidates are measured)."""
@@ -96,7 +113,7 @@ def _fit_size(ctx, evaluator, family, budget, result, config, precision, progres
             return config, result
         excess = (real - budget.value) if budget.metric == "bytes" else (real - budget.value) * sizes["n_weights"] / 8
         margin += excess + 64
-        result = search_mixed(evaluator, family, budget, levels=result.levels, noise=result.noise,
+        result = search_mixed(evaluator, family, budget, levels=result.levels, noise=result.noise, variants=variants,
                               margin_bytes=margin, progress=progress)
         config = config_from_dict(result.technique_config({"precision": precision})).to_dict()
     raise ConfigError(f"the mixed answer stays above {budget.describe()} after {attempts} tries "
@@ -104,7 +121,8 @@ def _fit_size(ctx, evaluator, family, budget, result, config, precision, progres
 
 
 def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_path: str | Path, *,
-              workdir: str | Path, max_images: int = 2000, precision: str = "fp16", progress=None) -> dict[str, Any]:
+              workdir: str | Path, max_images: int = 2000, precision: str = "fp16", progress=None,
+              reuse: bool = True) -> dict[str, Any]:
     """Search, then compress the chosen config for real and measure it on the whole folder."""
     from compress_lab.data import scan_folder
     from compress_lab.evaluate import coreml_predictor, evaluate
@@ -113,7 +131,7 @@ def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_pat
 
     started = time.perf_counter()
     config, result = search_config(handle, data_dir, family, budget, workdir=workdir, max_images=max_images,
-                                   precision=precision, progress=progress)
+                                   precision=precision, progress=progress, reuse=reuse)
     ctx = CompressContext(handle=handle, workdir=Path(workdir))
     outcome = compress(handle, config_from_dict(config), out_path, context=ctx)
 
