@@ -251,7 +251,7 @@ def tradeoff_figure(data: dict[str, Any], highlight_run_id: str | None = None, *
         b = data["baselines"]
         add(go.Scatter(
             x=[p[x] for p in b], y=[p[y] for p in b], mode="markers+text", name="baseline (uncompressed)",
-            legendgroup="baseline", legendrank=2,
+            legendgroup="baseline", legendrank=2, cliponaxis=False,
             marker=dict(size=14, symbol="star", color="black"), text=[p["label"] for p in b], textposition="top center",
             hovertemplate="<b>%{text}</b><br>" + f"{x}=%{{x}}<br>{y}=%{{y}}<extra>baseline</extra>"))
     if overall and len(data["overall_frontier"]) > 1:
@@ -335,7 +335,9 @@ def figure_images(figures: Sequence[tuple[Any, str]], *, width: int = 1100, heig
         out = []
         async with kaleido.Kaleido(n=1, mathjax=False, path=browser) as k:
             for fig, fmt in figures:
-                out.append(await k.calc_fig(fig.to_dict(), opts=dict(format=fmt, width=width, height=height,
+                page = fig.to_dict()  # room for the tick labels and titles the app's narrow margins leave out
+                page.setdefault("layout", {})["margin"] = dict(l=80, r=30, t=70, b=70)
+                out.append(await k.calc_fig(page, opts=dict(format=fmt, width=width, height=height,
                                                                       scale=scale if fmt == "png" else 1)))
         return out
 

@@ -135,8 +135,9 @@ def size_answer(rows: list[dict], metric: str) -> dict | None:
     left, right, answer = st.columns([2, 1, 3])
     key = left.selectbox("Size budget", tuple(SIZE_KINDS), format_func=SIZE_KINDS.get, key="results.size_kind")
     if key == "bytes":
-        reference = reference_row(rows) or {}
-        default = round((reference.get("bytes") or 4_000_000) / 4 / 1000, 1)
+        fp16 = [r for r in rows if r.get("family") == "baseline" and "fp16" in (r.get("label") or "")]
+        reference = (fp16[0] if fp16 else reference_row(rows)) or {}
+        default = round((reference.get("bytes") or 4_000_000) / 4 / 1000, 1)  # a quarter of the fp16 package
         value = right.number_input("kB", min_value=0.1, value=float(default), step=10.0, key="results.size_kb")
         budget = SizeBudget("bytes", value * 1000)
     elif key == "ratio_fp16":
