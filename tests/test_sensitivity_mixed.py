@@ -183,3 +183,20 @@ def test_a_second_search_reuses_the_stored_single_op_stage(mnist_handle, mnist_d
     _, today = search_config(mnist_handle, mnist_dir / "val", "palettize", budget, levels=UNIFORM_LEVELS,
                              reuse=False, **kwargs)
     assert not today.reused_single_op and today.evaluations == first.evaluations
+
+
+def test_fast_kmeans_simulation_matches_the_lab_fast_palettizer(evaluator, tmp_path):
+    """mode fast_kmeans in the search simulates exactly what the lab's fast palettizer writes."""
+    import coremltools as ct
+    from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig
+    from compress_lab.runtime import load_program
+    from compress_lab.techniques.fast_palettize import fast_palettize_weights
+    name = "fc_layers_0_weight_to_fp16"
+    original = evaluator.base.weights()[name]
+    model = ct.models.MLModel(str(evaluator.base.origin), skip_model_load=True)
+    config = OptimizationConfig(global_config=None, op_name_configs={name: OpPalettizerConfig(mode="kmeans", nbits=3)})
+    fast_palettize_weights(model, config).save(str(tmp_path / "one.mlpackage"))
+    real = load_program(tmp_path / "one.mlpackage").weights()
+    ours = simulate(original, "palettize", {"nbits": 3, "mode": "fast_kmeans"})
+    match = [v for v in real.values() if v.shape == original.shape and not np.array_equal(v, original)]
+    assert match and np.array_equal(match[0], ours) and len(np.unique(ours)) <= 8
