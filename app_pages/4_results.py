@@ -1,5 +1,6 @@
-"""Results: accuracy against size for every run of a sweep, post-training and
-training-time side by side, with the Pareto frontier and each run's details."""
+"""Results: accuracy against size for every run of a sweep, one curve per workflow
+(post-training dotted, training-time solid), budgets of accuracy and of size, where
+training-time pays off, and each run's details."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import json
 import pandas as pd
 import streamlit as st
 
-from compress_lab.analysis.pareto import smallest_meeting_budget
+from compress_lab.analysis.budgets import SizeBudget, accuracy_threshold, best_within_size, smallest_within_accuracy
+from compress_lab.analysis.pareto import reference_row
 from compress_lab.analysis.table import AXIS_LABELS, runs_table
-from compress_lab.plots import bar_data, bar_figure, confusion_data, confusion_figure, tradeoff_data, tradeoff_figure
+from compress_lab.plots import (NO_BROWSER, bar_data, bar_figure, confusion_data, confusion_figure, export_browser,
+                                figure_images, format_value, payoff_data, payoff_summary, payoff_table, tradeoff_data,
+                                tradeoff_figure)
 from compress_lab_app.edge import error_edge
 from compress_lab_app.pages_index import page_setup
 from compress_lab_app.fmt import family_name, human_bytes, human_seconds
@@ -24,25 +28,34 @@ TABLE_COLUMNS = ("label", "family", "state", "top1", "top5", "agreement", "snr_d
 
 
 def tradeoff(rows: list[dict], runs: dict) -> str | None:
-    left, right = st.columns(2)
+    left, right, layout, extra = st.columns([3, 3, 2, 2])
     x = left.selectbox("x axis", X_AXES, format_func=lambda a: AXIS_LABELS.get(a, a), key="results.x")
     y = right.selectbox("y axis", Y_AXES, format_func=lambda a: AXIS_LABELS.get(a, a), key="results.y")
+    side_by_side = layout.radio("Curves", ("one plot", "side by side"), horizontal=True,
+                                key="results.layout") == "side by side"
+    overall = extra.checkbox("Overall Pareto frontier", value=False, key="results.overall",
+                             help="The frontier over every run, both workflows together (dashed grey).")
     data = tradeoff_data(rows, x, y)
     if not data["series"] and not data["baselines"]:
         st.info(f"No finished run has both {x} and {y} yet.")
         return None
-    best = budget_answer(rows)
-    figure = with_config_hover(tradeoff_figure(data, highlight_run_id=best and best["run_id"]), runs)
+    best, accuracy_budget, budget_text = budget_answer(rows)
+    within_size = size_answer(rows, y)
+    highlights = [(within_size["run_id"], "most accurate within size budget", "#009E73")] if within_size else []
+    figure = tradeoff_figure(data, highlight_run_id=best and best["run_id"], overall=overall,
+                             side_by_side=side_by_side, highlights=highlights)
+    figure = with_config_hover(figure, runs)
     if y in FRACTION_AXES:  # accuracies: never above 1, and a flat line of 1.0 does not stretch to 2
         values = [r[y] for pts in data["series"].values() for r in pts] + [r[y] for r in data["baselines"]]
         low = min(values)
         figure.update_yaxes(range=[max(0.0, low - max(0.005, (1 - low) * 0.5)), 1.005])
-    if x in ("bytes", "weight_bytes"):
-        figure.update_xaxes(tickformat="~s")
     event = st.plotly_chart(figure, key="results.plot", on_select="rerun", selection_mode="points")
-    names = {"post_training": "post-training", "training_time": "training-time"}
-    st.caption("Series: " + ", ".join(f"{names.get(f, f)} ({len(p)} runs)" for f, p in data["series"].items())
-               + f" · Pareto frontier: {len(data['frontier'])} runs · marker shape = technique. Click a point for its details.")
+    st.caption("Each workflow's curve is its own Pareto frontier: post-training (data-free) dotted, training-time "
+               "solid, as in Core ML Tools' guide. "
+               + ", ".join(f"{family_name(f)}: {len(p)} runs" for f, p in data["series"].items())
+               + " · marker shape = technique. Click a point for its details.")
+    payoff_readout(data, accuracy_budget, budget_text)
+    downloads(figure, x, y)
     points = (event or {}).get("selection", {}).get("points", []) if event else []
     for point in points:
         run_id = point.get("customdata")
@@ -53,24 +66,92 @@ def tradeoff(rows: list[dict], runs: dict) -> str | None:
     return None
 
 
-def budget_answer(rows: list[dict]) -> dict | None:
-    """The smallest run within the user's accuracy budget, highlighted on the plot."""
+def payoff_readout(data: dict, accuracy_budget: tuple[str, float] | None, budget_text: str) -> None:
+    """Where training-time pays off: the gap at each size both workflows reach, and each
+    workflow's smallest run within the accuracy budget."""
+    if not {"post_training", "training_time"} <= set(data["series"]):
+        return
+    payoff = payoff_data(data, accuracy_budget)
+    st.markdown("**Where training-time pays off**")
+    for line in payoff_summary(payoff, budget_text):
+        st.markdown(f"- {line}")
+    table_rows = payoff_table(payoff)
+    if table_rows:
+        st.dataframe(pd.DataFrame(table_rows), hide_index=True, width="stretch", key="results.payoff")
+    else:
+        st.caption("The two workflows have no size in common yet (every training-time run is smaller than every "
+                   "post-training run, or the other way round).")
+
+
+def downloads(figure, x: str, y: str) -> None:
+    """The figure as PNG and SVG (plotly's static export, rendered when clicked) and as HTML."""
+    name = f"tradeoff_{y}_vs_{x}"
+    left, middle, right, note = st.columns([1, 1, 1, 4])
+    right.download_button("HTML", data=figure.to_html(include_plotlyjs="cdn"), file_name=f"{name}.html",
+                          mime="text/html", key="results.download_html", on_click="ignore")
+    if export_browser() is None:
+        note.caption(NO_BROWSER)
+        return
+
+    def image(fmt: str):
+        return lambda: figure_images([(figure, fmt)])[0]
+    left.download_button("PNG", data=image("png"), file_name=f"{name}.png", mime="image/png",
+                         key="results.download_png", on_click="ignore")
+    middle.download_button("SVG", data=image("svg"), file_name=f"{name}.svg", mime="image/svg+xml",
+                           key="results.download_svg", on_click="ignore")
+
+
+def budget_answer(rows: list[dict]) -> tuple[dict | None, tuple[str, float] | None, str]:
+    """The smallest run within the user's accuracy budget, highlighted on the plot; also the
+    budget as (metric, threshold) and in words, for the read-out."""
     left, right, answer = st.columns([2, 1, 3])
     kind = left.selectbox("Accuracy budget", ("top-1 drop at most (points)", "agreement at least"),
                           key="results.budget_kind")
     if kind.startswith("top-1"):
         value = right.number_input("points", min_value=0.0, max_value=100.0, value=1.0, step=0.5, key="results.budget_top1")
-        best = smallest_meeting_budget(rows, "top1_drop", value)
+        threshold = accuracy_threshold(rows, "top1", drop=value / 100)
+        budget = None if threshold is None else ("top1", threshold - 1e-12)
+        text = f"a top-1 drop of {value:g} point" + ("" if value == 1 else "s")
     else:
         value = right.number_input("fraction", min_value=0.0, max_value=1.0, value=0.99, step=0.005, format="%.3f",
                                    key="results.budget_agreement")
-        best = smallest_meeting_budget(rows, "agreement", value)
+        budget, text = ("agreement", value), f"agreement {value:g}"
+    best = None if budget is None else smallest_within_accuracy(rows, *budget)
     if best is None:
         answer.info("No finished compressed run meets this budget.")
     else:
         answer.success(f"Smallest within budget: **{best['label']}**, {human_bytes(best['bytes'])}"
                        + (f", top-1 {best['top1']:.2%}" if best.get("top1") is not None else "")
                        + (f", agreement {best['agreement']:.2%}" if best.get("agreement") is not None else ""))
+    return best, budget, text
+
+
+SIZE_KINDS = {"bytes": "size on disk at most (kB)", "ratio_fp16": "times smaller than fp16, at least",
+              "bits_per_weight": "bits per weight at most"}
+
+
+def size_answer(rows: list[dict], metric: str) -> dict | None:
+    """The most accurate run (on the plotted metric) within the user's size budget."""
+    left, right, answer = st.columns([2, 1, 3])
+    key = left.selectbox("Size budget", tuple(SIZE_KINDS), format_func=SIZE_KINDS.get, key="results.size_kind")
+    if key == "bytes":
+        fp16 = [r for r in rows if r.get("family") == "baseline" and "fp16" in (r.get("label") or "")]
+        reference = (fp16[0] if fp16 else reference_row(rows)) or {}
+        default = round((reference.get("bytes") or 4_000_000) / 4 / 1000, 1)  # a quarter of the fp16 package
+        value = right.number_input("kB", min_value=0.1, value=float(default), step=10.0, key="results.size_kb")
+        budget = SizeBudget("bytes", value * 1000)
+    elif key == "ratio_fp16":
+        budget = SizeBudget("ratio_fp16", right.number_input("x", min_value=1.0, value=4.0, step=0.5,
+                                                             key="results.size_ratio"))
+    else:
+        budget = SizeBudget("bits_per_weight", right.number_input("bits", min_value=0.1, value=4.5, step=0.5,
+                                                                  key="results.size_bits"))
+    best = best_within_size(rows, budget, metric)
+    if best is None:
+        answer.info(f"No finished compressed run is {budget.describe()} (with {AXIS_LABELS.get(metric, metric)}).")
+    else:
+        answer.success(f"Most accurate {budget.describe()}: **{best['label']}**, {human_bytes(best['bytes'])}, "
+                       f"{AXIS_LABELS.get(metric, metric)} {format_value(metric, best[metric])}")
     return best
 
 

@@ -16,6 +16,11 @@ from compress_lab_app.session import current_data, current_model, store_folder
 from compress_lab_app.sweeps import choose_sweep, open_lab_store
 
 RESULT_KEY = "sensitivity.result"
+# budget kind -> (Budget metric, default value, step); a size in bytes is entered in kB
+BUDGET_KINDS = {"top-1 drop at most (points)": ("top1_drop", 1.0, 0.5),
+                "agreement at least": ("agreement", 0.99, 0.005),
+                "size on disk at most (kB)": ("bytes", 250.0, 10.0),
+                "bits per weight at most": ("bits_per_weight", 4.0, 0.5)}
 
 
 def progress_bar(label: str):
@@ -58,17 +63,19 @@ def sensitivity_section(handle, validation: str, max_images: int) -> None:
 
 
 def mixed_section(handle, validation: str, max_images: int) -> None:
-    st.subheader("Mixed precision under an accuracy budget")
-    st.caption("Searches per-layer settings (or leaving a layer uncompressed) for the smallest model within the "
-               "budget, then compresses it for real and adds it to a sweep as a 'mixed' point, measured like every "
-               "other point, so it appears on the Results plot next to the uniform settings.")
+    st.subheader("Mixed precision under a budget")
+    st.caption("Searches per-layer settings (or leaving a layer uncompressed): under an accuracy budget, the smallest "
+               "model within it; under a size budget, the most accurate model within it (checked on the real "
+               "package, in bytes on disk). The answer is compressed for real and added to a sweep as a 'mixed' "
+               "point, measured like every other point, so it appears on the Results plot next to the uniform "
+               "settings.")
     sweep = choose_sweep("sensitivity.sweep", label="Add the answer to sweep",
                          empty="Run a sweep first (Sweep page): the mixed point is added to it.")
     left, middle, right = st.columns(3)
     family = left.selectbox("Family", SEARCH_FAMILIES, key="mixed.family")
-    kind = middle.selectbox("Budget", ("top-1 drop at most (points)", "agreement at least"), key="mixed.kind")
-    value = right.number_input("value", value=1.0 if kind.startswith("top-1") else 0.99,
-                               step=0.5 if kind.startswith("top-1") else 0.005, key=f"mixed.value.{kind}")
+    kind = middle.selectbox("Budget", tuple(BUDGET_KINDS), key="mixed.kind")
+    metric, default, step = BUDGET_KINDS[kind]
+    value = right.number_input("value", value=default, step=step, key=f"mixed.value.{metric}")
     if sweep is None or not st.button("Search and add to the sweep", type="primary", key="mixed.run"):
         return
     from compress_lab.analysis.mixed import Budget
@@ -76,7 +83,7 @@ def mixed_section(handle, validation: str, max_images: int) -> None:
     from compress_lab.sweep.add_point import add_point
     from compress_lab.sweep.spec import SweepSpec
 
-    budget = Budget("top1_drop" if kind.startswith("top-1") else "agreement", float(value))
+    budget = Budget(metric, float(value) * (1000 if metric == "bytes" else 1))
     update = progress_bar("Searching")
     config, result = search_config(handle, validation, family, budget, workdir=store_folder() / "work",
                                    max_images=max_images, progress=lambda stage, done, total: update(done, total, stage))

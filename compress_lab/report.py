@@ -14,7 +14,9 @@ from typing import Any
 
 from compress_lab.analysis.pareto import pareto_front
 from compress_lab.analysis.table import runs_table
-from compress_lab.plots import tradeoff_data, tradeoff_figure
+from compress_lab.analysis.budgets import accuracy_threshold
+from compress_lab.plots import (figure_images, payoff_data, payoff_summary, payoff_table,
+                                tradeoff_data, tradeoff_figure)
 
 VERSIONED_PACKAGES = ["compress-lab", "coremltools", "torch", "numpy", "scikit-learn", "streamlit", "plotly", "pillow"]
 
@@ -45,13 +47,42 @@ def _accuracy_axis(rows: list[dict[str, Any]]) -> str:
     return "top1" if labelled else "agreement"
 
 
+def report_budget(rows: list[dict[str, Any]], y: str) -> tuple[tuple[str, float] | None, str]:
+    """The read-out's budget: a top-1 drop of 1 point, or (unlabelled data) agreement 0.99."""
+    if y == "top1":
+        threshold = accuracy_threshold(rows, "top1", drop=0.01)
+        return (None if threshold is None else ("top1", threshold - 1e-12)), "a top-1 drop of 1 point"
+    return ("agreement", 0.99), "agreement 0.99"
+
+
+def tradeoff_figures(rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """The Results page's figure (one curve per workflow) against bytes and bits per weight."""
+    y = _accuracy_axis(rows)
+    return [(x, tradeoff_figure(tradeoff_data(rows, x, y))) for x in ("bytes", "bits_per_weight")]
+
+
+def payoff_html(rows: list[dict[str, Any]]) -> str:
+    y = _accuracy_axis(rows)
+    data = tradeoff_data(rows, "bytes", y)
+    if not {"post_training", "training_time"} <= set(data["series"]):
+        return "<p>The sweep has runs of one workflow only: no comparison of the two.</p>"
+    budget, text = report_budget(rows, y)
+    payoff = payoff_data(data, budget)
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in payoff_summary(payoff, text))
+    table = payoff_table(payoff)
+    if not table:
+        return f"<ul>{lines}</ul><p>The two workflows have no size in common.</p>"
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in table[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row.values()) + "</tr>" for row in table)
+    return f"<ul>{lines}</ul><table><tr>{head}</tr>{body}</table>"
+
+
 def report_html(sweep, runs) -> str:
     rows = runs_table(runs)
     y = _accuracy_axis(rows)
     figures = []
-    for x in ("bytes", "bits_per_weight"):
-        data = tradeoff_data(rows, x, y)
-        figures.append(tradeoff_figure(data).to_html(full_html=False, include_plotlyjs=not figures))
+    for _, figure in tradeoff_figures(rows):
+        figures.append(figure.to_html(full_html=False, include_plotlyjs=not figures))
     front_ids = {r["run_id"] for r in pareto_front([r for r in rows if r["state"] == "COMPLETE"], "bytes", y)}
     table_rows = []
     for row in sorted(rows, key=lambda r: (r["family"] != "baseline", r.get("bytes") or 0)):
@@ -75,7 +106,9 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}th{{background:#f4
 <p>Sweep <code>{html.escape(sweep.sweep_id)}</code>, created {time.strftime('%Y-%m-%d %H:%M', time.localtime(sweep.created_at))},
 status {html.escape(sweep.status)}; {len(runs)} runs. Every accuracy and size below was measured: sizes are bytes on disk of the
 <code>.mlpackage</code>, accuracy and fidelity were measured by running the Core ML program on the validation folder.</p>
-<h2>Accuracy vs size</h2>{''.join(figures)}
+<h2>Accuracy vs size</h2><p>One curve per workflow, each its own Pareto frontier: post-training (data-free)
+dotted, training-time solid. Marker shape = technique.</p>{''.join(figures)}
+<h2>Where training-time pays off</h2>{payoff_html(rows)}
 <h2>Runs</h2><table><tr>{''.join(f'<th>{h}</th>' for h in headers)}</tr>{''.join(table_rows)}</table>
 <h2>Configurations</h2>{configs}
 <h2>Sweep spec</h2><pre>{html.escape(json.dumps(sweep.spec, indent=2, default=str))}</pre>
@@ -103,8 +136,10 @@ def _fmt_int(value) -> str:
     return "" if value is None else f"{int(value):,}"
 
 
-def write_report(store, sweep_id: str | None, out_dir: str | Path) -> dict[str, Path]:
-    """Write report.html, results.csv and results.json of a sweep into out_dir; return their paths."""
+def write_report(store, sweep_id: str | None, out_dir: str | Path, images: bool = True) -> dict[str, Path]:
+    """Write report.html, results.csv and results.json of a sweep into out_dir, and with `images`
+    the trade-off figures as PNG and SVG (when a Chromium-based browser is available: see
+    plots.figure_images); return the paths written."""
     from compress_lab.store_cli import pick_sweep
     sweep = pick_sweep(store, sweep_id)
     runs = store.list_runs(sweep.sweep_id)
@@ -114,6 +149,13 @@ def write_report(store, sweep_id: str | None, out_dir: str | Path) -> dict[str, 
     paths["html"].write_text(report_html(sweep, runs), encoding="utf-8")
     paths["csv"].write_text(results_csv(runs), encoding="utf-8")
     paths["json"].write_text(results_json(sweep, runs), encoding="utf-8")
+    if images:
+        figures = tradeoff_figures(runs_table(runs))
+        jobs = [(figure, fmt) for _, figure in figures for fmt in ("png", "svg")]
+        names = [f"tradeoff_{x}.{fmt}" for x, _ in figures for fmt in ("png", "svg")]
+        for name, data in zip(names, figure_images(jobs)):
+            paths[name] = out_dir / name
+            paths[name].write_bytes(data)
     return paths
 
 
@@ -121,13 +163,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--store", type=Path, required=True, help="the sweep's store folder (holds results.sqlite)")
     parser.add_argument("--sweep", help="sweep id (default: the newest sweep in the store)")
     parser.add_argument("--out", type=Path, help="output folder (default: STORE/report)")
+    parser.add_argument("--no-images", action="store_true",
+                        help="skip the PNG/SVG figures (they need a Chromium-based browser)")
 
 
 def run(args) -> int:
+    from compress_lab.plots import export_browser
     from compress_lab.store import open_store
     from compress_lab.store_cli import find_store_folder
     store = open_store(find_store_folder(args.store))
-    paths = write_report(store, args.sweep, args.out or Path(args.store) / "report")
+    images = not args.no_images and export_browser() is not None
+    paths = write_report(store, args.sweep, args.out or Path(args.store) / "report", images=images)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+    if not args.no_images and not images:
+        from compress_lab.plots import NO_BROWSER
+        print(f"no PNG/SVG figures: {NO_BROWSER}", file=sys.stderr)
     return 0

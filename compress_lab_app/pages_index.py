@@ -70,14 +70,49 @@ def _glance_columns() -> None:
         st.markdown(f"**{sweep_id or 'none yet'}**  \nstore: `{_short(str(store_folder()))}`")
 
 
+SWEEP_PICKERS = ("results.sweep", "export.sweep", "sensitivity.sweep", "sweep.watch")  # choose_sweep keys
+
+
+def glance_sweep():
+    """The sweep the pages show: a sweep picker's value changed on this rerun, else the session's
+    sweep if it is in the chosen store, else that store's newest (what choose_sweep defaults to)."""
+    from compress_lab_app import cached
+    from compress_lab_app.session import STORE_FILE
+    if not (store_folder() / STORE_FILE).is_file():
+        return None
+    try:
+        sweeps = cached.store(str(store_folder())).list_sweeps()
+    except Exception:  # an unreadable store: the page itself says why
+        return None
+    by_id = {s.sweep_id: s for s in sweeps}
+    current = current_sweep_id()
+    for key in SWEEP_PICKERS:
+        picked = st.session_state.get(key)
+        if picked in by_id and picked != current:
+            return by_id[picked]
+    return by_id.get(current) or (sweeps[0] if sweeps else None)
+
+
 def sidebar_glance() -> None:
     model, data = current_model(), current_data()
+    sweep = glance_sweep()
     with st.sidebar:
         st.caption("At a glance")
-        st.markdown(f"model **{_short(model.source)}**  \nvalidation `{_short(data.validation or 'not set')}`"
-                    + (f" (≤ {data.max_val_images} images)" if data.max_val_images else "")
-                    + f"  \ntraining `{_short(data.train or 'none')}`"
-                    + (f"  \nsweep `{current_sweep_id()}`" if current_sweep_id() else ""))
+        spec = (sweep.spec or {}) if sweep is not None else {}
+        swept_model = (spec.get("model") or {}).get("source")
+        swept_data = spec.get("data") or {}
+        if swept_model and not (_same(swept_model, model.source, by_name=True)
+                                and _same(swept_data.get("validation"), data.validation)):
+            # the chosen sweep was made from another model or data (e.g. a store from `compress-lab sweep`)
+            st.markdown(f"sweep `{sweep.name}` ({sweep.sweep_id[:12]})  \nmodel **{_short(swept_model)}**  \n"
+                        f"validation `{_short(swept_data.get('validation') or 'not set')}`  \n"
+                        f"training `{_short(swept_data.get('train') or 'none')}`")
+            st.caption(f"The app's own model: {_short(model.source)} (Model and Data pages)")
+        else:
+            st.markdown(f"model **{_short(model.source)}**  \nvalidation `{_short(data.validation or 'not set')}`"
+                        + (f" (≤ {data.max_val_images} images)" if data.max_val_images else "")
+                        + f"  \ntraining `{_short(data.train or 'none')}`"
+                        + (f"  \nsweep `{sweep.sweep_id}`" if sweep is not None else ""))
         _store_picker()
 
 
@@ -92,6 +127,15 @@ def _store_picker() -> None:
         if picked != current:
             choose_store_folder(picked)
             st.rerun()
+
+
+def _same(a: str | None, b: str | None, by_name: bool = False) -> bool:
+    """Two model sources / folders are the same one (a sample's name matches its folder)."""
+    from pathlib import Path
+    if not a or not b:
+        return a == b
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.resolve() == pb.resolve() or (by_name and pa.name == pb.name)
 
 
 def _short(text: str, keep: int = 2) -> str:

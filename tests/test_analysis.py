@@ -52,11 +52,12 @@ def test_tradeoff_data_has_two_series_baseline_and_frontier():
     assert set(data["series"]) == {"post_training", "training_time"}
     assert [r["run_id"] for r in data["series"]["post_training"]] == ["b", "a", "c"]
     assert [r["run_id"] for r in data["baselines"]] == ["b16"]
-    assert [r["run_id"] for r in data["frontier"]] == ["e", "d", "b16"]
+    assert [r["run_id"] for r in data["overall_frontier"]] == ["e", "d", "b16"]
     fig = tradeoff_figure(data, highlight_run_id="d")
     names = [t.name for t in fig.data]
-    assert "post-training" in names and "training-time" in names and "Pareto frontier" in names
+    assert "post-training" in names and "training-time" in names and "Pareto frontier (all runs)" not in names
     assert "smallest within budget" in names
+    assert "Pareto frontier (all runs)" in [t.name for t in tradeoff_figure(data, overall=True).data]
 
 
 def test_confusion_and_bars():

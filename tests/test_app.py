@@ -170,7 +170,7 @@ def test_results_page_plots_and_details(store_env):
     at = open_page("4_results.py").run()
     no_errors(at)
     chart = at.get("plotly_chart")[0].proto.spec
-    assert '"post-training"' in chart and '"baseline (uncompressed)"' in chart and "Pareto frontier" in chart
+    assert '"post-training"' in chart and '"baseline (uncompressed)"' in chart and "data-free): dotted" in chart
     assert "nbits" in chart  # hover text carries the config
     table = at.dataframe[0].value
     assert len(table) == 6 and set(table["family"]) == {"baseline", "post_training"}

@@ -126,3 +126,37 @@ def test_export_refuses_what_it_cannot_do_and_says_why(swept, tmp_path, capsys):
     assert cli.main(["export", runs["prune target_sparsity=0.5"].run_id, "--store", store, "--out", str(existing),
                      "--force"]) == 0
     assert (existing / "Manifest.json").is_file()
+
+
+def _bytes_on_disk(path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def test_results_answers_size_and_accuracy_budgets_on_real_packages(swept, capsys):
+    """Each size budget's answer is a real package within that size, in bytes on disk; the
+    accuracy budget gives the smallest run within it."""
+    _, store_folder, runs = swept
+    p4, prune = runs["palettize nbits=4"], runs["prune target_sparsity=0.5"]
+    fp16 = next(r for r in runs.values() if r.family == "baseline" and "fp16" in r.label)
+    limit = p4.sizes["bytes"] + 1000  # room for the 4-bit palettization, not for the 50%-pruned model
+    assert prune.sizes["bytes"] > limit
+    budgets = [(["--budget-bytes", str(limit)], lambda r: _bytes_on_disk(r["artifact"]) <= limit),
+               (["--budget-ratio", "3"], lambda r: _bytes_on_disk(fp16_artifact) / _bytes_on_disk(r["artifact"]) >= 3),
+               (["--budget-bits-per-weight", "5"], lambda r: r["artifact"] is not None)]
+    fp16_artifact = find_mlpackage(store_folder, fp16.artifact_path)
+    for argv, on_disk in budgets:
+        assert cli.main(["results", "--store", str(store_folder), "--json", *argv]) == 0
+        answer = json.loads(capsys.readouterr().out)["answer"]
+        assert answer["kind"] == "size" and answer["metric"] == "top1"
+        assert answer["run"]["run_id"] == p4.run_id, argv
+        assert on_disk(answer["run"]) and _bytes_on_disk(answer["run"]["artifact"]) == p4.sizes["bytes"]
+    assert p4.sizes["bits_per_weight"] <= 5 < prune.sizes["bits_per_weight"]
+    assert cli.main(["results", "--store", str(store_folder), "--budget-bytes", "1000"]) == 0
+    assert "no finished compressed run within at most 1,000 bytes on disk" in capsys.readouterr().out
+    # accuracy budget: 100 points lets every run in; the smallest is the answer
+    assert cli.main(["results", "--store", str(store_folder), "--budget-top1-drop", "100"]) == 0
+    out = capsys.readouterr().out
+    smallest = min((r for r in runs.values() if r.family != "baseline"), key=lambda r: r.sizes["bytes"])
+    assert f"smallest run within top-1 drop <= 100 points: {smallest.run_id[:12]}" in out
+    assert cli.main(["results", "--store", str(store_folder), "--budget-agreement", "7"]) == 2
+    assert "--budget-agreement 7.0 must be a fraction" in capsys.readouterr().err

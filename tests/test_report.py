@@ -3,6 +3,10 @@
 import csv
 import io
 import json
+import os
+import shutil
+
+import pytest
 
 from compress_lab.cli import main
 from compress_lab.report import write_report
@@ -33,7 +37,7 @@ def _store_with_runs(folder):
 
 def test_report_contains_every_run(tmp_path):
     store = _store_with_runs(tmp_path / "store")
-    paths = write_report(store, None, tmp_path / "report")
+    paths = write_report(store, None, tmp_path / "report", images=False)
     text = paths["html"].read_text()
     for label in ("fp16 baseline", "palettize nbits=4", "dkm n_bits=2", "palettize nbits=1"):
         assert label in text
@@ -44,11 +48,28 @@ def test_report_contains_every_run(tmp_path):
     assert [r for r in rows if r["label"] == "dkm n_bits=2"][0]["bytes"] == "110000"
     data = json.loads(paths["json"].read_text())
     assert len(data["runs"]) == 4 and data["environment"]["coremltools"] == "9.0"
+    # the Results page's figure: one curve per workflow, and where training-time pays off
+    assert "post-training (data-free): dotted" in text and "training-time: solid" in text
+    assert "Where training-time pays off" in text
+    assert "training-time better by" in text and "-1.5 points" in text  # within 210 kB: dkm 0.97 vs palettize 0.985
+    assert "smallest within a top-1 drop of 1 point is palettize nbits=4" in text
+    assert not (tmp_path / "report" / "tradeoff_bytes.png").exists()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("BROWSER_PATH"),
+                    reason="static export needs a Chromium (bash test.sh installs Debian's)")
+def test_report_writes_the_figures_as_png_and_svg(tmp_path):
+    store = _store_with_runs(tmp_path / "store")
+    paths = write_report(store, None, tmp_path / "report")
+    for x in ("bytes", "bits_per_weight"):
+        assert paths[f"tradeoff_{x}.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        svg = paths[f"tradeoff_{x}.svg"].read_text()
+        assert svg.startswith("<svg") and "training-time: solid" in svg
 
 
 def test_report_cli(tmp_path, capsys):
     _store_with_runs(tmp_path / "store")
-    assert main(["report", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "out")]) == 0
+    assert main(["report", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "out"), "--no-images"]) == 0
     assert (tmp_path / "out" / "report.html").is_file()
     assert main(["report", "--store", str(tmp_path / "nowhere")]) == 2
     assert "no results store" in capsys.readouterr().err

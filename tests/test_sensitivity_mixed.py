@@ -90,3 +90,113 @@ def test_run_mixed_compresses_for_real(mnist_handle, mnist_dir, tmp_path):
     assert out["verified"]["images"] == 1000
     assert out["verified"]["bytes"] < 800_000 / 3  # well below the ~800 kB fp16 package
     assert out["verified"]["top1"] is not None and out["search"]["subset"]["meets_budget"]
+
+
+def _bytes_on_disk(path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+UNIFORM_LEVELS = [{"nbits": 8, "mode": "uniform"}, {"nbits": 4, "mode": "uniform"}, {"nbits": 2, "mode": "uniform"},
+                  {"nbits": 1, "mode": "uniform"}]
+
+
+@pytest.mark.parametrize("budget", [Budget("bytes", 150_000), Budget("bits_per_weight", 3.0)],
+                         ids=["bytes", "bits_per_weight"])
+def test_mixed_within_a_size_budget_is_met_by_the_real_package(budget, mnist_handle, mnist_dir, tmp_path):
+    """The most accurate mix within a size budget, compressed for real: its package is within the
+    budget in bytes on disk (or bits per weight of its weights file), and it is at least as good
+    on the subset as the least aggressive uniform level that fits."""
+    from compress_lab.analysis.mixed_run import search_config
+    from compress_lab.models.size import package_size
+    from compress_lab.techniques import compress
+
+    config, result = search_config(mnist_handle, mnist_dir / "val", "palettize", budget, workdir=tmp_path / "work",
+                                   max_images=200, levels=UNIFORM_LEVELS)
+    out = tmp_path / "answer.mlpackage"
+    compress(mnist_handle, config_from_dict(config), out, context=CompressContext(mnist_handle, tmp_path / "work"))
+    size = package_size(out)
+    if budget.metric == "bytes":
+        assert _bytes_on_disk(out) == size.package_bytes <= budget.value
+    else:
+        assert size.bits_per_weight <= budget.value
+    assert result.size_target["checks"] >= 1 and result.subset["meets_budget"]
+    fitting_uniform = result.uniform
+    assert fitting_uniform, "a uniform level fits this budget and was measured beside the mix"
+    measured = result.subset["measured"]
+    assert (measured["top1"], measured["agreement"]) >= (fitting_uniform[0]["top1"], fitting_uniform[0]["agreement"])
+    # the single-op stage is kept: a second search on it measures only the candidates
+    from compress_lab.analysis.subset import SubsetEvaluator
+    evaluator = SubsetEvaluator(CompressContext(mnist_handle, tmp_path / "work").float_package("fp16"),
+                                mnist_dir / "val", mnist_handle.metadata, max_images=200)
+    again = search_mixed(evaluator, "palettize", budget, levels=UNIFORM_LEVELS, noise=result.noise)
+    assert again.evaluations <= 2 and again.noise == result.noise
+
+
+def test_size_budget_validation_and_an_impossible_budget(evaluator):
+    with pytest.raises(ConfigError, match="bits per weight must be in"):
+        Budget("bits_per_weight", 40)
+    with pytest.raises(ConfigError, match="positive number of bytes"):
+        Budget("bytes", 0)
+    with pytest.raises(ConfigError, match="no assignment of these levels fits"):
+        search_mixed(evaluator, "palettize", Budget("bytes", 10_000), levels=UNIFORM_LEVELS[:2])
+
+
+def test_mixed_cli_size_budget_writes_a_package_within_it(mnist_dir, tmp_path, capsys):
+    """`compress-lab mixed --budget-bytes` and `--budget-bits-per-weight`: the package written is
+    within the budget on disk, measured on the whole (small) folder."""
+    import json
+    import shutil
+    from compress_lab import cli
+    from compress_lab.models.size import package_size
+    val = tmp_path / "val"
+    for class_dir in sorted((mnist_dir / "val").iterdir()):
+        (val / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:4]:
+            shutil.copy2(image, val / class_dir.name / image.name)
+    for flag, value in (("--budget-bytes", "120000"), ("--budget-bits-per-weight", "2.5")):
+        out = tmp_path / f"mixed{flag}.mlpackage"
+        assert cli.main(["mixed", "mnist_cnn", "--data", str(val), "--family", "palettize", flag, value,
+                         "--out", str(out), "--workdir", str(tmp_path / "work"), "--json"]) == 0
+        outcome = json.loads(capsys.readouterr().out)
+        assert outcome["verified"]["meets_budget"] and outcome["verified"]["images"] == 40
+        if flag == "--budget-bytes":
+            assert _bytes_on_disk(out) == outcome["verified"]["bytes"] <= 120_000
+        else:
+            assert package_size(out).bits_per_weight <= 2.5
+
+
+def test_a_second_search_reuses_the_stored_single_op_stage(mnist_handle, mnist_dir, tmp_path):
+    """Same program, subset and levels: the single-op stage is read back, not measured, and the
+    answer is the same; other levels (or another subset) measure it again."""
+    from compress_lab.analysis.mixed_run import search_config
+    kwargs = dict(workdir=tmp_path / "work", max_images=100)
+    budget = Budget("agreement", 0.98)
+    first_config, first = search_config(mnist_handle, mnist_dir / "val", "palettize", budget, levels=UNIFORM_LEVELS,
+                                        **kwargs)
+    assert not first.reused_single_op and list((tmp_path / "work" / "mixed-single-op").glob("*.json"))
+    again_config, again = search_config(mnist_handle, mnist_dir / "val", "palettize", budget, levels=UNIFORM_LEVELS,
+                                        **kwargs)
+    assert again.reused_single_op and again_config == first_config and again.noise == first.noise
+    assert again.evaluations == first.evaluations - 4 * len(UNIFORM_LEVELS)  # 4 ops x 4 levels not measured
+    _, other = search_config(mnist_handle, mnist_dir / "val", "palettize", budget, levels=UNIFORM_LEVELS[:3], **kwargs)
+    assert not other.reused_single_op
+    _, today = search_config(mnist_handle, mnist_dir / "val", "palettize", budget, levels=UNIFORM_LEVELS,
+                             reuse=False, **kwargs)
+    assert not today.reused_single_op and today.evaluations == first.evaluations
+
+
+def test_fast_kmeans_simulation_matches_the_lab_fast_palettizer(evaluator, tmp_path):
+    """mode fast_kmeans in the search simulates exactly what the lab's fast palettizer writes."""
+    import coremltools as ct
+    from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig
+    from compress_lab.runtime import load_program
+    from compress_lab.techniques.fast_palettize import fast_palettize_weights
+    name = "fc_layers_0_weight_to_fp16"
+    original = evaluator.base.weights()[name]
+    model = ct.models.MLModel(str(evaluator.base.origin), skip_model_load=True)
+    config = OptimizationConfig(global_config=None, op_name_configs={name: OpPalettizerConfig(mode="kmeans", nbits=3)})
+    fast_palettize_weights(model, config).save(str(tmp_path / "one.mlpackage"))
+    real = load_program(tmp_path / "one.mlpackage").weights()
+    ours = simulate(original, "palettize", {"nbits": 3, "mode": "fast_kmeans"})
+    match = [v for v in real.values() if v.shape == original.shape and not np.array_equal(v, original)]
+    assert match and np.array_equal(match[0], ours) and len(np.unique(ours)) <= 8

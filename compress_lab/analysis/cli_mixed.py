@@ -1,4 +1,6 @@
-"""`compress-lab mixed MODEL --data DIR --family palettize --budget-top1-drop 1` (or --budget-agreement 0.99)"""
+"""`compress-lab mixed MODEL --data DIR --family palettize --budget-top1-drop 1` (or --budget-agreement 0.99):
+the smallest per-op mix within an accuracy budget; or `--budget-bytes N` / `--budget-bits-per-weight B`:
+the most accurate mix within a size budget (checked on the real package, in bytes on disk)."""
 
 from __future__ import annotations
 
@@ -17,13 +19,32 @@ def add_arguments(parser) -> None:
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-top1-drop", type=float, metavar="POINTS", help="max top-1 drop in percentage points")
     budget.add_argument("--budget-agreement", type=float, metavar="FRACTION", help="min top-1 agreement, e.g. 0.99")
+    budget.add_argument("--budget-bytes", type=int, metavar="BYTES",
+                        help="size budget: the most accurate mix of at most BYTES on disk (the .mlpackage)")
+    budget.add_argument("--budget-bits-per-weight", type=float, metavar="BITS",
+                        help="size budget: the most accurate mix of at most BITS bits per weight (weights file)")
     parser.add_argument("--max-images", type=int, default=2000, help="images used by the search (evenly spaced)")
     parser.add_argument("--out", type=Path, help="where to write the chosen .mlpackage (default: WORKDIR/mixed.mlpackage)")
     parser.add_argument("--workdir", type=Path, default=Path(".lab-work"))
     parser.add_argument("--sweep", type=Path, metavar="SPEC.toml",
                         help="add the answer to this sweep as a 'mixed' point (measured like its other points)")
     parser.add_argument("--store", type=Path, help="the sweep's store folder (default: the sweep's default)")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="measure the single-op stage again even if WORKDIR holds one of an earlier search on the "
+                             "same model, data and levels (today's behaviour before reuse)")
+    parser.add_argument("--export-config", type=Path, metavar="FILE.yaml",
+                        help="also write the chosen assignment as a coremltools OptimizationConfig (.yaml or .json, "
+                             "with op_name_configs) to apply with ct.optimize.coreml.* in your own pipeline")
     parser.add_argument("--json", action="store_true")
+
+
+def budget_from_args(args):
+    from compress_lab.analysis.mixed import Budget
+    for metric, value in (("top1_drop", args.budget_top1_drop), ("agreement", args.budget_agreement),
+                          ("bytes", args.budget_bytes), ("bits_per_weight", args.budget_bits_per_weight)):
+        if value is not None:
+            return Budget(metric, value)
+    raise AssertionError("argparse requires one budget")
 
 
 def run(args) -> int:
@@ -32,23 +53,26 @@ def run(args) -> int:
     from compress_lab.cli import load_model_from_args
 
     handle = load_model_from_args(args)
-    budget = Budget("top1_drop", args.budget_top1_drop) if args.budget_top1_drop is not None \
-        else Budget("agreement", args.budget_agreement)
+    budget = budget_from_args(args)
     if args.sweep:
         return _add_to_sweep(args, handle, budget)
     out = args.out or args.workdir / "mixed.mlpackage"
     outcome = run_mixed(handle, args.data, args.family, budget, out, workdir=args.workdir, max_images=args.max_images,
-                        progress=_progress)
+                        progress=_progress, reuse=not args.no_reuse)
+    if args.export_config:
+        _write_config(outcome["coreml_config"], args.export_config)
     if args.json:
         print(json.dumps(outcome, indent=2, default=str))
         return 0
     print()
     verified = outcome["verified"]
     print(f"budget: {budget.describe()}; search chose {outcome['search']['chosen']} "
-          f"({outcome['search']['evaluations']} evaluations, {outcome['search']['elapsed_s']:.1f}s)")
+          f"({outcome['search']['evaluations']} evaluations, {outcome['search']['elapsed_s']:.1f}s"
+          + (", single-op stage reused from an earlier search" if outcome['search']['reused_single_op'] else "") + ")")
     print(f"config: {json.dumps(outcome['config'])}")
-    print(f"wrote {outcome['path']}: {verified['bytes']:,} bytes; full validation: top-1 {verified['top1']}, "
-          f"agreement {verified['agreement']}, meets budget: {verified['meets_budget']}")
+    print(f"wrote {outcome['path']}: {verified['bytes']:,} bytes, {verified['bits_per_weight']:.2f} bits per weight; "
+          f"full validation: top-1 {verified['top1']}, agreement {verified['agreement']}, "
+          f"meets budget: {verified['meets_budget']}")
     return 0
 
 
@@ -61,7 +85,10 @@ def _add_to_sweep(args, handle, budget) -> int:
     spec = load_spec(args.sweep)
     store = args.store or default_store_folder(args.sweep, spec)
     config, result = search_config(handle, args.data, args.family, budget, workdir=args.workdir,
-                                   max_images=args.max_images, progress=_progress)
+                                   max_images=args.max_images, progress=_progress, reuse=not args.no_reuse)
+    if args.export_config:
+        from compress_lab.analysis.mixed_run import coreml_config_of
+        _write_config(coreml_config_of(handle, config, workdir=args.workdir), args.export_config)
     run = add_point(spec, store, config, family="mixed" if result.chosen == "mixed" else "post_training",
                     label=f"mixed {args.family} ({budget.describe()})" if result.chosen == "mixed" else None)
     if args.json:
@@ -74,6 +101,13 @@ def _add_to_sweep(args, handle, budget) -> int:
     else:
         print(f"error: {run.error}")
     return 0 if run.state == "COMPLETE" else 1
+
+
+def _write_config(config_dict: dict, path: Path) -> None:
+    from compress_lab.analysis.coreml_config import usage, write_config
+    write_config(config_dict, path)
+    print(f"\nwrote the coremltools optimization config {path}; apply it with:\n{usage(config_dict, path)}",
+          file=sys.stderr)
 
 
 def _progress(stage: str, done: int, total: int) -> None:

@@ -67,7 +67,13 @@ def simulate(weight: np.ndarray, family: str, settings: dict[str, Any]) -> np.nd
         block_sizes = [0] * rank
         if settings.get("granularity") == "per_grouped_channel":
             block_sizes[0] = int(settings.get("group_size", 16))
-        params = palettize_weights.blockwise_compress(w, settings.get("mode", "kmeans").upper(), settings["nbits"], block_sizes)
+        mode = settings.get("mode", "kmeans")
+        if mode == "fast_kmeans":  # the lab's exact k-means, through the same coremltools pass code
+            from compress_lab.techniques.fast_palettize import ExactKMeansLut
+            params = palettize_weights.blockwise_compress(w, "CUSTOM", None, block_sizes,
+                                                          lut_function=ExactKMeansLut(settings["nbits"]))
+        else:
+            params = palettize_weights.blockwise_compress(w, mode.upper(), settings["nbits"], block_sizes)
         if params is None:
             return w
         return palettize_weights.decompress(params).astype(w.dtype)

@@ -8,7 +8,12 @@ longest prefix of that sequence that meets the budget, measured with all its
 weights replaced; (4) the uniform settings are measured too, so the answer is never
 larger than the best uniform setting that meets the budget on the subset; (5) from
 the best answer, single ops are pushed one level further while the budget holds. The
-chosen assignment is then compressed for real and evaluated on the whole folder."""
+chosen assignment is then compressed for real and evaluated on the whole folder.
+
+Under a size budget (bytes on disk, or bits per weight) the dual: the first prefix of
+the same sequence whose estimated payload fits, its slack given back to the ops whose
+noise falls most per bit, measured beside the least aggressive uniform level that fits;
+the most accurate wins, and mixed_run checks the real package against the budget."""
 
 from __future__ import annotations
 
@@ -27,31 +32,57 @@ from compress_lab.errors import ConfigError
 UNCOMPRESSED = -1
 
 
+ACCURACY_BUDGETS = ("top1_drop", "agreement")
+SIZE_BUDGETS = ("bytes", "bits_per_weight")
+
+
 @dataclass(frozen=True)
 class Budget:
-    """`top1_drop`: at most `value` points (percent) of top-1 below the uncompressed model;
-    `agreement`: at least `value` (a fraction, e.g. 0.99) top-1 agreement with it."""
+    """Accuracy budgets (the smallest mix within them): `top1_drop`: at most `value` points
+    (percent) of top-1 below the uncompressed model; `agreement`: at least `value` (a fraction,
+    e.g. 0.99) top-1 agreement with it. Size budgets (the most accurate mix within them):
+    `bytes`: at most `value` bytes on disk of the .mlpackage; `bits_per_weight`: at most
+    `value` bits per weight of its weights file."""
 
-    metric: Literal["top1_drop", "agreement"]
+    metric: Literal["top1_drop", "agreement", "bytes", "bits_per_weight"]
     value: float
 
+    @property
+    def is_size(self) -> bool:
+        return self.metric in SIZE_BUDGETS
+
     def __post_init__(self) -> None:
-        if self.metric not in ("top1_drop", "agreement"):
-            raise ConfigError(f"budget metric {self.metric!r} is not supported; use 'top1_drop' (points) or 'agreement' (fraction)")
+        if self.metric not in ACCURACY_BUDGETS + SIZE_BUDGETS:
+            raise ConfigError(f"budget metric {self.metric!r} is not supported; use 'top1_drop' (points), "
+                              "'agreement' (fraction), 'bytes' or 'bits_per_weight'")
+        if self.metric == "bytes" and not self.value >= 1:
+            raise ConfigError(f"a size budget of {self.value!r} bytes must be a positive number of bytes")
+        if self.metric == "bits_per_weight" and not 0 < self.value <= 32:
+            raise ConfigError(f"a size budget of {self.value!r} bits per weight must be in (0, 32], e.g. 4")
         if self.metric == "top1_drop" and not 0 <= self.value <= 100:
             raise ConfigError(f"a top-1 drop budget of {self.value!r} points must be between 0 and 100")
         if self.metric == "agreement" and not 0 < self.value <= 1:
             raise ConfigError(f"an agreement budget of {self.value!r} must be a fraction in (0, 1], e.g. 0.99")
 
     def met(self, measured: Measurement, baseline: Measurement) -> bool:
+        if self.is_size:
+            raise ConfigError("a size budget is met by the package's size, not by a measurement; use size_met()")
         if self.metric == "agreement":
             return measured.agreement >= self.value - 1e-12
         if measured.top1 is None or baseline.top1 is None:
             raise ConfigError("a top-1 drop budget needs a labelled validation folder; use an agreement budget instead")
         return (baseline.top1 - measured.top1) * 100 <= self.value + 1e-9
 
+    def size_met(self, sizes: dict[str, Any]) -> bool:
+        """On a package's measured sizes (package_size(...).to_dict() or a run's sizes)."""
+        if self.metric == "bytes":
+            return (sizes.get("package_bytes") or sizes.get("bytes")) <= self.value
+        return sizes["bits_per_weight"] <= self.value + 1e-9
+
     def describe(self) -> str:
-        return f"top-1 drop <= {self.value} points" if self.metric == "top1_drop" else f"agreement >= {self.value}"
+        return {"top1_drop": f"top-1 drop <= {self.value:g} points", "agreement": f"agreement >= {self.value:g}",
+                "bytes": f"size <= {int(self.value):,} bytes", "bits_per_weight": f"<= {self.value:g} bits per weight",
+                }[self.metric]
 
 
 @dataclass
@@ -66,6 +97,9 @@ class MixedResult:
     uniform: list[dict[str, Any]] = field(default_factory=list)
     evaluations: int = 0
     elapsed_s: float = 0.0
+    noise: dict[str, list[float]] = field(default_factory=dict)  # op -> relative output noise per level, alone
+    size_target: dict[str, Any] = field(default_factory=dict)   # size budgets: the weight bits aimed at
+    reused_single_op: bool = False                               # the single-op stage came from an earlier search
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +124,15 @@ class MixedResult:
 
 def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels: list[dict[str, Any]] | None = None,
                  weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD,
-                 progress: Callable[[str, int, int], None] | None = None) -> MixedResult:
+                 progress: Callable[[str, int, int], None] | None = None,
+                 noise: dict[str, list[float]] | None = None, margin_bytes: float = 0.0,
+                 variants: dict[str, list[np.ndarray]] | None = None) -> MixedResult:
+    """The search (see the module docstring). `noise`: the single-op stage of an earlier search
+    on the same package, subset and levels (MixedResult.noise), reused instead of measured.
+    Size budgets: `margin_bytes` is kept free below the budget (the caller raises it when the
+    real package came out larger than estimated). `variants`: a dict of each op's weight
+    compressed + decompressed at each level; used when it holds them all (an earlier search's),
+    else filled in (so a caller can store it beside `noise`)."""
     check_family(family)
     levels = [dict(l) for l in (levels or DEFAULT_LEVELS[family])]
     started = time.perf_counter()
@@ -102,7 +144,13 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
     if budget.metric == "top1_drop" and baseline.top1 is None:
         raise ConfigError("a top-1 drop budget needs a labelled validation folder; use an agreement budget instead")
     originals = {op.name: np.asarray(weights[op.name]) for op in ops}
-    variants = {op.name: [simulate(originals[op.name], family, l) for l in levels] for op in ops}
+    if variants is None:
+        variants = {}
+    complete = set(variants) == {op.name for op in ops} and all(
+        len(variants[op.name]) == len(levels) and all(v.shape == tuple(op.shape) for v in variants[op.name]) for op in ops)
+    if not complete:
+        variants.clear()
+        variants.update({op.name: [simulate(originals[op.name], family, l) for l in levels] for op in ops})
     bits = {op.name: [compressed_bits(family, l, op.numel, op.shape[0]) for l in levels] for op in ops}
     float_bits = {op.name: op.numel * 16.0 for op in ops}
 
@@ -112,19 +160,30 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
     def total_bits(assignment: dict[str, int]) -> float:
         return sum(float_bits[n] if l == UNCOMPRESSED else bits[n][l] for n, l in assignment.items())
 
+    if budget.is_size:  # refuse an impossible size budget before measuring anything
+        target = size_target_bits(evaluator, budget, sum(float_bits.values()), margin_bytes)
+        smallest = {op.name: len(levels) - 1 for op in ops}
+        if total_bits(smallest) > target["target_bits"]:
+            raise ConfigError(f"no assignment of these levels fits {budget.describe()}: the most aggressive level "
+                              f"everywhere needs about {int(target['fixed_bytes'] + total_bits(smallest) / 8):,} "
+                              "bytes; raise the budget or add a more aggressive level")
+
     # (1) each op alone at each level: relative output noise power (adds up across ops, roughly)
-    noise: dict[str, list[float]] = {}
-    total_single = len(ops) * len(levels)
-    done = 0
-    for op in ops:
-        noise[op.name] = []
-        for lvl in range(len(levels)):
-            measured = evaluator.measure({op.name: variants[op.name][lvl]})
-            noise[op.name].append(10 ** (-measured.snr_db / 10))
-            done += 1
-            if progress:
-                progress("single-op", done, total_single)
-        noise[op.name] = list(np.maximum.accumulate(noise[op.name]))  # more aggressive never counts as less noise
+    if noise is not None and set(noise) == {op.name for op in ops} and all(len(v) == len(levels) for v in noise.values()):
+        noise = {name: list(values) for name, values in noise.items()}
+    else:
+        noise = {}
+        total_single = len(ops) * len(levels)
+        done = 0
+        for op in ops:
+            noise[op.name] = []
+            for lvl in range(len(levels)):
+                measured = evaluator.measure({op.name: variants[op.name][lvl]})
+                noise[op.name].append(10 ** (-measured.snr_db / 10))
+                done += 1
+                if progress:
+                    progress("single-op", done, total_single)
+            noise[op.name] = list(np.maximum.accumulate(noise[op.name]))  # more aggressive never counts as less noise
 
     # (2) greedy move sequence
     state = {op.name: UNCOMPRESSED for op in ops}
@@ -150,6 +209,10 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
         state[name] += 1
         sequence.append(dict(state))
         push(name)
+
+    if budget.is_size:
+        return _within_size(evaluator, family, budget, levels, ops, sequence, noise, bits, float_bits, overrides,
+                            total_bits, margin_bytes, started)
 
     # (3) longest passing prefix (binary search; passing is close to monotone along the sequence)
     cache: dict[int, Measurement] = {}
@@ -213,4 +276,78 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
         weight_bits=total_bits(best_assignment),
         subset={"images": len(evaluator.x), "baseline": asdict(baseline), "measured": asdict(best_measured),
                 "meets_budget": budget.met(best_measured, baseline)},
-        uniform=uniform, evaluations=evaluator.evaluations, elapsed_s=time.perf_counter() - started)
+        uniform=uniform, evaluations=evaluator.evaluations, elapsed_s=time.perf_counter() - started, noise=noise)
+
+
+def size_target_bits(evaluator: SubsetEvaluator, budget: Budget, float_bits_total: float,
+                     margin_bytes: float = 0.0) -> dict[str, Any]:
+    """The payload (bits) the compressible weights may take so that the package meets a size
+    budget: the budget less what stays as it is (the rest of the float package), less a margin."""
+    from compress_lab.models.size import package_size
+    base = package_size(evaluator.base.origin)
+    if budget.metric == "bytes":
+        fixed = base.package_bytes - float_bits_total / 8
+        allowed = budget.value - fixed - margin_bytes
+    else:  # bits per weight of the weights file
+        fixed = base.weights_bytes - float_bits_total / 8
+        allowed = budget.value * base.n_weights / 8 - fixed - margin_bytes
+    return {"fixed_bytes": fixed, "target_bits": allowed * 8, "margin_bytes": margin_bytes,
+            "float_package_bytes": base.package_bytes, "float_weights_bytes": base.weights_bytes,
+            "n_weights": base.n_weights}
+
+
+def _score(measured: Measurement) -> tuple:
+    """Better is larger: top-1 when the data is labelled, then agreement, then SNR."""
+    return (measured.top1 if measured.top1 is not None else 0.0, measured.agreement, measured.snr_db)
+
+
+def _within_size(evaluator, family, budget, levels, ops, sequence, noise, bits, float_bits, overrides, total_bits,
+                 margin_bytes, started) -> MixedResult:
+    """Size budgets: the first prefix of the greedy sequence that fits, with the slack it leaves
+    given back to the ops whose noise drops most per bit (one level less aggressive at a time),
+    measured next to every uniform level that fits; the best measured one wins."""
+    target = size_target_bits(evaluator, budget, sum(float_bits.values()), margin_bytes)
+    limit = target["target_bits"]
+    candidates: list[tuple[str, dict[str, int]]] = []
+    fitting = [s for s in sequence if total_bits(s) <= limit]
+    if fitting:
+        assignment = dict(fitting[0])
+        while True:  # give back slack: the relaxation with the most noise removed per bit added that still fits
+            slack = limit - total_bits(assignment)
+            best, best_gain = None, 0.0
+            for name, level in assignment.items():
+                if level == UNCOMPRESSED:
+                    continue
+                lower = level - 1
+                extra = (float_bits[name] if lower == UNCOMPRESSED else bits[name][lower]) - bits[name][level]
+                removed = noise[name][level] - (0.0 if lower == UNCOMPRESSED else noise[name][lower])
+                if 0 < extra <= slack and removed / extra > best_gain:
+                    best, best_gain = name, removed / extra
+            if best is None:
+                break
+            assignment[best] -= 1
+        candidates.append(("mixed", assignment))
+    for lvl, level in enumerate(levels):
+        assignment = {op.name: lvl for op in ops}
+        if total_bits(assignment) <= limit:
+            candidates.append((f"uniform {level}", assignment))
+            break  # the least aggressive uniform level that fits; the more aggressive ones are worse
+    if not candidates:
+        smallest = {op.name: len(levels) - 1 for op in ops}
+        raise ConfigError(f"no assignment of these levels fits {budget.describe()}: the most aggressive level "
+                          f"everywhere needs about {int(target['fixed_bytes'] + total_bits(smallest) / 8):,} bytes; "
+                          "raise the budget or add a more aggressive level")
+    measured = [(name, assignment, evaluator.measure(overrides(assignment))) for name, assignment in candidates]
+    chosen, best_assignment, best_measured = max(measured, key=lambda c: _score(c[2]))
+    uniform = [{"level": name, "weight_bits": total_bits(a), "meets_budget": True, **asdict(m)}
+               for name, a, m in measured if name != "mixed"]
+    levels_used = set(best_assignment.values())
+    if chosen == "mixed" and len(levels_used) == 1 and UNCOMPRESSED not in levels_used:
+        chosen = f"uniform {levels[levels_used.pop()]}"
+    return MixedResult(
+        family=family, levels=levels, budget=asdict(budget), assignment=best_assignment, chosen=chosen,
+        weight_bits=total_bits(best_assignment),
+        subset={"images": len(evaluator.x), "baseline": asdict(evaluator.baseline), "measured": asdict(best_measured),
+                "meets_budget": total_bits(best_assignment) <= limit},
+        uniform=uniform, evaluations=evaluator.evaluations, elapsed_s=time.perf_counter() - started, noise=noise,
+        size_target=target)

@@ -11,20 +11,118 @@ from compress_lab.analysis.mixed import Budget, search_mixed
 from compress_lab.analysis.subset import Measurement, SubsetEvaluator
 
 
+def single_op_key(evaluator: SubsetEvaluator, family: str, levels: list[dict[str, Any]] | None) -> str:
+    """What the single-op stage depends on: the float program (its files), the subset (its pixels
+    and labels), the family and its levels."""
+    import hashlib
+    import json
+
+    from compress_lab.analysis.compressors import DEFAULT_LEVELS
+    digest = hashlib.sha256()
+    package = Path(evaluator.base.origin)
+    for path in sorted(p for p in package.rglob("*") if p.is_file() and p.name != "Manifest.json"):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    digest.update(evaluator.x.tobytes())
+    digest.update(evaluator.labels.tobytes())
+    digest.update(json.dumps([family, levels or DEFAULT_LEVELS[family]], sort_keys=True).encode())
+    return digest.hexdigest()[:32]
+
+
+def stored_single_op(workdir: str | Path, key: str) -> tuple[dict[str, list[float]] | None, dict]:
+    """(noise per op and level, weight variants per op and level) of an earlier search; (None, {}) if none."""
+    import json
+    import numpy as np
+    folder = Path(workdir) / SINGLE_OP_DIR
+    try:
+        noise = json.loads((folder / f"{key}.json").read_text())["noise"]
+    except (OSError, ValueError, KeyError):
+        return None, {}
+    variants: dict[str, list] = {}
+    try:
+        with np.load(folder / f"{key}.npz", allow_pickle=False) as arrays:
+            for name in arrays.files:  # "<op>@<level>"
+                op, level = name.rsplit("@", 1)
+                variants.setdefault(op, {})[int(level)] = arrays[name]
+        variants = {op: [by_level[i] for i in sorted(by_level)] for op, by_level in variants.items()}
+    except (OSError, ValueError, KeyError):
+        variants = {}
+    return noise, variants
+
+
+def store_single_op(workdir: str | Path, key: str, noise: dict[str, list[float]], variants: dict) -> Path:
+    import json
+    import numpy as np
+    folder = Path(workdir) / SINGLE_OP_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{key}.json"
+    with open(folder / f"{key}.tmp.npz", "wb") as f:
+        np.savez(f, **{f"{op}@{i}": v for op, levels in variants.items() for i, v in enumerate(levels)})
+    (folder / f"{key}.tmp.npz").replace(folder / f"{key}.npz")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "noise": noise}))
+    tmp.replace(path)
+    return path
+
+
+SINGLE_OP_DIR = "mixed-single-op"
+
+
 def search_config(handle, data_dir: str | Path, family: str, budget: Budget, *, workdir: str | Path,
-                  max_images: int = 2000, precision: str = "fp16", progress=None):
-    """The mixed-precision search on a validation subset: (technique config dict, MixedResult)."""
+                  max_images: int = 2000, precision: str = "fp16", progress=None, levels=None, reuse: bool = True):
+    """The mixed-precision search on a validation subset: (technique config dict, MixedResult).
+    With `reuse`, the single-op stage (each op alone at each level: most of the search's
+    evaluations, and every op's weight compressed at every level) of an earlier search on the
+    same float program, subset and levels is read from WORKDIR/mixed-single-op/ instead of
+    computed again, and a new one is stored there."""
     from compress_lab.techniques import CompressContext, config_from_dict
 
     ctx = CompressContext(handle=handle, workdir=Path(workdir))
     evaluator = SubsetEvaluator(ctx.float_package(precision), data_dir, handle.metadata, max_images=max_images)
-    result = search_mixed(evaluator, family, budget, progress=progress)
+    key = single_op_key(evaluator, family, levels) if reuse else None
+    noise, variants = stored_single_op(workdir, key) if reuse else (None, {})
+    result = search_mixed(evaluator, family, budget, levels=levels, progress=progress, noise=noise, variants=variants)
+    result.reused_single_op = noise is not None and result.noise == noise
+    if reuse and not result.reused_single_op:
+        store_single_op(workdir, key, result.noise, variants)
     config = config_from_dict(result.technique_config({"precision": precision})).to_dict()
+    if budget.is_size:
+        reused = result.reused_single_op
+        config, result = _fit_size(ctx, evaluator, family, budget, result, config, precision, progress, variants)
+        result.reused_single_op = reused
     return config, result
 
 
+def _fit_size(ctx, evaluator, family, budget, result, config, precision, progress, variants=None, attempts: int = 4):
+    """A size budget is met by the real package: compress the answer, measure it on disk, and
+    while it is larger than the budget (the search estimates each op's payload), search again
+    with the excess kept free (reusing the single-op stage, so only the candidates are measured)."""
+    from compress_lab.errors import ConfigError
+    from compress_lab.models.size import package_size
+    from compress_lab.techniques import compress, config_from_dict
+
+    margin = 0.0
+    for attempt in range(attempts):
+        out = Path(ctx.workdir) / f"mixed-size-check-{attempt}.mlpackage"
+        compress(ctx.handle, config_from_dict(config), out, context=ctx)
+        sizes = package_size(out).to_dict()
+        real = sizes["package_bytes"] if budget.metric == "bytes" else sizes["bits_per_weight"]
+        result.size_target = dict(result.size_target, checked_package_bytes=sizes["package_bytes"],
+                                  checked_bits_per_weight=sizes["bits_per_weight"], checks=attempt + 1)
+        if budget.size_met(sizes):
+            return config, result
+        excess = (real - budget.value) if budget.metric == "bytes" else (real - budget.value) * sizes["n_weights"] / 8
+        margin += excess + 64
+        result = search_mixed(evaluator, family, budget, levels=result.levels, noise=result.noise, variants=variants,
+                              margin_bytes=margin, progress=progress)
+        config = config_from_dict(result.technique_config({"precision": precision})).to_dict()
+    raise ConfigError(f"the mixed answer stays above {budget.describe()} after {attempts} tries "
+                      f"({real:,} measured); raise the budget")
+
+
 def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_path: str | Path, *,
-              workdir: str | Path, max_images: int = 2000, precision: str = "fp16", progress=None) -> dict[str, Any]:
+              workdir: str | Path, max_images: int = 2000, precision: str = "fp16", progress=None,
+              reuse: bool = True) -> dict[str, Any]:
     """Search, then compress the chosen config for real and measure it on the whole folder."""
     from compress_lab.data import scan_folder
     from compress_lab.evaluate import coreml_predictor, evaluate
@@ -33,7 +131,7 @@ def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_pat
 
     started = time.perf_counter()
     config, result = search_config(handle, data_dir, family, budget, workdir=workdir, max_images=max_images,
-                                   precision=precision, progress=progress)
+                                   precision=precision, progress=progress, reuse=reuse)
     ctx = CompressContext(handle=handle, workdir=Path(workdir))
     outcome = compress(handle, config_from_dict(config), out_path, context=ctx)
 
@@ -46,14 +144,27 @@ def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_pat
     full_baseline = Measurement(top1=reference.top1, agreement=1.0, snr_db=200.0)
     full = Measurement(top1=measured.top1, agreement=measured.agreement, snr_db=measured.snr_db)
     size = package_size(outcome.path).to_dict()
+    from compress_lab.analysis.coreml_config import optimization_config_dict
     return {
         "path": str(outcome.path),
         "config": config,
+        "coreml_config": optimization_config_dict(outcome.details),
         "search": result.to_dict(),
         "verified": {"top1": measured.top1, "baseline_top1": reference.top1, "agreement": measured.agreement,
-                     "snr_db": measured.snr_db, "bytes": size["package_bytes"], "meets_budget": budget.met(full, full_baseline),
+                     "snr_db": measured.snr_db, "bytes": size["package_bytes"],
+                     "bits_per_weight": size["bits_per_weight"],
+                     "meets_budget": budget.size_met(size) if budget.is_size else budget.met(full, full_baseline),
                      "images": measured.n},
         "metrics": measured.to_dict(),
         "sizes": size,
         "timings": {"search_s": result.elapsed_s, **outcome.timings, "total_s": time.perf_counter() - started},
     }
+
+
+def coreml_config_of(handle, config: dict[str, Any], *, workdir: str | Path, precision: str = "fp16") -> dict[str, Any]:
+    """The coremltools OptimizationConfig dict of a lab config, from compressing it once."""
+    from compress_lab.analysis.coreml_config import optimization_config_dict
+    from compress_lab.techniques import CompressContext, compress, config_from_dict
+    ctx = CompressContext(handle=handle, workdir=Path(workdir))
+    outcome = compress(handle, config_from_dict(config), Path(workdir) / "mixed-export.mlpackage", context=ctx)
+    return optimization_config_dict(outcome.details)
