@@ -110,9 +110,9 @@ def _json_safe(value: Any) -> Any:
 
 # ---------------------------------------------------------------- predictors
 
-def torch_predictor(module) -> Predictor:
-    """Predict with a PyTorch module in eval mode without gradients. A module in
-    training mode is copied first, so the caller's module is never changed."""
+def _inference_module(module):
+    """The module in eval mode (a copy if it was training: the caller's is never changed),
+    with the device and float dtype its inputs must take."""
     import torch
 
     if any(m.training for m in module.modules()):
@@ -122,6 +122,15 @@ def torch_predictor(module) -> Predictor:
         device, dtype = param.device, param.dtype if param.is_floating_point() else torch.float32
     except StopIteration:
         device, dtype = torch.device("cpu"), torch.float32
+    return module, device, dtype
+
+
+def torch_predictor(module) -> Predictor:
+    """Predict with a PyTorch module in eval mode without gradients. A module in
+    training mode is copied first, so the caller's module is never changed."""
+    import torch
+
+    module, device, dtype = _inference_module(module)
 
     def predict(x: np.ndarray) -> np.ndarray:
         tensor = torch.from_numpy(np.array(x, dtype=np.float32, copy=not x.flags.writeable))
@@ -154,13 +163,7 @@ def named_torch_predictor(module, io) -> NamedPredictor:
     int32 ones as int64 indices); a tuple/list of outputs is named in declared order."""
     import torch
 
-    if any(m.training for m in module.modules()):
-        module = copy.deepcopy(module).eval()
-    try:
-        param = next(module.parameters())
-        device, dtype = param.device, param.dtype if param.is_floating_point() else torch.float32
-    except StopIteration:
-        device, dtype = torch.device("cpu"), torch.float32
+    module, device, dtype = _inference_module(module)
     names = io.output_names
 
     def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
