@@ -131,7 +131,8 @@ def test_every_readme_example_is_one_this_test_runs():
     assert set(other) == SET_UP, f"README bash lines this test does not run: {sorted(set(other) - SET_UP)}"
     assert {c.subcommand for c in found} == SUBCOMMANDS
     results = [c.argv for c in found if c.subcommand == "results"]
-    assert len(results) == 2 and "--json" in results[1] and "--json" not in results[0]
+    assert len(results) == 3 and "--json" in results[1] and "--json" not in results[0]
+    assert "--budget-bytes" in results[2]                       # the size-budget example
     mixed = next(c for c in found if c.subcommand == "mixed")
     assert mixed.argv[-2:] == ("--max-images", "256") and "--sweep" in mixed.argv
     python = code_blocks(README.read_text(), "python")

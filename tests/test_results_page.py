@@ -56,7 +56,8 @@ def test_sidebar_shows_the_chosen_sweeps_model_and_data(tmp_path, monkeypatch):
 
 def test_results_page_curves_readout_budgets_and_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESS_LAB_STORE", str(_store(tmp_path / "store")))
-    at = AppTest.from_file(str(ROOT / "pages/4_results.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()  # the one entry
+    at.switch_page("app_pages/4_results.py").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     chart = at.get("plotly_chart")[0].proto.spec
     assert "post-training (data-free): dotted" in chart and "training-time: solid" in chart
@@ -86,7 +87,8 @@ def test_results_page_curves_readout_budgets_and_downloads(tmp_path, monkeypatch
 
 def test_sensitivity_page_offers_both_budget_kinds(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESS_LAB_STORE", str(tmp_path / "store"))
-    at = AppTest.from_file(str(ROOT / "pages/6_sensitivity.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()  # the one entry
+    at.switch_page("app_pages/6_sensitivity.py").run()
     assert not at.exception
     options = at.selectbox(key="mixed.kind").options
     assert {"top-1 drop at most (points)", "agreement at least", "size on disk at most (kB)",
