@@ -29,6 +29,9 @@ from PIL import Image
 from compress_lab.errors import DataError
 from compress_lab.models.metadata import ModelMetadata, Preprocessing
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other samples' builders live beside this file
+from build_crepe import build_crepe_pitch  # noqa: E402
+
 BUILD_VERSION = 1
 SAMPLES_DIR = Path(__file__).resolve().parent
 
@@ -363,7 +366,8 @@ def build_dog_mobilenetv2(dest: Path | None = None, force: bool = False) -> Path
 
 # ---------------------------------------------------------------- entry points
 
-BUILDERS = {"mnist_cnn": build_mnist_cnn, "dog_mobilenetv2": build_dog_mobilenetv2}
+BUILDERS = {"mnist_cnn": build_mnist_cnn, "dog_mobilenetv2": build_dog_mobilenetv2,
+            "crepe_pitch": build_crepe_pitch}
 
 
 def build_all(force: bool = False) -> dict[str, Path]:
