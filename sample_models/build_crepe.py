@@ -61,7 +61,7 @@ class Instrument:
 
 
 # Pitched, sustained instruments, each over its usual register (in MIDI notes, at most 93: CREPE's
-# top bin is 1975.5 Hz = MIDI 95). TimGM6mb's pipe, drawbar, percussive and rock organs (GM 16-19)
+# top bin is 2005.5 Hz, MIDI 95.26, and the decoding window spans +-80 cents). TimGM6mb's pipe, drawbar, percussive and rock organs (GM 16-19)
 # are left out: their presets sound an octave-up rank loudest, so CREPE (like a listener) hears
 # the octave above the MIDI note in 78-100% of their frames and the note is not the frame's f0.
 VAL_INSTRUMENTS = (

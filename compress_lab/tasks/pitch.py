@@ -3,7 +3,7 @@ the way CREPE decodes it, and scored against each frame's true fundamental frequ
 
 Activations are one value per pitch bin on CREPE's grid: bin b is
 CENTS_OFFSET + CENTS_PER_BIN * b cents, where cents = 1200 * log2(f / 10 Hz) (360 bins
-of 20 cents: 32.7 Hz to 1975.5 Hz). Decoding ("local average", CREPE's
+of 20 cents: 31.7 Hz to 2005.5 Hz). Decoding ("local average", CREPE's
 `to_local_average_cents`, torchcrepe's `weighted_argmax`): the activation-weighted mean
 of the bins' cents over the peak bin +- DECODE_RADIUS bins. (torchcrepe additionally
 re-applies a sigmoid and dithers the bin cents with random noise; the lab decodes
@@ -36,7 +36,7 @@ from compress_lab.tasks.tensors import ArrayData, TensorsAccumulator
 TARGET = "f0_hz"
 PITCH_BINS = 360
 CENTS_PER_BIN = 20.0
-CENTS_OFFSET = 1997.3794084376191     # bin 0 (32.70 Hz)
+CENTS_OFFSET = 1997.3794084376191     # bin 0 (31.70 Hz)
 DECODE_RADIUS = 4                     # bins each side of the peak in the local average
 RPA_CENTS = 50.0
 TARGET_STD_CENTS = 25.0
