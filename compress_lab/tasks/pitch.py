@@ -184,13 +184,20 @@ class Pitch(Task):
     def accumulator(self, meta, data, reference) -> PitchAccumulator:
         return PitchAccumulator(self, meta, data, reference)
 
+    def source_refusal(self, meta, source) -> str | None:
+        """Why an (opened) training source cannot train the pitch loss (None: it can)."""
+        names = source.targets if source.inputs is not None else source._folder_targets
+        if TARGET not in names:
+            return (f"training source {source.root} has no array {TARGET!r}, so task 'pitch' has no target to "
+                    f"fine-tune with; add each frame's frequency in Hz (numpy.savez(..., {TARGET}=f0)), or use "
+                    "post-training techniques")
+        return None
+
     def training_refusal(self, meta, source=None) -> str | None:
         if source is not None:
-            arrays = self.open_source(source, meta)
-            names = arrays.targets if arrays.inputs is not None else arrays._folder_targets
-            if TARGET not in names:
-                return (f"training source {arrays.root} has no array {TARGET!r}, so task 'pitch' has no target to "
-                        "fine-tune with; add each frame's frequency in Hz, or use post-training techniques")
+            reason = self.source_refusal(meta, self.open_source(source, meta))
+            if reason:
+                return reason
         return super().training_refusal(meta, source)
 
     def loss(self, meta):
