@@ -550,11 +550,25 @@ def export(config: TechniqueConfig, ctx: CompressContext, model: nn.Module, out_
                                "size_bytes": package_bytes(out_path)}
 
 
+PRUNING = 1  # coremltools' CompressionType.pruning, as stored in the compression_type metadata buffer
+
+
+def pruned_parameter_names(model: nn.Module) -> list[str]:
+    """Parameters coremltools marked as pruned (a joint technique also marks weights it only
+    palettized or quantized, e.g. an embedding table the pruner does not take)."""
+    names = []
+    for key, value in model.state_dict().items():
+        parts = key.split("_COREML_/")
+        if len(parts) == 2 and parts[1].endswith("/" + METADATA_SUFFIX) and PRUNING in value.reshape(-1).tolist():
+            names.append(parts[0] + parts[1].split("/")[0])
+    return names
+
+
 def weight_sparsity(model: nn.Module) -> float:
-    """Fraction of exact zeros over the weights coremltools marked as compressed."""
+    """Fraction of exact zeros over the weights coremltools marked as pruned (else as compressed)."""
     state = model.state_dict()
     zeros = total = 0
-    for name in compressed_parameter_names(model):
+    for name in pruned_parameter_names(model) or compressed_parameter_names(model):
         tensor = state.get(name)
         if tensor is not None and tensor.is_floating_point():
             zeros += int((tensor == 0).sum())
