@@ -1,7 +1,13 @@
 """What the training-time techniques share: the fine-tuning settings every one of
-them takes, the training images held in memory, a deterministic and cancellable
-fine-tuning loop, the export that converts the finalized model and checks the
-package really holds compressed weights, and honest time estimates."""
+them takes, the training (or calibration) source read by the model's task and held
+in memory, a deterministic and cancellable fine-tuning loop that minimises the task's
+loss (or the user's), the export that converts the finalized model and checks the
+package really holds compressed weights, and honest time estimates.
+
+Nothing here knows what a model does: batches are named input tensors and named
+targets from `task.dataset(...)`, the model is called with its inputs in declared
+order (int32 ids as int64, as compress_lab.evaluate.named_torch_predictor does), and
+the loss is `task.loss(meta)(outputs, targets)` on dicts of tensors by name."""
 
 from __future__ import annotations
 
@@ -184,8 +190,8 @@ def load_training_data(ctx: CompressContext, folder: Path | None = None, labelle
         raise DataError(f"no readable sample in training source {folder}: {skipped_list[:3]}")
     io = meta.io
     names = [s.name for s in io.inputs if s.name in inputs] or list(inputs)
-    stacked = {name: torch.from_numpy(_float32(np.concatenate(inputs[name]))) for name in names}
-    labels = {name: torch.from_numpy(np.concatenate(parts)) for name, parts in targets.items()
+    stacked = {name: torch.from_numpy(_float32(_stack(inputs[name], name, folder))) for name in names}
+    labels = {name: torch.from_numpy(_stack(parts, name, folder)) for name, parts in targets.items()
               if sum(len(p) for p in parts) == len(next(iter(stacked.values())))}
     count = int(task.training_count(meta, stacked, labels))
     if count < 1:
@@ -199,6 +205,16 @@ def load_training_data(ctx: CompressContext, folder: Path | None = None, labelle
         while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
             _DATA_CACHE.popitem(last=False)
     return loaded
+
+
+def _stack(parts: list[np.ndarray], name: str, where: Path) -> np.ndarray:
+    try:
+        return np.concatenate(parts)
+    except ValueError:
+        shapes = sorted({tuple(p.shape[1:]) for p in parts})
+        raise DataError(f"array {name!r} of training source {where} has samples of different shapes {shapes[:4]}; "
+                        "fine-tuning batches samples at random, so give them one shape (pad token windows to one "
+                        "length, with an attention_mask)") from None
 
 
 def _float32(array: np.ndarray) -> np.ndarray:
