@@ -245,3 +245,46 @@ def test_every_training_time_technique_takes_a_two_input_int32_text_encoder(tmp_
     outcome = compress(handle, config_from_dict({"technique": technique, **settings}), tmp_path / "out.mlpackage",
                        train_dir=tmp_path / "train.npz", calibration_dir=tmp_path / "train.npz")
     assert compressed_ops(outcome.path)
+
+
+def test_a_sweep_refuses_before_any_work_only_what_cannot_be_trained_and_a_users_loss_lifts_it(tmp_path):
+    from compress_lab.cli import main
+    from compress_lab.sweep.runner import prepare
+    from compress_lab.sweep.spec import load_spec
+    model = make_model(tmp_path / "two_heads", TWO_OUTPUT_MODEL, TWO_OUTPUT_META)
+    x = np.random.default_rng(0).normal(size=(32, 6)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", x=x, wanted=np.tanh(x[:, :4]))
+    (tmp_path / "loss.py").write_text("import torch.nn.functional as F\n\n"
+                                      "def loss(outputs, targets):\n"
+                                      "    return F.mse_loss(outputs['dense'], targets['wanted'])\n")
+    text = textwrap.dedent(f"""
+        [model]
+        source = "{model}"
+        [data]
+        validation = "{tmp_path / 'train.npz'}"
+        train = "{tmp_path / 'train.npz'}"
+        LOSS
+        [run]
+        name = "refusals"
+        [[grid]]
+        technique = "magnitude_pruning"
+        steps = 2
+        [[grid]]
+        technique = "gptq"
+        calibration_samples = 8
+    """)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(text.replace("LOSS", ""))
+    planned = prepare(load_spec(spec), tmp_path / "store")
+    assert len(planned.invalid) == 1 and "'magnitude_pruning': task 'tensors' defines no loss" in planned.invalid[0].error
+    assert any(t.config["technique"] == "gptq" for t in planned.tasks)       # GPTQ needs no loss: not refused
+    spec.write_text(text.replace("LOSS", 'loss = "loss.py"'))
+    with_loss = prepare(load_spec(spec), tmp_path / "store")
+    assert not with_loss.invalid and {t.config["technique"] for t in with_loss.tasks} >= {"magnitude_pruning", "gptq"}
+
+    out = tmp_path / "pruned.mlpackage"
+    argv = ["compress", str(model), "--technique", "magnitude_pruning", "--set", "steps=4", "--set", "batch_size=8",
+            "--set", "schedule='constant'", "--train", str(tmp_path / "train.npz"), "--out", str(out), "--no-estimate"]
+    assert main(argv) != 0 and not out.exists()                                  # refused: the task has no loss
+    assert main([*argv, "--loss", str(tmp_path / "loss.py")]) == 0
+    assert compressed_ops(out).get("constexpr_sparse_to_dense", 0) >= 1
