@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
     spec = spec.with_run(workers=args.workers, executor=args.executor, timeout_s=args.timeout, address=args.address)
     if getattr(args, "loss", None):
         import dataclasses
-        spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, loss=str(Path(args.loss).expanduser().resolve())
-                                                                  if ":" not in Path(args.loss).name else args.loss))
+        file_part, name = args.loss.rsplit(":", 1) if ":" in Path(args.loss).name else (args.loss, "")
+        loss = str(Path(file_part).expanduser().resolve()) + (f":{name}" if name else "")
+        spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, loss=loss))
     plan = expand(spec)
     err = sys.stderr
     for bad in plan.invalid:
