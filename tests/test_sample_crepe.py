@@ -115,3 +115,18 @@ def test_a_second_build_is_skipped(crepe, capsys):
     assert "up to date" in capsys.readouterr().out and (folder / "val.npz").stat().st_mtime_ns == before
     stamp = json.loads((SAMPLES / ".built-crepe_pitch.json").read_text())
     assert stamp["raw_pitch_accuracy"] > 0.8
+
+
+@pytest.mark.slow
+def test_the_labs_fine_tuning_loop_trains_crepe_with_the_pitch_loss_from_train_npz(crepe, tmp_path):
+    from compress_lab.techniques import CompressContext, _training, magnitude_pruning
+
+    handle = crepe[0]
+    ctx = CompressContext(handle=handle, workdir=tmp_path / "work", train_dir=SAMPLES / "crepe_pitch" / "train.npz")
+    assert len(_training.load_training_data(ctx)) == len(crepe[2]["frames"])
+    config = magnitude_pruning.MagnitudePruningConfig(target_sparsity=0.75, schedule="constant", steps=20,
+                                                      batch_size=32, learning_rate=3e-3, seed=0)
+    losses = magnitude_pruning.finetune(config, ctx).losses
+    assert len(losses) == 20 and np.isfinite(losses).all()
+    # step 1 runs the float model (the masks apply after it); from step 2 the model is 75% pruned
+    assert losses[1] > losses[0] and np.mean(losses[-3:]) < 0.85 * losses[1], losses   # and recovers

@@ -193,13 +193,6 @@ class Pitch(Task):
                     "post-training techniques")
         return None
 
-    def training_refusal(self, meta, source=None) -> str | None:
-        if source is not None:
-            reason = self.source_refusal(meta, self.open_source(source, meta))
-            if reason:
-                return reason
-        return super().training_refusal(meta, source)
-
     def loss(self, meta):
         io = self.io(meta)
         output = activation_output(io)
