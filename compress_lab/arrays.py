@@ -14,7 +14,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -180,3 +180,23 @@ def read_arrays(source: str | Path, io: IOSpec) -> ArraySource:
     if not next(iter(counts.values())):
         raise DataError(f"array file {root} holds 0 samples")
     return ArraySource(root=root, inputs={n: inputs[n] for n in io.input_names}, targets=targets, io=io)
+
+
+def evenly_spaced(n: int, limit: int) -> list[int]:
+    """At most `limit` sample indices spread evenly over 0..n-1 (all of them when n <= limit)."""
+    if n <= limit:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, int(limit)).round().astype(int).tolist()))
+
+
+def take(source: ArraySource, indices: Sequence[int]) -> ArraySource:
+    """The samples `indices` of `source`, in that order (a folder source keeps those files)."""
+    indices = [int(i) for i in indices]
+    if source.inputs is not None:
+        return ArraySource(root=source.root, inputs={k: v[indices] for k, v in source.inputs.items()},
+                           targets={k: v[indices] for k, v in source.targets.items()}, io=source.io,
+                           warnings=list(source.warnings))
+    subset = ArraySource(root=source.root, files=[source.files[i] for i in indices], io=source.io,
+                         warnings=list(source.warnings))
+    subset._folder_targets = source._folder_targets
+    return subset

@@ -13,12 +13,12 @@ from compress_lab.analysis.compressors import AGGRESSIVE, SEARCH_FAMILIES
 def add_arguments(parser) -> None:
     from compress_lab.cli import add_model_arguments
     add_model_arguments(parser)
-    parser.add_argument("--data", type=Path, required=True, help="validation folder")
+    parser.add_argument("--data", type=Path, required=True, help="validation data: what the model's task reads (an image folder, an .npz source)")
     parser.add_argument("--family", choices=SEARCH_FAMILIES, default="palettize")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="the aggressive setting to apply to one op at a time (default: "
                              + "; ".join(f"{k}: {v}" for k, v in AGGRESSIVE.items()) + ")")
-    parser.add_argument("--max-images", type=int, default=512, help="evaluate on this many images (evenly spaced)")
+    parser.add_argument("--max-images", type=int, default=512, help="evaluate on this many samples (evenly spaced)")
     parser.add_argument("--store", type=Path, help="also record the result in this results store")
     parser.add_argument("--workdir", type=Path, default=Path(".lab-work"))
     parser.add_argument("--json", action="store_true")
@@ -37,12 +37,16 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
-    print(f"\n{args.family} {result.settings} on one op at a time, {result.images} images, "
-          f"baseline top-1 {result.baseline_top1}; {result.elapsed_s:.1f}s")
-    print(f"{'op':48s} {'elements':>10s} {'top-1 drop':>10s} {'agreement':>9s} {'SNR dB':>7s}")
+    direction = "higher" if result.higher_is_better else "lower"
+    print(f"\n{args.family} {result.settings} on one op at a time, {result.images} samples, "
+          f"baseline {result.metric} {result.baseline_value} ({direction} is better); {result.elapsed_s:.1f}s")
+    worse = f"{result.metric} worse"
+    print(f"{'op':48s} {'elements':>10s} {worse:>16s} {'agreement':>9s} {'SNR dB':>7s}")
     for layer in result.ranking():
-        drop = "" if layer.top1_drop is None else f"{layer.top1_drop * 100:.2f}"
-        print(f"{layer.name[:48]:48s} {layer.numel:>10,} {drop:>10s} {layer.agreement:>9.4f} {layer.snr_db:>7.1f}")
+        scale = 100 if result.metric == "top1" else 1
+        drop = "" if layer.drop is None else f"{layer.drop * scale:.4g}"
+        agreement = "" if layer.agreement is None else f"{layer.agreement:.4f}"
+        print(f"{layer.name[:48]:48s} {layer.numel:>10,} {drop:>16s} {agreement:>9s} {layer.snr_db:>7.1f}")
     return 0
 
 
@@ -65,7 +69,8 @@ def record_sensitivity(store_folder, handle, result) -> str:
         if store.claim_run(spec.run_id, "sensitivity"):
             store.complete_run(spec.run_id,
                                {"top1": layer.top1, "top1_drop": layer.top1_drop, "agreement": layer.agreement,
-                                "snr_db": layer.snr_db, "n": result.images},
+                                "snr_db": layer.snr_db, "n": result.images, "values": layer.values,
+                                "drop": layer.drop, "drop_metric": result.metric},
                                {"numel": layer.numel, "bits_saved": layer.bits_saved}, {"total_s": result.elapsed_s / max(len(result.layers), 1)}, None)
     store.set_sweep_status(sweep_id, "done")
     return sweep_id

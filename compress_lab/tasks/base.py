@@ -190,6 +190,16 @@ class Task:
                 cache=None, progress=None):
         raise NotImplementedError
 
+    def subset_source(self, source, meta, max_samples: int):
+        """At most `max_samples` samples of `source`, evenly spaced, for the many quick
+        measurements of a sensitivity analysis or a mixed-precision search."""
+        from compress_lab.arrays import ArraySource, evenly_spaced, take
+        source = self.open_source(source, meta)
+        if not isinstance(source, ArraySource):
+            raise ConfigError(f"task {self.name!r} cannot take a subset of {type(source).__name__}; give an array "
+                              "source (.npz)")
+        return take(source, evenly_spaced(source.n, max_samples)) if source.n > max_samples else source
+
     # -- measures
     def metrics(self, meta) -> list[Metric]:
         """The task's own metrics (against targets); the first `primary` one leads."""

@@ -6,6 +6,8 @@ cosine and max abs error) against the reference model's logits."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -157,6 +159,16 @@ class Classification(Task):
             _check_labels(arrays, meta)
             return arrays
         return scan_folder(path, class_names=meta.class_names)
+
+    def subset_source(self, source, meta, max_samples: int):
+        """Evenly spaced over the folder's sorted samples, so every class is represented."""
+        from compress_lab.arrays import evenly_spaced
+        source = self.open_source(source, meta)
+        if isinstance(source, ImageFolder):
+            keep = evenly_spaced(len(source.samples), max_samples)
+            return dataclasses.replace(source, samples=[source.samples[i] for i in keep], skipped=[],
+                                       warnings=list(source.warnings))
+        return super().subset_source(source, meta, max_samples)
 
     def dataset(self, source, meta, *, batch_size: int = 64, preprocessing_overrides: dict | None = None,
                 cache: TensorCache | None = None, progress=None, preprocessing=None) -> ClassificationData:

@@ -136,6 +136,26 @@ class Embedding(Task):
             arrays.targets[PAIR] = check_pairs(arrays.targets[PAIR], str(arrays.root))
         return arrays
 
+    def subset_source(self, source, meta, max_samples: int):
+        """Evenly spaced queries with their keys (pairs renumbered), then distractor keys
+        evenly spaced up to `max_samples`; without pairs, evenly spaced samples."""
+        from compress_lab.arrays import evenly_spaced, take
+        source = self.open_source(source, meta)
+        if source.n <= max_samples or source.inputs is None or PAIR not in source.targets:
+            return super().subset_source(source, meta, max_samples)
+        pair = source.targets[PAIR]
+        queries = np.flatnonzero(pair >= 0)
+        queries = queries[evenly_spaced(len(queries), max(1, max_samples // 2))]
+        keys = sorted(set(pair[queries].tolist()))
+        others = [int(k) for k in np.flatnonzero(pair < 0) if int(k) not in set(keys)]
+        room = max(0, max_samples - len(queries) - len(keys))
+        keys = sorted(keys + [others[i] for i in evenly_spaced(len(others), room)] if room and others else keys)
+        order = [int(q) for q in queries] + keys
+        subset = take(source, order)
+        position = {old: new for new, old in enumerate(order)}
+        subset.targets[PAIR] = np.array([position[int(pair[i])] if pair[i] >= 0 else -1 for i in order], dtype=np.int64)
+        return subset
+
     def dataset(self, source, meta, *, batch_size: int = 64, preprocessing_overrides: dict | None = None,
                 cache=None, progress=None) -> ArrayData:
         return ArrayData(self.open_source(source, meta), int(batch_size))
