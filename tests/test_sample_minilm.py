@@ -228,3 +228,36 @@ def test_the_sample_is_listed_and_declares_the_embedding_task(handle):
     assert meta.task == "embedding" and task_for(meta).name == "embedding"
     assert [(i.name, i.dtype) for i in meta.io.inputs] == [("input_ids", "int32"), ("attention_mask", "int32")]
     assert [(o.name, o.meaning) for o in meta.io.outputs] == [("embedding", "embedding")]
+
+
+# ---------------------------------------------------------------- the example sweep
+
+def test_the_example_sweep_mixes_both_workflows_on_the_sample(sample):
+    from compress_lab.sweep.spec import expand, load_spec
+
+    spec_path = Path(__file__).resolve().parents[1] / "examples" / "minilm_sweep.toml"
+    plan = expand(load_spec(spec_path))
+    assert not plan.invalid
+    families = {p.config.family for p in plan.points}
+    assert families == {"post_training", "training_time"}
+    techniques = {(p.config.to_dict()["technique"], p.config.to_dict().get("granularity")) for p in plan.points}
+    assert ("quantize", "per_block") in techniques and ("palettize", "per_grouped_channel") in techniques
+
+
+def test_sweep_summary_names_the_tasks_own_metric_and_fidelity():
+    from types import SimpleNamespace
+
+    from compress_lab.sweep.cli import status_line, summary_table
+
+    embedding = {"task": "embedding", "values": {"mrr": 0.43, "retrieval_top1": 0.345},
+                 "fidelity": {"embedding": {"cosine": 0.9995, "snr_db": 30.3}}}
+    classifier = {"task": "classification", "top1": 0.99, "agreement": 0.98, "snr_db": 25.0}
+    run = SimpleNamespace(run_id="r", label="quantize dtype=int8", family="post_training", state="COMPLETE",
+                          metrics=embedding, sizes={"bytes": 22_815_478, "ratio_fp16": 1.98},
+                          timings={"total_s": 12.0}, error=None, artifact_path=None)
+    table = summary_table([run])
+    assert "retrieval_top1" in table.splitlines()[0] and "cosine" in table.splitlines()[0]
+    assert "0.3450" in table and "0.9995" in table
+    assert "retrieval_top1 0.3450  cosine 0.9995" in status_line(1, 1, run)
+    run.metrics = classifier
+    assert "top1 0.9900  agree 0.9800" in status_line(1, 1, run)
