@@ -57,7 +57,7 @@ def sensitivity_section(handle, validation: str, max_images: int) -> None:
     setting = AGGRESSIVE[family]
     right.markdown(f"Setting per layer  \n`{setting}`")
     if st.button("Measure sensitivity", type="primary", key="sensitivity.run"):
-        from compress_lab.analysis.cli_sensitivity import record_sensitivity
+        from compress_lab.analysis.sensitivity import record_sensitivity
         from compress_lab.analysis.sensitivity import sensitivity_for_model
         result = sensitivity_for_model(handle, validation, family, setting, workdir=store_folder() / "work",
                                        max_images=int(max_images), progress=progress_bar("Measuring"),

@@ -156,7 +156,7 @@ def apply(place: dict) -> list[str]:
         st.session_state[DATA_KEY] = _data(place.get("data") or {}, choice, notes)
     folder = place.get("store")
     if folder and Path(folder) != default_store_folder():
-        from compress_lab.store_cli import STORE_FILE
+        from compress_lab.store.locate import STORE_FILE
         if (Path(folder) / STORE_FILE).is_file():
             st.session_state[STORE_KEY] = str(Path(folder))
         else:

@@ -15,7 +15,7 @@ from typing import Any
 import streamlit as st
 
 from compress_lab.models.handle import SAMPLE_MODELS_DIR
-from compress_lab.store_cli import STORE_FILE
+from compress_lab.store.locate import STORE_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLE = "mnist_cnn"

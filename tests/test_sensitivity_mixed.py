@@ -52,7 +52,7 @@ def test_sensitivity_one_row_per_compressible_op(evaluator, tmp_path, mnist_hand
     ranking = result.ranking()
     assert ranking[0].top1_drop >= ranking[-1].top1_drop
     # stored like any run
-    from compress_lab.analysis.cli_sensitivity import record_sensitivity
+    from compress_lab.analysis.sensitivity import record_sensitivity
     from compress_lab.store import open_store
     sweep_id = record_sensitivity(tmp_path / "store", mnist_handle, result)
     runs = open_store(tmp_path / "store").list_runs(sweep_id)

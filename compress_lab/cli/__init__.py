@@ -1,4 +1,7 @@
-"""The `compress-lab` command line."""
+"""The `compress-lab` command line, all of it in this package: this module holds the
+parser, the model commands (info, techniques, compress, evaluate) and the model
+arguments every command shares; each other command is a module here (sweep,
+results, export, sensitivity, mixed) with `add_arguments(parser)` and `run(args)`."""
 
 from __future__ import annotations
 
@@ -47,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_techniques)
 
-    _optional_subcommand(sub, "sweep", "compress_lab.sweep.cli", "run a grid of techniques x settings (a TOML spec)")
-    _optional_subcommand(sub, "sensitivity", "compress_lab.analysis.cli_sensitivity", "per-layer sensitivity of a model")
-    _optional_subcommand(sub, "mixed", "compress_lab.analysis.cli_mixed", "mixed precision under an accuracy budget")
+    _optional_subcommand(sub, "sweep", "compress_lab.cli.sweep", "run a grid of techniques x settings (a TOML spec)")
+    _optional_subcommand(sub, "sensitivity", "compress_lab.cli.sensitivity", "per-layer sensitivity of a model")
+    _optional_subcommand(sub, "mixed", "compress_lab.cli.mixed", "mixed precision under an accuracy budget")
     _optional_subcommand(sub, "report", "compress_lab.report", "write a self-contained HTML report of a sweep")
-    _optional_subcommand(sub, "results", "compress_lab.results_cli", "list the runs of a sweep (one row per run)")
-    _optional_subcommand(sub, "export", "compress_lab.export_cli", "write a run's .mlpackage with its config and metrics")
+    _optional_subcommand(sub, "results", "compress_lab.cli.results", "list the runs of a sweep (one row per run)")
+    _optional_subcommand(sub, "export", "compress_lab.cli.export", "write a run's .mlpackage with its config and metrics")
 
     args = parser.parse_args(argv)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ def run(args) -> int:
     result = sensitivity_for_model(handle, args.data, args.family, settings, workdir=args.workdir,
                                    max_images=args.max_images, progress=_progress)
     if args.store:
+        from compress_lab.analysis.sensitivity import record_sensitivity
         record_sensitivity(args.store, handle, result)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -48,32 +48,6 @@ def run(args) -> int:
         agreement = "" if layer.agreement is None else f"{layer.agreement:.4f}"
         print(f"{layer.name[:48]:48s} {layer.numel:>10,} {drop:>16s} {agreement:>9s} {layer.snr_db:>7.1f}")
     return 0
-
-
-def record_sensitivity(store_folder, handle, result) -> str:
-    """Store a sensitivity analysis as a sweep whose runs are the per-op measurements."""
-    from compress_lab.store import RunSpec, open_store
-
-    store = open_store(store_folder)
-    key = json.dumps([handle.fingerprint, result.family, result.settings, result.images], sort_keys=True)
-    sweep_id = "sens-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-    store.create_sweep(sweep_id, f"sensitivity {handle.name} {result.family} {result.settings}",
-                       {"kind": "sensitivity", "family": result.family, "settings": result.settings}, handle.fingerprint)
-    specs = []
-    for layer in result.layers:
-        config = {"technique": "sensitivity", "family": result.family, "settings": result.settings, "op": layer.name}
-        run_id = hashlib.sha256((key + layer.name).encode()).hexdigest()[:32]
-        specs.append(RunSpec(run_id, "sensitivity", "post_training", config, f"{layer.name} {result.family}"))
-    store.add_runs(sweep_id, specs)
-    for spec, layer in zip(specs, result.layers):
-        if store.claim_run(spec.run_id, "sensitivity"):
-            store.complete_run(spec.run_id,
-                               {"top1": layer.top1, "top1_drop": layer.top1_drop, "agreement": layer.agreement,
-                                "snr_db": layer.snr_db, "n": result.images, "values": layer.values,
-                                "drop": layer.drop, "drop_metric": result.metric},
-                               {"numel": layer.numel, "bits_saved": layer.bits_saved}, {"total_s": result.elapsed_s / max(len(result.layers), 1)}, None)
-    store.set_sweep_status(sweep_id, "done")
-    return sweep_id
 
 
 def _progress(done: int, total: int, name: str) -> None:

@@ -1,6 +1,6 @@
 """`compress-lab sweep SPEC.toml`: run (or resume) a sweep and print its results.
 
-Also runnable as `python -m compress_lab.sweep.cli SPEC --store DIR` (how the app
+Also runnable as `python -m compress_lab.cli.sweep SPEC --store DIR` (how the app
 starts a sweep in the background, see background.py)."""
 
 from __future__ import annotations
