@@ -247,7 +247,7 @@ def test_the_example_sweep_mixes_both_workflows_on_the_sample(sample):
 def test_sweep_summary_names_the_tasks_own_metric_and_fidelity():
     from types import SimpleNamespace
 
-    from compress_lab.sweep.cli import status_line, summary_table
+    from compress_lab.cli.sweep import status_line, summary_table
 
     embedding = {"task": "embedding", "values": {"mrr": 0.43, "retrieval_top1": 0.345},
                  "fidelity": {"embedding": {"cosine": 0.9995, "snr_db": 30.3}}}
