@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(p)
     p.add_argument("--technique", required=True, help="technique name (see `compress-lab techniques`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a technique setting (TOML value), repeatable")
-    p.add_argument("--train", type=Path, help="training folder for training-time techniques")
+    p.add_argument("--train", type=Path, help="training data for training-time techniques: for a classifier a folder "
+                                              "(<class>/<image>), for other tasks an .npz or a folder of .npz files")
+    p.add_argument("--loss", help="your training loss: path/to/loss.py[:function], a function (outputs, targets) -> "
+                                  "scalar tensor (dicts of tensors by name) minimised instead of the task's loss. It is "
+                                  "code: it runs with your rights, like model code")
     p.add_argument("--out", type=Path, required=True, help="output .mlpackage path")
     p.add_argument("--no-estimate", action="store_true",
                    help="skip the time estimate printed before a training-time run (it measures a few steps)")
@@ -134,11 +138,15 @@ def cmd_compress(args) -> int:
     handle = load_model_from_args(args)
     config = config_from_dict({"technique": args.technique, **parse_settings(args.set)})
     out = args.out if args.out.suffix == ".mlpackage" else args.out.with_suffix(".mlpackage")
-    if config.family == "training_time" and args.train is not None and not args.no_estimate:
-        _print_estimate(config, handle, args.train)
-    bar = _progress_bar()
     context = CompressContext(handle=handle, workdir=out.parent / ".lab-work", train_dir=args.train, calibration_dir=args.train,
-                              progress=bar.update)
+                              loss=args.loss)
+    if args.loss:
+        from compress_lab.metrics import load_loss
+        load_loss(args.loss)  # a file that does not load stops here, before any work
+    if config.family == "training_time" and args.train is not None and not args.no_estimate:
+        _print_estimate(config, context)
+    bar = _progress_bar()
+    context.progress = bar.update
     outcome = compress(handle, config, out, context=context)
     bar.close()
     size = package_size(outcome.path).to_dict()
@@ -151,16 +159,15 @@ def cmd_compress(args) -> int:
     return 0
 
 
-def _print_estimate(config, handle, train_dir: Path) -> None:
-    from compress_lab.data import scan_folder
+def _print_estimate(config, context) -> None:
     from compress_lab.techniques import _training
     try:
-        count = len(scan_folder(train_dir, class_names=handle.metadata.class_names))
-        seconds = _training.estimate_seconds(config, handle, count)
+        train = _training.load_training_data(context, labelled=False)   # held in memory for the run itself
+        seconds = _training.estimate_seconds(config, context.handle, len(train), train=train)
     except LabError:
         return  # no estimate for this technique; the progress bar still shows the time remaining
     print(f"estimated time for {config.label()}: about {seconds:.0f} s on this machine "
-          f"(measured on a few steps, {count:,} training images)", file=sys.stderr)
+          f"(measured on a few steps, {len(train):,} training {train.unit})", file=sys.stderr)
 
 
 def cmd_evaluate(args) -> int:

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list the points (and invalid ones) without running")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-run lines")
+    parser.add_argument("--loss", help="your training loss: path/to/loss.py[:function], a function (outputs, targets) -> "
+                                       "scalar tensor (dicts of tensors by name); overrides [data] loss. It is code: it "
+                                       "runs with your rights, like model code")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise ConfigError(f"--timeout {args.timeout} must be a positive number of seconds")
     spec = spec.with_run(workers=args.workers, executor=args.executor, timeout_s=args.timeout, address=args.address)
+    if getattr(args, "loss", None):
+        import dataclasses
+        file_part, name = args.loss.rsplit(":", 1) if ":" in Path(args.loss).name else (args.loss, "")
+        loss = str(Path(file_part).expanduser().resolve()) + (f":{name}" if name else "")
+        spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, loss=loss))
     plan = expand(spec)
     err = sys.stderr
     for bad in plan.invalid:

@@ -212,12 +212,37 @@ class Classification(Task):
         return ClassificationAccumulator(data, reference)
 
     def loss(self, meta):
+        import torch
         import torch.nn.functional as F
 
         def cross_entropy(outputs, targets):
             logits = outputs if not isinstance(outputs, dict) else next(iter(outputs.values()))
+            if isinstance(logits, (tuple, list)) and logits and isinstance(logits[0], torch.Tensor):
+                logits = logits[0]
+            name = getattr(meta, "name", "the model")
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                raise ConfigError(
+                    f"model {name} must return logits of shape (batch, classes) to be fine-tuned; "
+                    f"it returned {type(logits).__name__}{tuple(getattr(logits, 'shape', ()))}")
+            if meta is not None and logits.shape[1] != meta.num_classes:
+                raise ConfigError(
+                    f"model {name} returns {logits.shape[1]} logits but its metadata names "
+                    f"{meta.num_classes} classes; fix class_names in metadata.json")
             return F.cross_entropy(logits, targets["label"] if isinstance(targets, dict) else targets)
         return cross_entropy
+
+    def source_refusal(self, meta, source) -> str | None:
+        from compress_lab.arrays import ArraySource
+        if isinstance(source, ArraySource):
+            names = source.targets if source.inputs is not None else source._folder_targets
+            if "label" not in names:
+                return (f"training source {source.root} has no array 'label', so there is nothing to fine-tune the "
+                        "classifier towards; save one class index per sample (numpy.savez(..., label=labels))")
+            return None
+        if not source.labelled:
+            return (f"training folder {source.root} has no class sub-folders: fine-tuning needs labelled images "
+                    f"({source.root}/<class>/<image>, class folders named after the model's classes)")
+        return None
 
 
 def _has_images(path: Path) -> bool:
