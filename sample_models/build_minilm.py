@@ -57,7 +57,8 @@ def _shared():
     path = (Path(__file__).resolve().parent / "build.py")
     for module in list(sys.modules.values()):
         file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == path and hasattr(module, "_write_stamp"):
+        if (file and file.endswith("build.py") and hasattr(module, "_write_stamp")
+                and Path(file).resolve() == path):
             return module
     spec = importlib.util.spec_from_file_location("sample_models_build_shared", path)
     module = importlib.util.module_from_spec(spec)

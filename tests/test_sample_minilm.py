@@ -70,7 +70,9 @@ def reference_embeddings(texts: list[str]) -> np.ndarray:
     erf GELU) on unpadded token ids (truncated to 32), mean over the tokens, L2 normalised."""
     from safetensors.numpy import load_file
 
-    w = {k: v.astype(np.float64) for k, v in load_file(str(minilm.package_file("model/model.safetensors"))).items()}
+    stored = load_file(str(minilm.package_file("model/model.safetensors")))
+    w = {k: (np.ascontiguousarray(v.T) if v.ndim == 2 and k.startswith("encoder.") else v).astype(np.float64)
+         for k, v in stored.items() if not k.startswith("embeddings.") or "LayerNorm" in k}
 
     def erf(x):
         return torch.special.erf(torch.from_numpy(x)).numpy()
@@ -81,29 +83,34 @@ def reference_embeddings(texts: list[str]) -> np.ndarray:
         return (x - mu) / np.sqrt(var + 1e-12) * w[prefix + ".weight"] + w[prefix + ".bias"]
 
     def dense(x, prefix):
-        return x @ w[prefix + ".weight"].T + w[prefix + ".bias"]
+        return x @ w[prefix + ".weight"] + w[prefix + ".bias"]  # stored transposed above
 
-    out = []
     tok = minilm.tokenizer(minilm.SEQUENCE_LENGTH)  # the same truncation as the data, no padding
     tok.no_padding()
-    for text in texts:
-        ids = np.array(tok.encode(text).ids)
-        x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:len(ids)]
-             + w["embeddings.token_type_embeddings.weight"][0])
-        x = norm(x, "embeddings.LayerNorm")
-        for i in range(6):
-            p = f"encoder.layer.{i}."
-            heads = [dense(x, p + f"attention.self.{n}").reshape(len(ids), 12, 32).transpose(1, 0, 2)
-                     for n in ("query", "key", "value")]
+    ids = [np.array(tok.encode(text).ids) for text in texts]
+    spans = np.cumsum([0] + [len(i) for i in ids])    # the texts' tokens, one after another
+    positions = np.concatenate([np.arange(len(i)) for i in ids])
+    x = (stored["embeddings.word_embeddings.weight"][np.concatenate(ids)].astype(np.float64)
+         + stored["embeddings.position_embeddings.weight"][positions].astype(np.float64)
+         + stored["embeddings.token_type_embeddings.weight"][0].astype(np.float64))
+    x = norm(x, "embeddings.LayerNorm")
+    for i in range(6):
+        p = f"encoder.layer.{i}."
+        q, k, v = (dense(x, p + f"attention.self.{n}") for n in ("query", "key", "value"))
+        context = np.zeros_like(x)
+        for start, end in zip(spans[:-1], spans[1:]):  # each text attends to its own tokens only
+            heads = [t[start:end].reshape(end - start, 12, 32).transpose(1, 0, 2) for t in (q, k, v)]
             scores = heads[0] @ heads[1].transpose(0, 2, 1) / math.sqrt(32)
             scores = np.exp(scores - scores.max(-1, keepdims=True))
-            context = (scores / scores.sum(-1, keepdims=True)) @ heads[2]
-            x = norm(dense(context.transpose(1, 0, 2).reshape(len(ids), 384), p + "attention.output.dense") + x,
-                     p + "attention.output.LayerNorm")
-            h = dense(x, p + "intermediate.dense")
-            h = 0.5 * h * (1 + erf(h / math.sqrt(2)))
-            x = norm(dense(h, p + "output.dense") + x, p + "output.LayerNorm")
-        pooled = x.mean(0)
+            context[start:end] = ((scores / scores.sum(-1, keepdims=True)) @ heads[2]).transpose(1, 0, 2).reshape(
+                end - start, 384)
+        x = norm(dense(context, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
+        h = dense(x, p + "intermediate.dense")
+        h = 0.5 * h * (1 + erf(h / math.sqrt(2)))
+        x = norm(dense(h, p + "output.dense") + x, p + "output.LayerNorm")
+    out = []
+    for start, end in zip(spans[:-1], spans[1:]):
+        pooled = x[start:end].mean(0)
         out.append(pooled / np.linalg.norm(pooled))
     return np.stack(out)
 
