@@ -192,7 +192,7 @@ def _data(data: dict, choice: ModelChoice, notes: list[str]) -> DataChoice:
     defaults = default_data(choice)
     for name, title in (("validation", "validation"), ("train", "training")):
         folder = getattr(restored, name)
-        if folder and not Path(folder).expanduser().is_dir():
+        if folder and not Path(folder).expanduser().exists():   # a folder, or an array source (.npz)
             fallback = getattr(defaults, name)
             notes.append(f"Your last {title} folder, {folder}, no longer exists; "
                          + (f"using the model's {fallback} instead." if fallback else "none is set now.")

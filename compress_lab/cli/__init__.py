@@ -173,8 +173,10 @@ def _print_estimate(config, context) -> None:
 def cmd_evaluate(args) -> int:
     from compress_lab.evaluate import evaluate_model
     metric = getattr(args, "metric", None)
-    result = evaluate_model(args.model if args.weights is None and args.metadata is None else load_model_from_args(args), args.data,
-                            batch_size=args.batch_size, reference=args.reference, metric=metric)
+    handle = load_model_from_args(args)
+    for note in handle.notes:
+        print(f"note: {note}", file=sys.stderr)
+    result = evaluate_model(handle, args.data, batch_size=args.batch_size, reference=args.reference, metric=metric)
     data = result.to_dict()
     if result.task == "classification":
         if data.get("top1") is None and args.reference is None and metric is None and data.get("n"):
