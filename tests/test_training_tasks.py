@@ -133,6 +133,24 @@ def test_a_regressor_is_fine_tuned_with_qat_in_a_sweep_from_an_npz_and_evaluated
     assert run.metrics["values"]["mae"] < 0.7 * untrained        # fine-tuned towards the targets, measured in Core ML
     assert run.sizes["bytes"] < runs["baseline fp16"].sizes["bytes"]
 
+    # `compress-lab results` shows the task's own metrics (MAE, RMSE) and the cosine fidelity
+    import contextlib
+    import io
+    import json
+
+    from compress_lab.cli import main
+    text, listed = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(text):
+        assert main(["results", "--store", str(tmp_path / "store")]) == 0
+    header, *lines = text.getvalue().splitlines()
+    assert {"mae", "rmse", "cosine"} <= set(header.split())
+    qat_line = next(line for line in lines if line.split()[1] == "training_time")
+    assert f"{run.metrics['values']['mae']:.4f}" in qat_line
+    with contextlib.redirect_stdout(listed):
+        assert main(["results", "--store", str(tmp_path / "store"), "--json"]) == 0
+    by_id = {r["run_id"]: r for r in json.loads(listed.getvalue())["runs"]}
+    assert by_id[run.run_id]["metrics"]["mae"] == run.metrics["values"]["mae"]
+
 
 def test_a_regressor_is_pruned_while_fine_tuned_and_its_package_scores_as_the_pruned_model(regressor, tmp_path):
     root, model = regressor

@@ -31,6 +31,10 @@ def result_row(store_folder, run) -> dict:
         "status": run.state, "top1": row["top1"], "top5": row["top5"], "agreement": row["agreement"],
         "size_bytes": row["bytes"], "compression_ratio": row["ratio_fp16"], "compression_ratio_fp32": row["ratio_fp32"],
         "seconds": row["total_s"], "error": row["error"], "artifact": artifact, "label": row["label"],
+        # the task's own and a user metric's values (mae, retrieval_top1, raw_pitch_accuracy, ...) and the
+        # fidelity per output (cosine, psnr_db, ...), by column name
+        "metrics": {c: row.get(c) for c in row.get("_metric_columns", ())},
+        "_value_columns": list(row.get("_value_columns", ())),
     }
 
 
@@ -39,8 +43,8 @@ def _cell(column: str, value) -> str:
         return "-"
     if column == "run_id":
         return value[:12]
-    if column in ("top1", "top5", "agreement"):
-        return f"{value:.4f}"
+    if column in ("top1", "top5", "agreement") or isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 10 else f"{value:.4f}"
     if column == "size_bytes":
         return f"{value:,}"
     if column == "compression_ratio":
@@ -59,9 +63,20 @@ def _settings(row: dict) -> str:
 
 
 def text_table(rows: list[dict]) -> str:
-    cells = [[_settings(r) if c == "config" else _cell(c, r.get(c)) for c in TEXT_COLUMNS] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(TEXT_COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(TEXT_COLUMNS, widths))]
+    """One line per run. Beside top-1/agreement: the task's own metrics (and a user metric's
+    values) and the cosine fidelity, for the sweeps that have them."""
+    values = list(dict.fromkeys(c for r in rows for c in r.get("_value_columns", ())))
+    fidelity = [c for c in ("cosine",) if any((r.get("metrics") or {}).get(c) is not None for r in rows)]
+    extra = values[:6] + fidelity
+    at = TEXT_COLUMNS.index("agreement") + 1
+    columns = TEXT_COLUMNS[:at] + tuple(extra) + TEXT_COLUMNS[at:]
+
+    def value(r, c):
+        return (r.get("metrics") or {}).get(c) if c in extra else r.get(c)
+
+    cells = [[_settings(r) if c == "config" else _cell(c, value(r, c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
 
@@ -128,10 +143,10 @@ def run(args) -> int:
     by_id = {r["run_id"]: r for r in rows}
     if args.json:
         out = {"store": str(folder.resolve()), "sweep_id": sweep.sweep_id, "sweep": sweep.name,
-               "columns": list(COLUMNS), "runs": [{c: r[c] for c in COLUMNS} for r in rows]}
+               "columns": list(COLUMNS), "runs": [{c: r[c] for c in (*COLUMNS, "metrics")} for r in rows]}
         if answer is not None:
             run = answer["run"]
-            out["answer"] = dict(answer, run=None if run is None else {c: by_id[run["run_id"]][c] for c in COLUMNS})
+            out["answer"] = dict(answer, run=None if run is None else {c: by_id[run["run_id"]][c] for c in (*COLUMNS, "metrics")})
         print(json.dumps(out, indent=2, default=str))
         return 0
     print(f"sweep {sweep.name} ({sweep.sweep_id}) in {folder}: {len(rows)} runs", file=sys.stderr)
