@@ -145,14 +145,13 @@ class WeightMatrices(nn.Module):
         ids = inputs[-1]
         outs: dict[int, torch.Tensor] = {}
 
-        def add(y: torch.Tensor) -> None:
-            width = y.shape[-1]
+        def add(width: int, y: torch.Tensor) -> None:
             outs[width] = y if width not in outs else outs[width] + y
 
         for layer in self.linears.values():
-            add(layer(by_width[layer.in_features]))
+            add(layer.out_features, layer(by_width[layer.in_features]))
         for table in self.embeddings.values():
-            add(table(torch.clamp(ids, max=table.num_embeddings - 1)))
+            add(table.embedding_dim, table(torch.clamp(ids, max=table.num_embeddings - 1)))
         return tuple(outs[w] for w in sorted(outs))
 
 
