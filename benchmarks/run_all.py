@@ -52,10 +52,15 @@ class Benchmark:
     quick_args: tuple[str, ...] = ("--quick",)
     result: str | None = None       # JSON file it writes under benchmarks/results/
     timeout_s: int = 900
+    script_name: str | None = None  # the script, when it is not `name` (one script, several entries)
+    requires: tuple[str, ...] = ()  # files (relative to the repository) it needs; skipped without them
 
     @property
     def script(self) -> Path:
-        return BENCH_DIR / f"{self.name}.py"
+        return BENCH_DIR / f"{self.script_name or self.name}.py"
+
+    def missing(self) -> list[str]:
+        return [r for r in self.requires if not (ROOT / r).exists()]
 
 
 # Known benchmarks, in run order. The full run uses each script's defaults, except where
@@ -70,6 +75,12 @@ KNOWN = (
               timeout_s=3600),
     Benchmark("bench_sweep", "lab sweep (1 and 2 workers, cached re-run) vs a hand-written loop",
               full_args=(), quick_args=(), result="sweep.json"),
+    Benchmark("bench_sweep_minilm", "lab sweep of examples/minilm_sweep.toml's post-training points vs a hand loop, "
+              "1 worker", script_name="bench_sweep",
+              full_args=("--spec", "examples/minilm_sweep.toml", "--out", "benchmarks/results/sweep_minilm.json"),
+              quick_args=("--spec", "examples/minilm_sweep.toml", "--out", "benchmarks/results/sweep_minilm.json"),
+              result="sweep_minilm.json", timeout_s=3600,
+              requires=("examples/minilm_sweep.toml", "sample_models/minilm_embedder/metadata.json")),
     Benchmark("bench_eval_scaling", "evaluation time and peak memory at 1k / 5k / 20k images",
               full_args=(), quick_args=("--quick",), result="eval_scaling.json"),
     Benchmark("palettize_accuracy", "accuracy of the lab palettizer vs coremltools kmeans, both sample models",
@@ -93,7 +104,7 @@ KNOWN = (
 def discover(bench_dir: Path = BENCH_DIR) -> list[Benchmark]:
     """The known benchmarks plus any other script in bench_dir (run with --quick
     in quick mode if its source mentions that flag)."""
-    known = {b.name for b in KNOWN}
+    known = {b.name for b in KNOWN} | {b.script_name for b in KNOWN if b.script_name}
     extra = []
     for script in sorted(bench_dir.glob("*.py")):
         if script.stem in known or script.stem == "run_all" or script.stem.startswith("_"):
@@ -175,6 +186,29 @@ def sweep_rows(data: dict) -> list[Row]:
 
 
 ISSUE_13_MODELS = {"minilm"}      # bench_palettize models whose own totals issue 13 targets
+
+
+def sweep_spec_rows(data: dict) -> list[Row]:
+    """A spec's post-training points (issue 13: MiniLM), 1 worker; worker imports reported."""
+    ratios = data.get("ratios", {})
+    hand = data.get("hand_loop", {}).get("seconds")
+    lab1 = data.get("lab_1_worker", {})
+    value = ratios.get("lab1_vs_hand")
+    model = data.get("model", "?")
+    shown = "-" if value is None else (f"{value:.3f}x ({lab1.get('seconds', float('nan')):.1f} vs {hand:.1f} s, "
+                                       f"{len(data.get('points', []))} points)")
+    rows = [_row("bench_sweep_minilm", f"lab sweep / hand loop, 1 worker, {model}", value, shown, "<=",
+                 SWEEP_1_WORKER_13, source="issue 13")]
+    if data.get("worker_import_s") is not None:
+        share = data.get("worker_import_share_of_hand")
+        rows.append(_row("bench_sweep_minilm", "a fresh worker's imports / hand loop time", share,
+                         f"{share:.1%} ({data['worker_import_s']:.1f} s)"))
+    cached = ratios.get("cached_vs_first_1")
+    if cached is not None:
+        rows.append(_row("bench_sweep_minilm", "cached re-run / first run, 1 worker", cached,
+                         f"{cached:.1%} ({lab1.get('cached_seconds', float('nan')):.1f} s)", "<=", CACHED_RERUN,
+                         unit="%", source="issue 7"))
+    return rows
 
 
 def palettize_rows(data: dict) -> list[Row]:
@@ -294,6 +328,7 @@ def training_rows(data: list) -> list[Row]:
 ROW_BUILDERS: dict[str, Callable[[dict | list], list[Row]]] = {
     "bench_runtime": runtime_rows,
     "bench_sweep": sweep_rows,
+    "bench_sweep_minilm": sweep_spec_rows,
     "bench_palettize": palettize_rows,
     "bench_eval_scaling": eval_scaling_rows,
     "palettize_accuracy": palettize_accuracy_rows,
@@ -339,6 +374,7 @@ class RunRecord:
     status: str = "ok"             # ok | missing | failed (exit N) | timed out | stale result
     seconds: float = 0.0
     log: str | None = None
+    finished: str = ""             # UTC, "YYYY-MM-DD HH:MM"
 
 
 def run_benchmark(bench: Benchmark, quick: bool, logs: Path) -> tuple[RunRecord, dict | None]:
@@ -346,6 +382,9 @@ def run_benchmark(bench: Benchmark, quick: bool, logs: Path) -> tuple[RunRecord,
     record = RunRecord(bench.name, args)
     if not bench.script.is_file():
         record.status = "not written yet (skipped)"
+        return record, None
+    if bench.missing():
+        record.status = f"needs {', '.join(bench.missing())} (skipped)"
         return record, None
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{bench.name}.log"
@@ -360,6 +399,7 @@ def run_benchmark(bench: Benchmark, quick: bool, logs: Path) -> tuple[RunRecord,
         except subprocess.TimeoutExpired:
             code = None
     record.seconds = round(time.time() - started, 1)
+    record.finished = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     if code is None:
         record.status = f"timed out after {bench.timeout_s} s"
     elif code != 0:
@@ -380,10 +420,55 @@ def run_benchmark(bench: Benchmark, quick: bool, logs: Path) -> tuple[RunRecord,
 
 
 def runs_table(records: list[RunRecord]) -> str:
-    lines = ["| benchmark | arguments | seconds | status |", "|---|---|---:|---|"]
+    lines = ["| benchmark | arguments | seconds | status | finished (UTC) |", "|---|---|---:|---|---|"]
     for r in records:
-        lines.append(f"| {r.name} | {' '.join(r.args) or '(defaults)'} | {r.seconds:.0f} | {r.status} |")
+        lines.append(f"| {r.name} | {' '.join(r.args) or '(defaults)'} | {r.seconds:.0f} | {r.status} | {r.finished} |")
     return "\n".join(lines)
+
+
+def _table_cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def parse_summary(text: str) -> tuple[list[Row], list[RunRecord]]:
+    """The rows and runs of an earlier summary.md (the tracked copy: values come back as
+    shown, `met` as written), so a partial run can keep what it did not re-measure."""
+    rows: list[Row] = []
+    records: list[RunRecord] = []
+    table = None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            table = None
+            continue
+        cells = _table_cells(line)
+        if cells[:2] == ["benchmark", "measure"]:
+            table = "rows"
+        elif cells[:2] == ["benchmark", "arguments"]:
+            table = "runs"
+        elif table and not set(line) <= set("|-: "):
+            if table == "rows" and len(cells) == 5:
+                met = {"yes": True, "**no**": False}.get(cells[4])
+                rows.append(Row(cells[0], cells[1], None, cells[2], cells[3], met))
+            elif table == "runs" and len(cells) >= 4:
+                args = [] if cells[1] == "(defaults)" else cells[1].split()
+                seconds = float(cells[2]) if cells[2].replace(".", "", 1).isdigit() else 0.0
+                records.append(RunRecord(cells[0], args, cells[3], seconds, None, cells[4] if len(cells) > 4 else ""))
+    return rows, records
+
+
+def merge_previous(rows: list[Row], records: list[RunRecord], previous: str) -> tuple[list[Row], list[RunRecord]]:
+    """This run's rows and runs, plus those of benchmarks it did not run from `previous`
+    (an earlier summary.md), in the known run order."""
+    old_rows, old_records = parse_summary(previous)
+    ran = {r.name for r in records}
+    kept_records = [r for r in old_records if r.name not in ran]
+    kept = {r.name for r in kept_records}
+    order = {b.name: i for i, b in enumerate(discover())}
+    all_rows = rows + [r for r in old_rows if r.benchmark in kept]
+    all_records = records + kept_records
+    all_rows.sort(key=lambda r: order.get(r.benchmark, len(order)))  # stable: each benchmark's rows keep their order
+    all_records.sort(key=lambda r: order.get(r.name, len(order)))
+    return all_rows, all_records
 
 
 def main(argv=None) -> int:
@@ -391,6 +476,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="each benchmark's light settings")
     parser.add_argument("--only", default=None, help="comma-separated benchmark names (script stems)")
     parser.add_argument("--skip", default=None, help="comma-separated benchmark names not to run")
+    parser.add_argument("--no-merge", action="store_true",
+                        help="with --only/--skip: write only this run's rows (default: keep the other benchmarks' rows "
+                             "of the existing summary.md, with their dates)")
     args = parser.parse_args(argv)
 
     benchmarks = discover()
@@ -418,13 +506,24 @@ def main(argv=None) -> int:
     total = time.perf_counter() - started
 
     rows = build_rows(results, statuses)
+    partial = bool(args.only or args.skip)
+    previous = RESULTS / "summary.md"
+    kept_note = ""
+    if partial and not args.no_merge and previous.is_file():
+        ran = {r.name for r in records}
+        rows, records = merge_previous(rows, records, previous.read_text())
+        kept = sorted({r.name for r in records} - ran)
+        if kept:
+            kept_note = (f" This run measured {', '.join(sorted(ran))}; the rows of {', '.join(kept)} are kept from "
+                         "earlier runs (dates in the last table).")
     checked = [r for r in rows if r.met is not None]
     met = sum(r.met for r in checked)
     mode = "quick" if args.quick else "full"
     text = "\n".join([
-        f"# Benchmarks ({mode} run)", "",
+        f"# Benchmarks ({mode} run{', partial' if partial else ''})", "",
         f"{platform.platform()}, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}; "
-        f"total {total:.0f} s ({total / 60:.1f} min). Every ratio is measured side by side in one run.", "",
+        f"total {total:.0f} s ({total / 60:.1f} min), finished {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC. "
+        f"Every ratio is measured side by side in one run.{kept_note}", "",
         markdown_table(rows), "",
         f"{met} of {len(checked)} targets met.", "",
         runs_table(records), "",

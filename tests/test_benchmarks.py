@@ -300,3 +300,22 @@ def test_tiled_sources_repeat_every_sample_and_keep_each_query_on_its_own_copys_
     out = eval_scaling.tile_source(folder, 2, tmp_path / "files_x2")
     files = sorted(p for p in out.iterdir() if p.suffix == ".npz")
     assert len(files) == 8 and [int(np.load(f)["pair"]) for f in files] == [2, 3, -1, -1, 6, 7, -1, -1]
+
+
+def test_a_partial_run_keeps_the_other_benchmarks_rows_of_the_tracked_summary():
+    old_rows = [run_all.Row("bench_runtime", "runtime / eager, dog fp32 batch 64", 0.9, "0.900x (9 vs 10 ms)",
+                            "<= 1.1x (issue 7)", True),
+                run_all.Row("bench_palettize", "palettizer speed-up", 3.0, "3.0x", ">= 5x (issue 7)", False)]
+    old_runs = [run_all.RunRecord("bench_runtime", [], "ok", 60.0, None, "2026-12-01 10:00"),
+                run_all.RunRecord("bench_palettize", ["--quick"], "ok", 100.0, None, "2026-12-01 10:02")]
+    previous = run_all.markdown_table(old_rows) + "\n\n3 of 4\n\n" + run_all.runs_table(old_runs) + "\n"
+    parsed_rows, parsed_runs = run_all.parse_summary(previous)
+    assert [(r.benchmark, r.shown, r.target, r.met) for r in parsed_rows] == \
+        [(r.benchmark, r.shown, r.target, r.met) for r in old_rows]
+    assert [(r.name, r.args, r.seconds, r.finished) for r in parsed_runs] == \
+        [("bench_runtime", [], 60.0, "2026-12-01 10:00"), ("bench_palettize", ["--quick"], 100.0, "2026-12-01 10:02")]
+    new = [run_all.Row("bench_palettize", "palettizer speed-up", 6.0, "6.0x", ">= 5x (issue 7)", True)]
+    rows, runs = run_all.merge_previous(new, [run_all.RunRecord("bench_palettize", finished="2026-12-02 18:00")], previous)
+    assert [(r.benchmark, r.shown) for r in rows] == [("bench_runtime", "0.900x (9 vs 10 ms)"), ("bench_palettize", "6.0x")]
+    assert [(r.name, r.finished) for r in runs] == [("bench_runtime", "2026-12-01 10:00"),
+                                                    ("bench_palettize", "2026-12-02 18:00")]
