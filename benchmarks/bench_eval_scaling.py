@@ -504,7 +504,7 @@ def main(argv=None) -> int:
         print(markdown(part["rows"], part["summary"], part["unit"]))
         results.append(part)
     first = results[0]
-    result = {"benchmark": "eval_scaling", "model": first["model"], "program": "fp32", "batch_size": args.batch_size,
+    result = {"command": list(sys.argv[1:] if argv is None else argv), "benchmark": "eval_scaling", "model": first["model"], "program": "fp32", "batch_size": args.batch_size,
               "sizes": first["sizes"], "rows": first["rows"], "summary": first["summary"],
               "models": results, "data_dir": str(args.data_dir),
               "prepare_s": round(sum(r["prepare_s"] for r in results), 2), "cpus": os.cpu_count(),

@@ -328,7 +328,7 @@ def main(argv=None) -> int:
                                        group_size_for(model_name, args.group_size))
                         rows.append(row)
                         print(markdown([row]).splitlines()[-1], file=sys.stderr, flush=True)
-    result = {"rows": rows, "summary": summary(rows),
+    result = {"command": list(sys.argv[1:] if argv is None else argv), "rows": rows, "summary": summary(rows),
               "notes": "times are wall seconds on a shared 2-core machine; MSE ratio = ours / coremltools over "
                        "weights both compressed; skipped reference rows are excluded from the summary"}
     print(markdown(rows))

@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     if not_built:
         print(f"not built (skipped): {', '.join(not_built)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "runtime_vs_eager", "torch": torch.__version__, "machine": platform.machine(),
+    result = {"command": list(sys.argv[1:] if argv is None else argv), "benchmark": "runtime_vs_eager", "torch": torch.__version__, "machine": platform.machine(),
               "system": platform.system(), "rows": rows, "not_built": not_built}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -393,7 +393,7 @@ def main() -> None:
         ratio_text = f"{ratio:.2f}x" if "re-run" not in name else f"{ratio:.1%} of first run"
         print(f"| {name} | {seconds:.2f} | {ratio_text} | {'' if target is None else f'<= {target}'} | {met} |")
     result = {
-        "model": label, "spec": str(spec) if spec else None,
+        "command": sys.argv[1:], "model": label, "spec": str(spec) if spec else None,
         "points": points if spec else [c for c, _ in POINTS], "left_out": left_out, "cpus": os.cpu_count(),
         "platform": platform.platform(), "load_average": os.getloadavg(),
         "hand_loop": hand, "ratios": ratios, "repeats": repeats, "workers": workers_list,

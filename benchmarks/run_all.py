@@ -419,6 +419,26 @@ def run_benchmark(bench: Benchmark, quick: bool, logs: Path) -> tuple[RunRecord,
     return record, data
 
 
+def reuse_result(bench: Benchmark) -> tuple[RunRecord, dict | None]:
+    """A benchmark's JSON already under benchmarks/results/ (measured by running the
+    script directly), read instead of running it again."""
+    record = RunRecord(bench.name, [])
+    path = RESULTS / bench.result if bench.result else None
+    if path is None or not path.is_file():
+        record.status = f"no {bench.result or 'JSON result'} to reuse (skipped)"
+        return record, None
+    record.finished = time.strftime("%Y-%m-%d %H:%M", time.gmtime(path.stat().st_mtime))
+    record.status = f"reused {path.relative_to(ROOT)} (measured by running the script directly)"
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        record.status = f"unreadable {bench.result}: {e}"
+        return record, None
+    if isinstance(data, dict) and data.get("command"):
+        record.args = list(data["command"])
+    return record, data
+
+
 def runs_table(records: list[RunRecord]) -> str:
     lines = ["| benchmark | arguments | seconds | status | finished (UTC) |", "|---|---|---:|---|---|"]
     for r in records:
@@ -479,6 +499,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-merge", action="store_true",
                         help="with --only/--skip: write only this run's rows (default: keep the other benchmarks' rows "
                              "of the existing summary.md, with their dates)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="do not run: build the rows of the chosen benchmarks from the JSON they already wrote "
+                             "under benchmarks/results/")
     args = parser.parse_args(argv)
 
     benchmarks = discover()
@@ -498,7 +521,7 @@ def main(argv=None) -> int:
     for bench in benchmarks:
         print(f"[run_all] {bench.name} {' '.join(bench.quick_args if args.quick else bench.full_args)} ...",
               file=sys.stderr, flush=True)
-        record, data = run_benchmark(bench, args.quick, RESULTS / "logs")
+        record, data = reuse_result(bench) if args.reuse else run_benchmark(bench, args.quick, RESULTS / "logs")
         print(f"[run_all] {bench.name}: {record.status} in {record.seconds:.0f} s", file=sys.stderr, flush=True)
         records.append(record)
         results[bench.name] = data
@@ -506,7 +529,7 @@ def main(argv=None) -> int:
     total = time.perf_counter() - started
 
     rows = build_rows(results, statuses)
-    partial = bool(args.only or args.skip)
+    partial = bool(args.only or args.skip or args.reuse)
     previous = RESULTS / "summary.md"
     kept_note = ""
     if partial and not args.no_merge and previous.is_file():
