@@ -315,6 +315,7 @@ def main(argv=None) -> int:
     optimal_kmeans_1d(np.arange(8.0), None, 3)  # compile the numba kernel outside the timings
 
     rows = []
+    command = list(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in models:
             for precision in args.precisions.split(","):
@@ -328,15 +329,22 @@ def main(argv=None) -> int:
                                        group_size_for(model_name, args.group_size))
                         rows.append(row)
                         print(markdown([row]).splitlines()[-1], file=sys.stderr, flush=True)
-    result = {"command": list(sys.argv[1:] if argv is None else argv), "rows": rows, "summary": summary(rows),
-              "notes": "times are wall seconds on a shared 2-core machine; MSE ratio = ours / coremltools over "
-                       "weights both compressed; skipped reference rows are excluded from the summary"}
+                        write_result(args.out, command, rows, complete=False)  # a timeout keeps what was measured
+    result = write_result(args.out, command, rows, complete=True)
     print(markdown(rows))
     print()
     print(json.dumps(result["summary"], indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
     return 0
+
+
+def write_result(out: Path, command: list[str], rows: list[dict], complete: bool) -> dict:
+    result = {"command": command, "complete": complete, "rows": rows, "summary": summary(rows),
+              "notes": "times are wall seconds on a shared 2-core machine; MSE ratio = ours / coremltools over "
+                       "weights both compressed; skipped reference rows are excluded from the summary"
+                       + ("" if complete else "; INCOMPLETE: the run stopped before its last case")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":
