@@ -197,12 +197,14 @@ def hand_loop_spec(spec_path: Path, workdir: Path) -> dict:
     for precision, path in floats.items():
         result = evaluate(named_coreml_predictor(path, meta.io), data(), task, meta=meta, reference=reference)
         results.append({"point": f"baseline {precision}", **measured(result), "bytes": package_size(path).package_bytes})
+    print(f"[hand] baselines done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     for i, point in enumerate(points):
         precision = point.get("precision", "fp16")
         mlmodel = ct.models.MLModel(str(floats[precision]), skip_model_load=True)
         out = save_mlmodel(compress_by_hand(mlmodel, point), workdir / f"point{i}.mlpackage")
         result = evaluate(named_coreml_predictor(out, meta.io), data(), task, meta=meta, reference=reference)
         results.append({"point": point, **measured(result), "bytes": package_size(out).package_bytes})
+        print(f"[hand] point {i + 1}/{len(points)} at {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return {"seconds": time.perf_counter() - started, "results": results, "evaluations": len(results)}
 
 
@@ -316,10 +318,11 @@ def measure(kind: str, model: str, workers: int, spec: Path | None = None) -> di
     command = [sys.executable, __file__, "--child", kind, "--model", model, "--workers", str(workers)]
     if spec is not None:
         command += ["--spec", str(spec)]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    # stdout carries the RESULT line; stderr (progress) goes through to this process's stderr
+    proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=None, text=True, timeout=3600)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
-        raise SystemExit(f"{kind} ({workers} worker(s)) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{kind} ({workers} worker(s)) failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
     return json.loads(line[len("RESULT "):])
 
 
