@@ -444,7 +444,8 @@ def reuse_result(bench: Benchmark) -> tuple[RunRecord, dict | None]:
 def runs_table(records: list[RunRecord]) -> str:
     lines = ["| benchmark | arguments | seconds | status | finished (UTC) |", "|---|---|---:|---|---|"]
     for r in records:
-        lines.append(f"| {r.name} | {' '.join(r.args) or '(defaults)'} | {r.seconds:.0f} | {r.status} | {r.finished} |")
+        seconds = "-" if r.status.startswith("reused") else f"{r.seconds:.0f}"
+        lines.append(f"| {r.name} | {' '.join(r.args) or '(defaults)'} | {seconds} | {r.status} | {r.finished} |")
     return "\n".join(lines)
 
 
@@ -544,11 +545,18 @@ def main(argv=None) -> int:
     checked = [r for r in rows if r.met is not None]
     met = sum(r.met for r in checked)
     mode = "quick" if args.quick else "full"
+    if args.reuse:
+        title = "# Benchmarks (rows rebuilt from results of the scripts run directly)"
+        timing = (f"{platform.platform()}, {os.cpu_count()} CPU(s); table written "
+                  f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC from each script's JSON (its command line "
+                  "and time are in the last table).")
+    else:
+        title = f"# Benchmarks ({mode} run{', partial' if partial else ''})"
+        timing = (f"{platform.platform()}, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}; "
+                  f"total {total:.0f} s ({total / 60:.1f} min), finished {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC.")
     text = "\n".join([
-        f"# Benchmarks ({mode} run{', partial' if partial else ''})", "",
-        f"{platform.platform()}, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}; "
-        f"total {total:.0f} s ({total / 60:.1f} min), finished {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC. "
-        f"Every ratio is measured side by side in one run.{kept_note}", "",
+        title, "",
+        f"{timing} Every ratio is measured side by side in one run.{kept_note}", "",
         markdown_table(rows), "",
         f"{met} of {len(checked)} targets met.", "",
         runs_table(records), "",
