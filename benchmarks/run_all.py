@@ -219,6 +219,9 @@ def palettize_rows(data: dict) -> list[Row]:
     cases = f"{s['cases']} cases, {s['coremltools_total_s']:.1f} s vs {s['ours_total_s']:.1f} s"
     if data.get("complete") is False:
         cases += "; INCOMPLETE run"
+    per_model = s.get("per_model") or {}
+    if per_model and set(per_model) <= ISSUE_13_MODELS:
+        return _palettize_model_rows(per_model)  # issue 13's models alone: their own rows say it all
     rows = [
         _row("bench_palettize", "palettizer speed-up vs coremltools kmeans (total time)", s["overall_speedup"],
              f"{s['overall_speedup']:.1f}x ({cases})", ">=", PALETTIZE_SPEEDUP, source="issue 7"),
@@ -228,21 +231,26 @@ def palettize_rows(data: dict) -> list[Row]:
         _row("bench_palettize", "palettizer speed-up, slowest case", s["min_case_speedup"],
              f"{s['min_case_speedup']:.1f}x"),
     ]
-    per_model = s.get("per_model") or {}
-    if len(per_model) > 1 or set(per_model) & ISSUE_13_MODELS:
-        for model, m in per_model.items():
-            targeted = model in ISSUE_13_MODELS
-            skipped = f", {m['skipped_reference']} not timed" if m.get("skipped_reference") else ""
-            detail = f"{m['cases']} cases{skipped}, {m['coremltools_total_s']:.1f} s vs {m['ours_total_s']:.1f} s"
-            speed = (f"palettizer speed-up vs coremltools kmeans, {model} (total time)", m["overall_speedup"],
-                     f"{m['overall_speedup']:.1f}x ({detail}; slowest case {m['min_case_speedup']:.1f}x)")
-            mse = (f"palettizer weight MSE / coremltools, {model} (worst case)", m["max_mse_ratio"],
-                   f"{m['max_mse_ratio']:.6f} (geomean {m['geomean_mse_ratio']:.6f})")
-            if targeted:
-                rows.append(_row("bench_palettize", *speed, ">=", PALETTIZE_SPEEDUP, source="issue 13"))
-                rows.append(_row("bench_palettize", *mse, "<=", PALETTIZE_MSE, unit="", source="issue 13"))
-            else:
-                rows += [_row("bench_palettize", *speed), _row("bench_palettize", *mse)]
+    if len(per_model) > 1:
+        rows += _palettize_model_rows(per_model)
+    return rows
+
+
+def _palettize_model_rows(per_model: dict) -> list[Row]:
+    rows = []
+    for model, m in per_model.items():
+        targeted = model in ISSUE_13_MODELS
+        skipped = f", {m['skipped_reference']} not timed" if m.get("skipped_reference") else ""
+        detail = f"{m['cases']} cases{skipped}, {m['coremltools_total_s']:.1f} s vs {m['ours_total_s']:.1f} s"
+        speed = (f"palettizer speed-up vs coremltools kmeans, {model} (total time)", m["overall_speedup"],
+                 f"{m['overall_speedup']:.1f}x ({detail}; slowest case {m['min_case_speedup']:.1f}x)")
+        mse = (f"palettizer weight MSE / coremltools, {model} (worst case)", m["max_mse_ratio"],
+               f"{m['max_mse_ratio']:.6f} (geomean {m['geomean_mse_ratio']:.6f})")
+        if targeted:
+            rows.append(_row("bench_palettize", *speed, ">=", PALETTIZE_SPEEDUP, source="issue 13"))
+            rows.append(_row("bench_palettize", *mse, "<=", PALETTIZE_MSE, unit="", source="issue 13"))
+        else:
+            rows += [_row("bench_palettize", *speed), _row("bench_palettize", *mse)]
     return rows
 
 
@@ -502,6 +510,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-merge", action="store_true",
                         help="with --only/--skip: write only this run's rows (default: keep the other benchmarks' rows "
                              "of the existing summary.md, with their dates)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line for summary.md's Notes (repeatable): e.g. what was not measured, and why")
     parser.add_argument("--reuse", action="store_true",
                         help="do not run: build the rows of the chosen benchmarks from the JSON they already wrote "
                              "under benchmarks/results/")
@@ -560,6 +570,7 @@ def main(argv=None) -> int:
         markdown_table(rows), "",
         f"{met} of {len(checked)} targets met.", "",
         runs_table(records), "",
+        *(["## Notes", "", *[f"- {n}" for n in args.note], ""] if args.note else []),
     ])
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
