@@ -11,6 +11,7 @@ from compress_lab_app.edge import error_edge
 from compress_lab_app.pages_index import page_setup
 from compress_lab_app.fmt import human_bytes
 from compress_lab_app.session import ModelChoice, current_model, session_id, set_model, store_folder
+from compress_lab_app.task_panels import show_task_and_io
 from compress_lab_app.uploads import MODEL_SUFFIXES, model_from_folder, save_files, upload_folder
 
 SOURCES = ("Sample model", "A path on this computer", "Upload files")
@@ -66,12 +67,18 @@ def show_summary() -> None:
     st.subheader(f"{summary['name']}")
     st.caption(f"{'PyTorch model: post-training and training-time techniques apply' if summary['kind'] == 'torch' else 'Core ML package: post-training techniques only'} · {summary['source']}")
     cols = st.columns(5)
-    cols[0].metric("Input (C×H×W)", "×".join(map(str, summary["input_shape"][1:])))
-    cols[1].metric("Classes", summary["num_classes"])
+    if summary["task"] == "classification":
+        cols[0].metric("Input (C×H×W)", "×".join(map(str, summary["input_shape"][1:])))
+        cols[1].metric("Classes", summary["num_classes"])
+    else:
+        cols[0].metric("Inputs", len(summary["inputs"]))
+        cols[1].metric("Outputs", len(summary["outputs"]))
     cols[2].metric("Parameters", f"{summary['parameters']:,}" if summary["parameters"] else "?")
     cols[3].metric("fp16 weights (est.)", human_bytes(summary["fp16_weight_bytes_estimate"]))
     cols[4].metric("fp32 weights (est.)", human_bytes(summary["fp32_weight_bytes_estimate"]))
-    st.caption("Classes: " + ", ".join(summary["class_names"][:40]) + (" …" if summary["num_classes"] > 40 else ""))
+    if summary["class_names"]:
+        st.caption("Classes: " + ", ".join(summary["class_names"][:40]) + (" …" if summary["num_classes"] > 40 else ""))
+    show_task_and_io(summary, cached.load_handle(choice).notes)
 
     measure(choice)
     touched(summary)
@@ -83,8 +90,9 @@ def show_summary() -> None:
     } for layer in summary["layers"]])
     st.dataframe(layers, hide_index=True, width="stretch",
                  column_config={"parameters": st.column_config.NumberColumn(format="localized")})
-    with st.expander("Preprocessing (from the model's metadata)"):
-        st.json(summary["preprocessing"])
+    if summary["task"] == "classification":
+        with st.expander("Preprocessing (from the model's metadata)"):
+            st.json(summary["preprocessing"])
 
 
 def measure(choice: ModelChoice) -> None:

@@ -1,5 +1,6 @@
-"""Data: the validation folder every compressed model is evaluated on, and the
-training folder training-time techniques fine-tune with."""
+"""Data: the validation source every compressed model is evaluated on, and the
+training source training-time techniques fine-tune with: image folders, or array
+sources (.npz) previewed array by array."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from compress_lab.arrays import image_input_of, image_preprocessing
+from compress_lab.arrays_preview import is_array_source
 from compress_lab.data import check_preprocessing, load_image
 from compress_lab.errors import DataError
 from compress_lab.models.metadata import COLOR_MODES
@@ -16,6 +19,7 @@ from compress_lab_app import cached
 from compress_lab_app.edge import error_edge
 from compress_lab_app.pages_index import page_setup
 from compress_lab_app.session import current_data, current_model, default_data, set_data
+from compress_lab_app.task_panels import shape_text, show_array_source
 
 SAMPLES_SHOWN = 20
 
@@ -25,7 +29,8 @@ def choose_folders() -> None:
     defaults = default_data(current_model())
     with st.form("data.folders"):
         val = st.text_input("Validation folder", value=data.validation or "",
-                            help="<class>/<image> folders (class folder name = class name), or a flat folder of images")
+                            help="<class>/<image> folders (class folder name = class name), a flat folder of images, "
+                                 "or an array source: an .npz (one array per input name) or a folder of .npz files")
         train = st.text_input("Training folder (optional)", value=data.train or "",
                               help="needed by training-time techniques (DKM, QAT, magnitude pruning)")
         limit = st.number_input("Use at most N validation images (0 = all)", min_value=0, step=50,
@@ -77,13 +82,17 @@ def _floats(text: str, name: str) -> list[float]:
     return values
 
 
-def show_folder(title: str, path: str | None, metadata, preprocessing, limit: int | None = None) -> None:
+def show_folder(title: str, path: str | None, metadata, preprocessing, limit: int | None = None,
+                image_shape=None) -> None:
     st.subheader(title)
     if not path:
         st.info("No folder set." + (" Training-time techniques will be unavailable." if "Training" in title else ""))
         return
+    if image_shape is None:
+        raise DataError(f"{path} is not an array source, and task {metadata.task!r} reads arrays: give an .npz file "
+                        "(one array per input name, first axis = sample) or a folder of .npz files")
     with st.spinner(f"Scanning {path}…"):
-        folder = cached.scan_folder_cached(path, metadata.class_names)
+        folder = cached.scan_folder_cached(path, metadata.class_names or None)
     counts = folder.class_counts()
     total = len(folder)
     used = min(total, limit) if limit else total
@@ -100,10 +109,10 @@ def show_folder(title: str, path: str | None, metadata, preprocessing, limit: in
         figure.update_layout(height=260)
         st.plotly_chart(figure, key=f"counts-{title}")
     if "Validation" in title:
-        show_samples(folder, metadata, preprocessing)
+        show_samples(folder, image_shape, preprocessing)
 
 
-def show_samples(folder, metadata, preprocessing) -> None:
+def show_samples(folder, image_shape, preprocessing) -> None:
     st.markdown("**Samples after preprocessing** (what the model sees, mapped back to pixels)")
     picks, seen = [], set()
     for path, label in folder.samples:  # one per class first, then fill up
@@ -120,7 +129,7 @@ def show_samples(folder, metadata, preprocessing) -> None:
     for i, (path, label) in enumerate(picks):
         caption = folder.classes[label] if label is not None else Path(path).name
         try:
-            cols[i % 10].image(_displayable(load_image(path, preprocessing, metadata.input_shape), preprocessing),
+            cols[i % 10].image(_displayable(load_image(path, preprocessing, image_shape), preprocessing),
                                caption=caption, width="stretch")
         except DataError as e:
             cols[i % 10].caption(f"{Path(path).name}: {e}")
@@ -134,16 +143,46 @@ def _displayable(x: np.ndarray, preprocessing) -> np.ndarray:
     return image[:, :, 0] if image.shape[2] == 1 else image
 
 
+def show_source(title: str, path: str | None, metadata, preprocessing, image_shape, limit: int | None = None) -> None:
+    """An array source (.npz, folder of .npz) as its arrays; anything else as an image folder."""
+    if path and is_array_source(path):
+        st.subheader(title)
+        show_array_source(title, path, metadata.io.input_names)
+        return
+    show_folder(title, path, metadata, preprocessing, limit, image_shape)
+
+
+def model_caption(metadata) -> str:
+    if metadata.task == "classification":
+        return f"Model **{metadata.name}**: input {list(metadata.input_shape)}, {metadata.num_classes} classes"
+    inputs = ", ".join(f"{i.name} {shape_text(i.shape)} {i.dtype}" for i in metadata.io.inputs)
+    return (f"Model **{metadata.name}** (task {metadata.task}): inputs {inputs}. Its validation source is an .npz "
+            "(one array per input name, first axis = sample; other arrays are targets) or a folder of one-sample "
+            ".npz files" + (", or a folder of images" if image_input_of(metadata.io) is not None else ""))
+
+
 page_setup("Data")
 with error_edge("Choosing folders"):
     choose_folders()
 with error_edge("Reading the model"):
     handle = cached.load_handle(current_model())
     metadata = handle.metadata
-    adjust_preprocessing(metadata)
-    preprocessing = metadata.preprocessing.with_overrides(current_data().preprocessing)
-    st.caption(f"Model **{metadata.name}**: input {list(metadata.input_shape)}, {metadata.num_classes} classes")
-with error_edge("Validation folder"):
-    show_folder("Validation", current_data().validation, metadata, preprocessing, current_data().max_val_images)
-with error_edge("Training folder"):
-    show_folder("Training", current_data().train, metadata, preprocessing)
+    image_spec = image_input_of(metadata.io)
+    if image_spec is not None:   # a Core ML image input: the package holds its normalisation
+        preprocessing = metadata.preprocessing if metadata.task == "classification" else image_preprocessing(image_spec)
+        image_shape = tuple(image_spec.shape)
+        st.caption(f"Image input {image_spec.name!r} ({image_spec.image.describe()}): images are resized to "
+                   f"{image_shape[2]}x{image_shape[1]} and fed as pixels 0..255; the package applies its own scale "
+                   "and bias.")
+    elif metadata.task == "classification":
+        adjust_preprocessing(metadata)
+        preprocessing = metadata.preprocessing.with_overrides(current_data().preprocessing)
+        image_shape = metadata.input_shape
+    else:
+        preprocessing, image_shape = None, None
+    st.caption(model_caption(metadata))
+with error_edge("Validation source"):
+    show_source("Validation", current_data().validation, metadata, preprocessing, image_shape,
+                current_data().max_val_images)
+with error_edge("Training source"):
+    show_source("Training", current_data().train, metadata, preprocessing, image_shape)

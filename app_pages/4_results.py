@@ -11,7 +11,7 @@ import streamlit as st
 
 from compress_lab.analysis.budgets import SizeBudget, accuracy_threshold, best_within_size, smallest_within_accuracy
 from compress_lab.analysis.pareto import reference_row
-from compress_lab.analysis.table import AXIS_LABELS, runs_table
+from compress_lab.analysis.table import axis_label, lower_is_better, metric_columns, run_row, runs_table
 from compress_lab.plots import (NO_BROWSER, bar_data, bar_figure, confusion_data, confusion_figure, export_browser,
                                 figure_images, format_value, payoff_data, payoff_summary, payoff_table, tradeoff_data,
                                 tradeoff_figure)
@@ -27,10 +27,15 @@ TABLE_COLUMNS = ("label", "family", "state", "top1", "top5", "agreement", "snr_d
                  "ratio_fp32", "bits_per_weight", "total_s", "error", "run_id")
 
 
+def y_axes(rows: list[dict]) -> list[str]:
+    """The task's metrics and fidelity measures the runs have (top-1 first for a classifier)."""
+    return metric_columns(rows) or list(Y_AXES)
+
+
 def tradeoff(rows: list[dict], runs: dict) -> str | None:
     left, right, layout, extra = st.columns([3, 3, 2, 2])
-    x = left.selectbox("x axis", X_AXES, format_func=lambda a: AXIS_LABELS.get(a, a), key="results.x")
-    y = right.selectbox("y axis", Y_AXES, format_func=lambda a: AXIS_LABELS.get(a, a), key="results.y")
+    x = left.selectbox("x axis", X_AXES, format_func=axis_label, key="results.x")
+    y = right.selectbox("y axis", y_axes(rows), format_func=axis_label, key="results.y")
     side_by_side = layout.radio("Curves", ("one plot", "side by side"), horizontal=True,
                                 key="results.layout") == "side by side"
     overall = extra.checkbox("Overall Pareto frontier", value=False, key="results.overall",
@@ -39,7 +44,7 @@ def tradeoff(rows: list[dict], runs: dict) -> str | None:
     if not data["series"] and not data["baselines"]:
         st.info(f"No finished run has both {x} and {y} yet.")
         return None
-    best, accuracy_budget, budget_text = budget_answer(rows)
+    best, accuracy_budget, budget_text = budget_answer(rows, y)
     within_size = size_answer(rows, y)
     highlights = [(within_size["run_id"], "most accurate within size budget", "#009E73")] if within_size else []
     figure = tradeoff_figure(data, highlight_run_id=best and best["run_id"], overall=overall,
@@ -101,13 +106,34 @@ def downloads(figure, x: str, y: str) -> None:
                            key="results.download_svg", on_click="ignore")
 
 
-def budget_answer(rows: list[dict]) -> tuple[dict | None, tuple[str, float] | None, str]:
+def budget_kinds(rows: list[dict], y: str) -> list[str]:
+    """The accuracy budgets the runs can answer: top-1 drop, agreement, and the plotted metric's
+    change from the uncompressed model (in its own direction)."""
+    kinds = [k for k, column in (("top-1 drop at most (points)", "top1"), ("agreement at least", "agreement"))
+             if any(r.get(column) is not None for r in rows)]
+    if y not in ("top1", "agreement"):
+        kinds.append(RELATIVE_BUDGET)
+    return kinds or ["top-1 drop at most (points)"]
+
+
+RELATIVE_BUDGET = "plotted metric at most % worse than the uncompressed"
+
+
+def budget_answer(rows: list[dict], y: str = "top1") -> tuple[dict | None, tuple[str, float] | None, str]:
     """The smallest run within the user's accuracy budget, highlighted on the plot; also the
     budget as (metric, threshold) and in words, for the read-out."""
     left, right, answer = st.columns([2, 1, 3])
-    kind = left.selectbox("Accuracy budget", ("top-1 drop at most (points)", "agreement at least"),
-                          key="results.budget_kind")
-    if kind.startswith("top-1"):
+    kind = left.selectbox("Accuracy budget", budget_kinds(rows, y), key="results.budget_kind")
+    if kind == RELATIVE_BUDGET:
+        value = right.number_input(f"percent ({axis_label(y)} {'up' if lower_is_better(y) else 'down'})",
+                                   min_value=0.0, max_value=1000.0, value=5.0, step=1.0,
+                                   key="results.budget_relative")
+        reference = reference_row(rows) or {}
+        base = reference.get(y)
+        threshold = None if base is None else accuracy_threshold(rows, y, drop=abs(base) * value / 100)
+        budget = None if threshold is None else (y, threshold + (1e-12 if lower_is_better(y) else -1e-12))
+        text = f"{axis_label(y)} {'above' if lower_is_better(y) else 'below'} the uncompressed by at most {value:g}%"
+    elif kind.startswith("top-1"):
         value = right.number_input("points", min_value=0.0, max_value=100.0, value=1.0, step=0.5, key="results.budget_top1")
         threshold = accuracy_threshold(rows, "top1", drop=value / 100)
         budget = None if threshold is None else ("top1", threshold - 1e-12)
@@ -122,7 +148,9 @@ def budget_answer(rows: list[dict]) -> tuple[dict | None, tuple[str, float] | No
     else:
         answer.success(f"Smallest within budget: **{best['label']}**, {human_bytes(best['bytes'])}"
                        + (f", top-1 {best['top1']:.2%}" if best.get("top1") is not None else "")
-                       + (f", agreement {best['agreement']:.2%}" if best.get("agreement") is not None else ""))
+                       + (f", agreement {best['agreement']:.2%}" if best.get("agreement") is not None else "")
+                       + (f", {axis_label(y)} {format_value(y, best[y])}"
+                          if y not in ("top1", "agreement") and best.get(y) is not None else ""))
     return best, budget, text
 
 
@@ -148,10 +176,10 @@ def size_answer(rows: list[dict], metric: str) -> dict | None:
                                                                   key="results.size_bits"))
     best = best_within_size(rows, budget, metric)
     if best is None:
-        answer.info(f"No finished compressed run is {budget.describe()} (with {AXIS_LABELS.get(metric, metric)}).")
+        answer.info(f"No finished compressed run is {budget.describe()} (with {axis_label(metric)}).")
     else:
         answer.success(f"Most accurate {budget.describe()}: **{best['label']}**, {human_bytes(best['bytes'])}, "
-                       f"{AXIS_LABELS.get(metric, metric)} {format_value(metric, best[metric])}")
+                       f"{axis_label(metric)} {format_value(metric, best[metric])}")
     return best
 
 
@@ -177,7 +205,9 @@ def with_config_hover(figure, runs: dict):
 
 
 def table(rows: list[dict]) -> None:
-    frame = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    measured = [c for c in metric_columns(rows) if c not in TABLE_COLUMNS]
+    at = TABLE_COLUMNS.index("bytes")
+    frame = pd.DataFrame(rows, columns=[*TABLE_COLUMNS[:at], *measured, *TABLE_COLUMNS[at:]])
     st.dataframe(frame, hide_index=True, width="stretch", column_config={
         "top1": st.column_config.NumberColumn("top-1", format="%.4f"),
         "top5": st.column_config.NumberColumn("top-5", format="%.4f"),
@@ -218,6 +248,10 @@ def detail(runs: dict, preselected: str | None) -> None:
     cols[2].metric("size on disk", human_bytes(sizes.get("bytes")))
     cols[3].metric("x smaller than fp16", f"{sizes['ratio_fp16']:.2f}" if sizes.get("ratio_fp16") else "?")
     cols[4].metric("time", human_seconds(timings.get("total_s")))
+    measured = {axis_label(k): v for k, v in run_row(run).items() if k in set(run_row(run).get("_metric_columns", ()))}
+    if measured:
+        st.dataframe(pd.DataFrame([{"measure": k, "value": v} for k, v in measured.items()]), hide_index=True,
+                     key="results.measures")
     with st.expander("Config"):
         st.json(run.config)
     left, right = st.columns(2)

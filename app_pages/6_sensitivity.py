@@ -23,6 +23,23 @@ BUDGET_KINDS = {"top-1 drop at most (points)": ("top1_drop", 1.0, 0.5),
                 "bits per weight at most": ("bits_per_weight", 4.0, 0.5)}
 
 
+def budget_kinds(handle) -> dict[str, tuple[str, float, float]]:
+    """The budgets this model's task can be held to: top-1 / agreement for classifiers, else each of
+    the task's metrics (at most X worse, or X percent worse), and the two size budgets."""
+    from compress_lab.tasks import task_for
+    meta = handle.metadata
+    task = task_for(meta)
+    if task.name == "classification":
+        return BUDGET_KINDS
+    kinds = {}
+    for m in task.metrics(meta) + task.fidelity_metrics(meta):
+        word = "drop" if m.higher_is_better else "rise"
+        kinds[f"{m.label}: {word} at most ({m.unit or 'absolute'})"] = (m.name, 0.01, 0.005)
+        kinds[f"{m.label}: {word} at most (% of uncompressed)"] = (m.name + "%", 1.0, 0.5)
+    sizes = {k: v for k, v in BUDGET_KINDS.items() if v[0] in ("bytes", "bits_per_weight")}
+    return {**kinds, **sizes}
+
+
 def progress_bar(label: str):
     bar = st.progress(0.0, text=label)
 
@@ -40,22 +57,22 @@ def sensitivity_section(handle, validation: str, max_images: int) -> None:
     setting = AGGRESSIVE[family]
     right.markdown(f"Setting per layer  \n`{setting}`")
     if st.button("Measure sensitivity", type="primary", key="sensitivity.run"):
-        from compress_lab.analysis.cli_sensitivity import record_sensitivity
+        from compress_lab.analysis.sensitivity import record_sensitivity
         from compress_lab.analysis.sensitivity import sensitivity_for_model
         result = sensitivity_for_model(handle, validation, family, setting, workdir=store_folder() / "work",
-                                       max_images=int(max_images), progress=progress_bar("Measuring"))
+                                       max_images=int(max_images), progress=progress_bar("Measuring"),
+                                       preprocessing_overrides=current_data().preprocessing or None)
         record_sensitivity(store_folder(), handle, result)
         st.session_state[RESULT_KEY] = result
     result = st.session_state.get(RESULT_KEY)
     if result is None:
         return
-    labelled = result.baseline_top1 is not None
-    values = {l.name: (l.top1_drop * 100 if labelled else (1 - l.agreement) * 100) for l in result.layers}
-    st.plotly_chart(bar_figure(bar_data(values), "layer (most sensitive first)",
-                               "top-1 drop (points)" if labelled else "disagreement with the uncompressed model (%)"),
-                    key="sensitivity.bars")
-    frame = pd.DataFrame([{"layer": l.name, "elements": l.numel, "top-1 drop (points)": None if l.top1_drop is None
-                           else l.top1_drop * 100, "agreement": l.agreement, "SNR (dB)": l.snr_db,
+    points = result.metric == "top1"   # top-1 drop in points; any other metric in its own unit
+    worse = f"{result.metric_label} {'drop (points)' if points else ('drop' if result.higher_is_better else 'rise')}"
+    values = {l.name: (l.drop or 0.0) * (100 if points else 1) for l in result.layers}
+    st.plotly_chart(bar_figure(bar_data(values), "layer (most sensitive first)", worse), key="sensitivity.bars")
+    frame = pd.DataFrame([{"layer": l.name, "elements": l.numel, worse: None if l.drop is None
+                           else l.drop * (100 if points else 1), "agreement": l.agreement, "SNR (dB)": l.snr_db,
                            "bytes saved": int(l.bits_saved / 8)} for l in result.ranking()])
     st.dataframe(frame, hide_index=True, width="stretch")
     st.caption(f"{result.family} {result.settings} · {result.images} images · {human_seconds(result.elapsed_s)} · "
@@ -73,8 +90,9 @@ def mixed_section(handle, validation: str, max_images: int) -> None:
                          empty="Run a sweep first (Sweep page): the mixed point is added to it.")
     left, middle, right = st.columns(3)
     family = left.selectbox("Family", SEARCH_FAMILIES, key="mixed.family")
-    kind = middle.selectbox("Budget", tuple(BUDGET_KINDS), key="mixed.kind")
-    metric, default, step = BUDGET_KINDS[kind]
+    kinds = budget_kinds(handle)
+    kind = middle.selectbox("Budget", tuple(kinds), key="mixed.kind")
+    metric, default, step = kinds[kind]
     value = right.number_input("value", value=default, step=step, key=f"mixed.value.{metric}")
     if sweep is None or not st.button("Search and add to the sweep", type="primary", key="mixed.run"):
         return
@@ -83,10 +101,11 @@ def mixed_section(handle, validation: str, max_images: int) -> None:
     from compress_lab.sweep.add_point import add_point
     from compress_lab.sweep.spec import SweepSpec
 
-    budget = Budget(metric, float(value) * (1000 if metric == "bytes" else 1))
+    budget = Budget(metric.rstrip("%"), float(value) * (1000 if metric == "bytes" else 1), relative=metric.endswith("%"))
     update = progress_bar("Searching")
     config, result = search_config(handle, validation, family, budget, workdir=store_folder() / "work",
-                                   max_images=max_images, progress=lambda stage, done, total: update(done, total, stage))
+                                   max_images=max_images, preprocessing_overrides=current_data().preprocessing or None,
+                                   progress=lambda stage, done, total: update(done, total, stage))
     with st.spinner("Compressing the answer for real and measuring it on the whole validation folder…"):
         spec = SweepSpec.from_dict({k: v for k, v in sweep.spec.items() if k in ("model", "data", "run", "grid")})
         run = add_point(spec, open_lab_store().folder, config,
@@ -96,7 +115,8 @@ def mixed_section(handle, validation: str, max_images: int) -> None:
         metrics, sizes = run.metrics or {}, run.sizes or {}
         st.success(f"Added **{run.label}**: {human_bytes(sizes.get('bytes'))}"
                    + (f", top-1 {metrics['top1']:.2%}" if metrics.get("top1") is not None else "")
-                   + f", agreement {metrics.get('agreement', 0):.2%}. The search chose {result.chosen} "
+                   + (f", agreement {metrics['agreement']:.2%}" if metrics.get("agreement") is not None else "")
+                   + f". The search chose {result.chosen} "
                    f"after {result.evaluations} evaluations in {human_seconds(result.elapsed_s)}. "
                    "See it on the Results page.")
     else:

@@ -42,6 +42,7 @@ MIXED_SPEED = 0.10         # mixed search time / today's, same model, data and l
 RUNTIME_TARGET_13 = 1.00   # issue 13: runtime / eager on the text and audio samples
 SWEEP_1_WORKER_13 = 1.05   # issue 13: lab sweep / hand loop, MiniLM's post-training points, 1 worker
 ISSUE_13_RUNTIME = ("minilm_embedder", "crepe_pitch")
+CREPE_RUNTIME = 1.0        # runtime / eager, crepe_pitch, batch 256 (issue 13)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ KNOWN = (
               "batch 64 and crepe_pitch batch 256 where built",
               full_args=(), quick_args=("--precisions", "fp32", "--repeats", "3"),
               result="runtime.json"),
+    Benchmark("crepe_runtime", "lab runtime vs eager PyTorch, crepe_pitch (CREPE tiny), batch 256",
+              full_args=(), quick_args=("--quick",), result="crepe_runtime.json"),
     Benchmark("bench_palettize", "lab palettizer vs coremltools palettize_weights(mode='kmeans'): ResNet-18, "
               "dog_mobilenetv2, MiniLM's weights", full_args=(), quick_args=("--quick",), result="palettize.json",
               timeout_s=3600),
@@ -156,6 +159,12 @@ def runtime_rows(data: dict) -> list[Row]:
         if r["batch"] == 64 and r["model"] == "dog_mobilenetv2":
             rows.append(_row("bench_runtime", label, r["ratio"], shown, "<=", RUNTIME_TARGET_3, source="issue 3"))
     return rows
+
+
+def crepe_runtime_rows(data: dict) -> list[Row]:
+    return [_row("crepe_runtime", f"runtime / eager, {r['model']} {r['program']} batch {r['batch']}", r["ratio"],
+                 f"{r['ratio']:.3f}x ({r['runtime_ms']:.1f} vs {r['eager_ms']:.1f} ms)", "<=", CREPE_RUNTIME,
+                 source="issue 13") for r in data.get("rows", [])]
 
 
 def sweep_rows(data: dict) -> list[Row]:
@@ -337,6 +346,7 @@ def training_rows(data: list) -> list[Row]:
 
 ROW_BUILDERS: dict[str, Callable[[dict | list], list[Row]]] = {
     "bench_runtime": runtime_rows,
+    "crepe_runtime": crepe_runtime_rows,
     "bench_sweep": sweep_rows,
     "bench_sweep_minilm": sweep_spec_rows,
     "bench_palettize": palettize_rows,

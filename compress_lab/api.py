@@ -14,7 +14,7 @@ best = results.best(top1_drop=1.0)   # the smallest run within 1 point of top-1
 results.export(best, "best.mlpackage")
 ```
 
-Everything here calls the engine the CLI and the app use (sweep/, results_cli.py, plots.py,
+Everything here calls the engine the CLI and the app use (sweep/, cli/results.py, plots.py,
 analysis/, export.py); nothing is measured or tabulated a second way."""
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def run(spec, store: str | Path | None = None, *, workers: int | None = None, ex
     `workers`, `executor` ("local" or "ray"), `address`, `timeout_s` override the spec's [run].
     `progress`: an overall bar (a widget in Jupyter, tqdm's bar in a terminal) and one line per run.
     A grid of 1000 points or more needs `yes=True`."""
-    from compress_lab.sweep.cli import _Reporter
+    from compress_lab.cli.sweep import _Reporter
     from compress_lab.sweep.runner import run_sweep
     from compress_lab.sweep.spec import expand
 
@@ -172,7 +172,7 @@ def open_results(store: str | Path | None = None, sweep: str | None = None) -> "
     """The Results of a sweep already in a store: `store` as `compress-lab results --store` (default:
     the one store under the current folder), `sweep` its id (default: the store's newest)."""
     from compress_lab.store import open_store
-    from compress_lab.store_cli import find_store_folder, pick_sweep
+    from compress_lab.store.locate import find_store_folder, pick_sweep
 
     folder = find_store_folder(store)
     return Results(folder, pick_sweep(open_store(folder), sweep).sweep_id)
@@ -188,7 +188,7 @@ class RunRow(dict):
         return self["run_id"]
 
     def _repr_html_(self) -> str:
-        from compress_lab.results_cli import COLUMNS
+        from compress_lab.cli.results import COLUMNS
         cells = "".join(f"<tr><th style='text-align:left'>{html.escape(c)}</th><td style='text-align:left'>"
                         f"{html.escape(_html_cell(c, self.get(c)))}</td></tr>" for c in COLUMNS)
         return f"<table><caption>{html.escape(str(self.get('label') or self.run_id))}</caption>{cells}</table>"
@@ -232,14 +232,14 @@ class Results:
 
     def rows(self) -> list[RunRow]:
         """One row per run, built by `compress-lab results` itself."""
-        from compress_lab.results_cli import result_row
+        from compress_lab.cli.results import result_row
         return [RunRow(result_row(self.store_folder, r)) for r in self.runs]
 
     def table(self):
         """A pandas DataFrame, one row per run, with the columns of `compress-lab results`."""
         import pandas as pd
 
-        from compress_lab.results_cli import COLUMNS
+        from compress_lab.cli.results import COLUMNS
         return pd.DataFrame([{c: r[c] for c in COLUMNS} for r in self.rows()], columns=list(COLUMNS))
 
     # analysis
@@ -296,7 +296,7 @@ class Results:
         """Write a run's `.mlpackage` to `out` with its config and metrics in the model's metadata, as
         `compress-lab export` does. `run`: a run id (or its first characters), a row, or a store Run."""
         from compress_lab.export import export_mlpackage
-        from compress_lab.store_cli import find_run
+        from compress_lab.store.locate import find_run
 
         if run is None:
             raise StoreError("no run to export (best() returns None when no run meets the budget)")
@@ -314,11 +314,11 @@ class Results:
         return line
 
     def __repr__(self) -> str:
-        from compress_lab.results_cli import text_table
+        from compress_lab.cli.results import text_table
         return f"{self.summary()}\n{text_table(self.rows())}"
 
     def _repr_html_(self) -> str:
-        from compress_lab.results_cli import COLUMNS, _settings
+        from compress_lab.cli.results import COLUMNS, _settings
 
         rows = self.rows()
         head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
@@ -349,7 +349,7 @@ def _with_config_hover(figure, runs: dict):
 
 
 def _html_cell(column: str, value) -> str:
-    from compress_lab.results_cli import _cell
+    from compress_lab.cli.results import _cell
     if column == "compression_ratio_fp32" and value is not None:
         return f"{value:.2f}x"
     if column == "config" and isinstance(value, dict):

@@ -7,14 +7,19 @@ Two layouts:
   read in sorted file-name order.
 
 Arrays whose names are not inputs are targets (e.g. `label`, `target`), passed
-to metrics as they are. Every error names the file, the array and the fix."""
+to metrics as they are. Every error names the file, the array and the fix.
+
+A model whose one input is a Core ML image input (models/image_input.py) also
+takes a folder of images (class sub-folders or flat): each image resized to the
+declared size, pixels 0..255 in RGB order (one gray channel for a grayscale
+input); class folders give a `label` target (sorted folder order)."""
 
 from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -64,15 +69,20 @@ class ArraySource:
     files: list[Path] = field(default_factory=list)  # one sample each (a folder)
     io: IOSpec | None = None
     warnings: list[str] = field(default_factory=list)
+    images: Any = None   # an ImageFolder feeding the model's one image input
 
     @property
     def n(self) -> int:
+        if self.images is not None:
+            return len(self.images)
         if self.inputs is not None:
             return len(next(iter(self.inputs.values())))
         return len(self.files)
 
     @property
     def labelled(self) -> bool:
+        if self.images is not None:
+            return self.images.labelled
         return bool(self.targets) if self.inputs is not None else bool(self._folder_targets)
 
     _folder_targets: tuple = ()
@@ -81,6 +91,9 @@ class ArraySource:
         if int(batch_size) <= 0:
             raise ConfigError(f"batch size {batch_size!r} must be a positive integer")
         batch_size = int(batch_size)
+        if self.images is not None:
+            yield from self._image_batches(batch_size)
+            return
         if self.inputs is not None:
             for start in range(0, self.n, batch_size):
                 stop = min(start + batch_size, self.n)
@@ -98,6 +111,30 @@ class ArraySource:
             pending.append((index, sample, targets))
         if pending:
             yield _stack(pending)
+
+
+    def _image_batches(self, batch_size: int) -> Iterator[TaskBatch]:
+        from compress_lab.data import iter_batches
+        spec = self.io.inputs[0]
+        for batch in iter_batches(self.images, image_preprocessing(spec), spec.shape, batch_size):
+            yield TaskBatch(inputs={spec.name: batch.x},
+                            targets={"label": batch.labels} if self.images.labelled else {}, ids=list(batch.paths))
+        skipped = self.images.skipped
+        if skipped:
+            self.warnings.append(f"{len(skipped)} file(s) in {self.root} were left out: "
+                                 + "; ".join(f"{p.name}: {why}" for p, why in skipped[:5]))
+
+
+def image_preprocessing(spec: TensorSpec):
+    """How an image becomes the pixels an image input takes: resized to the declared
+    size, 0..255, RGB (or gray), no normalisation (the package applies its own)."""
+    from compress_lab.models.metadata import Preprocessing
+    return Preprocessing(color="L" if spec.image.grayscale else "RGB", resize=None, scale=1.0, mean=(0.0,), std=(1.0,))
+
+
+def image_input_of(io: IOSpec) -> TensorSpec | None:
+    """The model's input when it has exactly one and that is an image input."""
+    return io.inputs[0] if len(io.inputs) == 1 and io.inputs[0].image is not None else None
 
 
 def _shapes(arrays: dict[str, np.ndarray]) -> dict[str, tuple]:
@@ -146,6 +183,10 @@ def read_arrays(source: str | Path, io: IOSpec) -> ArraySource:
                         "sample) or a folder of .npz files (one sample each)")
     if root.is_dir():
         files = sorted(p for p in root.iterdir() if p.suffix == ".npz" and p.is_file() and not p.name.startswith("."))
+        if not files and image_input_of(io) is not None:
+            from compress_lab.data import scan_folder
+            folder = scan_folder(root)
+            return ArraySource(root=root, io=io, images=folder, warnings=list(folder.warnings))
         if not files:
             others = sorted(p.name for p in root.iterdir())[:8]
             raise DataError(f"no .npz files in {root} (found {others or 'nothing'}); a folder source holds one .npz "
@@ -180,3 +221,27 @@ def read_arrays(source: str | Path, io: IOSpec) -> ArraySource:
     if not next(iter(counts.values())):
         raise DataError(f"array file {root} holds 0 samples")
     return ArraySource(root=root, inputs={n: inputs[n] for n in io.input_names}, targets=targets, io=io)
+
+
+def evenly_spaced(n: int, limit: int) -> list[int]:
+    """At most `limit` sample indices spread evenly over 0..n-1 (all of them when n <= limit)."""
+    if n <= limit:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, int(limit)).round().astype(int).tolist()))
+
+
+def take(source: ArraySource, indices: Sequence[int]) -> ArraySource:
+    """The samples `indices` of `source`, in that order (a folder source keeps those files)."""
+    indices = [int(i) for i in indices]
+    if source.images is not None:   # an image folder feeding an image input: those images
+        import dataclasses
+        folder = dataclasses.replace(source.images, samples=[source.images.samples[i] for i in indices], skipped=[])
+        return ArraySource(root=source.root, io=source.io, images=folder, warnings=list(source.warnings))
+    if source.inputs is not None:
+        return ArraySource(root=source.root, inputs={k: v[indices] for k, v in source.inputs.items()},
+                           targets={k: v[indices] for k, v in source.targets.items()}, io=source.io,
+                           warnings=list(source.warnings))
+    subset = ArraySource(root=source.root, files=[source.files[i] for i in indices], io=source.io,
+                         warnings=list(source.warnings))
+    subset._folder_targets = source._folder_targets
+    return subset

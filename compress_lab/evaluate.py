@@ -46,6 +46,7 @@ class EvalResult:
     task: str = "classification"             # the task that measured it
     fidelity: dict[str, dict[str, float | None]] = field(default_factory=dict)  # per output: snr_db, psnr_db, cosine, ...
     values: dict[str, float] = field(default_factory=dict)  # the task's own metrics (mae, perplexity, ...) and a user metric's values
+    higher_is_better: dict[str, bool] = field(default_factory=dict)  # the direction of each of `values`
     logits: np.ndarray | None = field(default=None, repr=False, compare=False)  # float32 (n, K)
     labels: np.ndarray | None = field(default=None, repr=False, compare=False)  # int64 (n,), -1 unlabelled
     outputs: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)  # other tasks: every output
@@ -53,7 +54,7 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: _json_safe(getattr(self, f.name)) for f in fields(self) if f.name not in _ARRAYS}
-        for key in ("fidelity", "values"):  # today's stored metrics keep their keys
+        for key in ("fidelity", "values", "higher_is_better"):  # today's stored metrics keep their keys
             if not d[key]:
                 del d[key]
         if d["task"] == "classification":
@@ -327,10 +328,23 @@ def evaluate(predictor, dataset, task=None, reference=None, batch_size: int = 64
             metric_error = f"{type(e).__name__}: {e}"
     result = EvalResult(elapsed_s=0.0, task=task.name, **fields_)
     result.metric_error = metric_error
+    result.higher_is_better = _directions(result.values, task, meta, metric)
     if result.logits is None and hasattr(accumulator, "outputs") and task.name != "classification":
         result.outputs = accumulator.outputs()
     result.elapsed_s = time.perf_counter() - started
     return result
+
+
+def _directions(values: dict, task, meta, metric) -> dict[str, bool]:
+    """Whether higher is better, for each measured value: the task's metrics, a user metric's DIRECTIONS."""
+    if not values:
+        return {}
+    try:
+        known = {m.name: m.higher_is_better for m in task.metrics(meta)}
+    except Exception:  # a task that cannot list its metrics for this model: directions stay unknown
+        known = {}
+    known.update(getattr(metric, "directions", None) or {})
+    return {name: bool(known[name]) for name in values if name in known}
 
 
 def _classification_source(source, num_classes, batch_size, cache, progress, preprocessing, input_shape, class_names,

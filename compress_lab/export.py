@@ -137,7 +137,7 @@ def export_mlpackage(store_folder: str | Path, run: Any, out: str | Path, overwr
 def results_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS) -> str:
     """Rows of analysis.table.run_row as CSV text (known columns first, in a fixed order)."""
     rows = list(rows)
-    extra = sorted({k for r in rows for k in r} - set(columns))
+    extra = sorted({k for r in rows for k in r if not k.startswith("_")} - set(columns))  # "_...": bookkeeping
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=[*columns, *extra], extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

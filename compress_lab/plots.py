@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from compress_lab.analysis.budgets import better, fits, lower_is_better
 from compress_lab.analysis.pareto import pareto_front
-from compress_lab.analysis.table import AXIS_LABELS
+from compress_lab.analysis.table import AXIS_LABELS, axis_label  # noqa: F401
 
 FAMILY_NAMES = {"post_training": "post-training", "training_time": "training-time", "mixed": "mixed precision",
                 "baseline": "baseline"}
@@ -49,7 +49,7 @@ def tradeoff_data(rows: Sequence[dict[str, Any]], x: str, y: str) -> dict[str, A
     techniques = sorted({r.get("technique") or "?" for r in compressed})
     return {
         "x": x, "y": y,
-        "x_label": AXIS_LABELS.get(x, x), "y_label": AXIS_LABELS.get(y, y),
+        "x_label": axis_label(x), "y_label": axis_label(y),
         "x_lower_better": lower_is_better(x), "y_lower_better": lower_is_better(y),
         "series": series,
         "frontiers": {name: pareto_front(points, x, y) for name, points in series.items()},

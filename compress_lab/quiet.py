@@ -90,3 +90,12 @@ def import_coremltools():
     with quiet_coremltools():
         import coremltools
     return coremltools
+
+
+# coremltools builds and rewrites MIL programs on one global block stack
+# (coremltools/converters/mil/mil/block.py, BLOCK_STACK): two threads doing it at once
+# put ops into each other's programs, which then fail at run time with a KeyError on a
+# variable name (e.g. 'input_cast_fp16'). A sweep does it from two threads (the reference
+# evaluation loads the package while the driver measures it), and so can the app.
+# Every lab call that loads, converts or rewrites a MIL program holds this lock.
+MIL_LOCK = threading.RLock()

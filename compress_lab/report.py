@@ -140,7 +140,7 @@ def write_report(store, sweep_id: str | None, out_dir: str | Path, images: bool 
     """Write report.html, results.csv and results.json of a sweep into out_dir, and with `images`
     the trade-off figures as PNG and SVG (when a Chromium-based browser is available: see
     plots.figure_images); return the paths written."""
-    from compress_lab.store_cli import pick_sweep
+    from compress_lab.store.locate import pick_sweep
     sweep = pick_sweep(store, sweep_id)
     runs = store.list_runs(sweep.sweep_id)
     out_dir = Path(out_dir)
@@ -170,7 +170,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from compress_lab.plots import export_browser
     from compress_lab.store import open_store
-    from compress_lab.store_cli import find_store_folder
+    from compress_lab.store.locate import find_store_folder
     store = open_store(find_store_folder(args.store))
     images = not args.no_images and export_browser() is not None
     paths = write_report(store, args.sweep, args.out or Path(args.store) / "report", images=images)

@@ -156,7 +156,7 @@ def apply(place: dict) -> list[str]:
         st.session_state[DATA_KEY] = _data(place.get("data") or {}, choice, notes)
     folder = place.get("store")
     if folder and Path(folder) != default_store_folder():
-        from compress_lab.store_cli import STORE_FILE
+        from compress_lab.store.locate import STORE_FILE
         if (Path(folder) / STORE_FILE).is_file():
             st.session_state[STORE_KEY] = str(Path(folder))
         else:
@@ -192,7 +192,7 @@ def _data(data: dict, choice: ModelChoice, notes: list[str]) -> DataChoice:
     defaults = default_data(choice)
     for name, title in (("validation", "validation"), ("train", "training")):
         folder = getattr(restored, name)
-        if folder and not Path(folder).expanduser().is_dir():
+        if folder and not Path(folder).expanduser().exists():   # a folder, or an array source (.npz)
             fallback = getattr(defaults, name)
             notes.append(f"Your last {title} folder, {folder}, no longer exists; "
                          + (f"using the model's {fallback} instead." if fallback else "none is set now.")

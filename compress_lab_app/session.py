@@ -15,7 +15,7 @@ from typing import Any
 import streamlit as st
 
 from compress_lab.models.handle import SAMPLE_MODELS_DIR
-from compress_lab.store_cli import STORE_FILE
+from compress_lab.store.locate import STORE_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLE = "mnist_cnn"
@@ -117,12 +117,24 @@ def set_model(choice: ModelChoice) -> None:
     st.session_state[DATA_KEY] = default_data(choice)
 
 
+# Where a model's own data lies beside it: an image folder or an array source (.npz), first found wins.
+DEFAULT_SOURCES = {"validation": ("val", "val.npz"), "train": ("train", "train.npz")}
+
+
+def default_source(folder: Path, role: str) -> str | None:
+    """The model folder's validation or training source: `val/` or `val.npz` (`train/`, `train.npz`)."""
+    for name in DEFAULT_SOURCES[role]:
+        path = folder / name
+        if (path.is_dir() and not name.endswith(".npz")) or (path.is_file() and name.endswith(".npz")):
+            return str(path)
+    return None
+
+
 def default_data(choice: ModelChoice) -> DataChoice:
     folder = choice.folder
     if folder is None:
         return DataChoice(None, None)
-    val, train = folder / "val", folder / "train"
-    return DataChoice(str(val) if val.is_dir() else None, str(train) if train.is_dir() else None)
+    return DataChoice(default_source(folder, "validation"), default_source(folder, "train"))
 
 
 def current_data() -> DataChoice:

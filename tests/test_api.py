@@ -46,7 +46,7 @@ def test_run_fills_the_store_the_cli_reads(swept):
 
 
 def test_table_is_the_cli_results_listing(swept, capsys):
-    from compress_lab.results_cli import COLUMNS
+    from compress_lab.cli.results import COLUMNS
 
     _, _, results = swept
     table = results.table()
@@ -180,7 +180,7 @@ def test_progress_outside_jupyter_is_the_clis_terminal_bar(swept, capsys):
     import tqdm.std
 
     from compress_lab.api import _auto_tqdm
-    from compress_lab.sweep.cli import _Reporter
+    from compress_lab.cli.sweep import _Reporter
 
     _, _, results = swept
     import tqdm.notebook

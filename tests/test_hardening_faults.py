@@ -25,7 +25,7 @@ from compress_lab.sweep.runner import run_sweep
 from compress_lab.sweep.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "compress_lab.sweep.cli"]
+CLI = [sys.executable, "-m", "compress_lab.cli.sweep"]
 
 # A real technique (linear quantization with coremltools) that can be told to fail in one way.
 PLUGIN = textwrap.dedent('''

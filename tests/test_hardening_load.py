@@ -130,7 +130,7 @@ def test_a_sweep_of_200_points_completes_with_bounded_memory(tmp_path):
         weight_threshold = {list(range(POINTS))}
     """))
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "compress_lab.sweep.cli", str(spec), "--store", str(tmp_path / "store"),
+    proc = subprocess.Popen([sys.executable, "-m", "compress_lab.cli.sweep", str(spec), "--store", str(tmp_path / "store"),
                              "--json", "--yes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     with TreeMemory(proc.pid) as memory:
         out, err = proc.communicate(timeout=600)

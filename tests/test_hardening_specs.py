@@ -309,7 +309,7 @@ def test_a_huge_grid_warns_with_the_point_count_and_a_time_estimate(tmp_path):
 
 def test_the_cli_refuses_a_huge_grid_without_yes_before_loading_anything(tmp_path):
     spec = huge_grid_spec(tmp_path)
-    cmd = [sys.executable, "-m", "compress_lab.sweep.cli", str(spec), "--store", str(tmp_path / "store")]
+    cmd = [sys.executable, "-m", "compress_lab.cli.sweep", str(spec), "--store", str(tmp_path / "store")]
     refused = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert refused.returncode == 2
     assert "1500 points" in refused.stderr and "--yes" in refused.stderr

@@ -19,8 +19,8 @@ def evaluator(mnist_handle, mnist_dir, tmp_path_factory):
 
 
 def test_subset_is_deterministic_and_stratified(evaluator):
-    assert len(evaluator.x) == 200
-    assert set(evaluator.labels.tolist()) == set(range(10))
+    assert evaluator.count == len(evaluator.x) == 200
+    assert set(evaluator.source.targets["label"].tolist()) == set(range(10))
     assert evaluator.baseline.agreement == 1.0 and evaluator.baseline.top1 > 0.95
 
 
@@ -52,7 +52,7 @@ def test_sensitivity_one_row_per_compressible_op(evaluator, tmp_path, mnist_hand
     ranking = result.ranking()
     assert ranking[0].top1_drop >= ranking[-1].top1_drop
     # stored like any run
-    from compress_lab.analysis.cli_sensitivity import record_sensitivity
+    from compress_lab.analysis.sensitivity import record_sensitivity
     from compress_lab.store import open_store
     sweep_id = record_sensitivity(tmp_path / "store", mnist_handle, result)
     runs = open_store(tmp_path / "store").list_runs(sweep_id)
@@ -78,7 +78,23 @@ def test_budget_validation():
     with pytest.raises(ConfigError, match="fraction"):
         Budget("agreement", 99)
     with pytest.raises(ConfigError, match="top1_drop"):
-        Budget("accuracy", 1)
+        Budget("top-1", 1)
+    with pytest.raises(ConfigError, match=">= 0"):
+        Budget("mrr", -0.1)
+    with pytest.raises(ConfigError, match="relative"):
+        Budget("agreement", 0.9, relative=True)
+    from compress_lab.analysis.subset import Measurement
+    baseline = Measurement(top1=None, agreement=None, snr_db=200.0, values={"mae": 0.5}, higher_is_better={"mae": False})
+    with pytest.raises(ConfigError, match=r"'accuracy' is not measured.*\['mae'\]"):
+        Budget("accuracy", 1).check_measurable(baseline)
+    with pytest.raises(ConfigError, match="class scores"):
+        Budget("agreement", 0.99).check_measurable(baseline)
+    # lower is better: at most 10% above the baseline's 0.5
+    assert Budget("mae", 10, relative=True).met(
+        Measurement(None, None, 30.0, {"mae": 0.549}, {"mae": False}), baseline)
+    assert not Budget("mae", 10, relative=True).met(
+        Measurement(None, None, 30.0, {"mae": 0.551}, {"mae": False}), baseline)
+    assert Budget("mae", 0.05).met(Measurement(None, None, 30.0, {"mae": 0.45}, {"mae": False}), baseline)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from compress_lab.store import open_store
-from compress_lab.sweep import cli
+from compress_lab.cli import sweep as cli
 from compress_lab.sweep.runner import request_cancel, run_sweep
 from compress_lab.sweep.spec import load_spec
 

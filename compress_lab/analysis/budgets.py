@@ -1,7 +1,7 @@
 """Budgets of both kinds, on any metric: the smallest run within an accuracy budget, and
 the best run within a size budget. The direction of every column (is lower better?)
-comes from one place, table.SMALLER_IS_BETTER, so a loss or an error rate works as
-well as top-1."""
+comes from one place, table.lower_is_better (sizes and losses, the task registry, a user
+metric's declared directions), so a loss or an error rate works as well as top-1."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from compress_lab.analysis.pareto import reference_row
-from compress_lab.analysis.table import SMALLER_IS_BETTER
+from compress_lab.analysis.table import lower_is_better  # noqa: F401 (re-exported: one place for directions)
 from compress_lab.errors import ConfigError
 
 # Size budgets: the column, what the limit means, and how a user writes it.
@@ -20,8 +20,6 @@ SIZE_KEYS = {
 }
 
 
-def lower_is_better(column: str) -> bool:
-    return column in SMALLER_IS_BETTER
 
 
 def better(a: float, b: float, column: str) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 
@@ -40,21 +40,30 @@ SIZE_BUDGETS = ("bytes", "bits_per_weight")
 class Budget:
     """Accuracy budgets (the smallest mix within them): `top1_drop`: at most `value` points
     (percent) of top-1 below the uncompressed model; `agreement`: at least `value` (a fraction,
-    e.g. 0.99) top-1 agreement with it. Size budgets (the most accurate mix within them):
-    `bytes`: at most `value` bytes on disk of the .mlpackage; `bits_per_weight`: at most
-    `value` bits per weight of its weights file."""
+    e.g. 0.99) top-1 agreement with it; any other metric of the model's task (or of a user
+    metric), by name: at most `value` worse than the uncompressed model in the metric's own
+    direction and unit (`perplexity` 0.5 = at most 0.5 above), or with `relative`, at most
+    `value` percent worse (`perplexity` 5 = at most 5% above). Size budgets (the most accurate
+    mix within them): `bytes`: at most `value` bytes on disk of the .mlpackage;
+    `bits_per_weight`: at most `value` bits per weight of its weights file."""
 
-    metric: Literal["top1_drop", "agreement", "bytes", "bits_per_weight"]
+    metric: str
     value: float
+    relative: bool = False
 
     @property
     def is_size(self) -> bool:
         return self.metric in SIZE_BUDGETS
 
     def __post_init__(self) -> None:
-        if self.metric not in ACCURACY_BUDGETS + SIZE_BUDGETS:
+        if not isinstance(self.metric, str) or not self.metric.isidentifier():
             raise ConfigError(f"budget metric {self.metric!r} is not supported; use 'top1_drop' (points), "
-                              "'agreement' (fraction), 'bytes' or 'bits_per_weight'")
+                              "'agreement' (fraction), 'bytes', 'bits_per_weight' or a metric of the model's task "
+                              "(e.g. 'mrr', 'perplexity')")
+        if not isinstance(self.value, (int, float)) or isinstance(self.value, bool) or self.value != self.value:
+            raise ConfigError(f"budget value {self.value!r} must be a number")
+        if self.relative and self.metric in ACCURACY_BUDGETS + SIZE_BUDGETS:
+            raise ConfigError(f"a relative (percent) budget is for a task metric, not {self.metric!r}")
         if self.metric == "bytes" and not self.value >= 1:
             raise ConfigError(f"a size budget of {self.value!r} bytes must be a positive number of bytes")
         if self.metric == "bits_per_weight" and not 0 < self.value <= 32:
@@ -63,15 +72,37 @@ class Budget:
             raise ConfigError(f"a top-1 drop budget of {self.value!r} points must be between 0 and 100")
         if self.metric == "agreement" and not 0 < self.value <= 1:
             raise ConfigError(f"an agreement budget of {self.value!r} must be a fraction in (0, 1], e.g. 0.99")
+        if self.metric not in ACCURACY_BUDGETS + SIZE_BUDGETS and self.value < 0:
+            raise ConfigError(f"a budget of {self.value!r} on {self.metric!r} is how much worse the metric may get; "
+                              "give a number >= 0")
+
+    def check_measurable(self, baseline: Measurement) -> None:
+        """A ConfigError before any search when the data cannot measure this budget."""
+        if self.is_size:
+            return
+        if self.metric == "top1_drop" and baseline.top1 is None:
+            raise ConfigError("a top-1 drop budget needs a labelled validation folder; use an agreement budget instead")
+        if self.metric == "agreement" and baseline.agreement is None:
+            raise ConfigError("an agreement budget needs outputs that are class scores; this model's are not, so give "
+                              f"a budget on one of its metrics: {sorted(baseline.values)}")
+        if self.metric not in ACCURACY_BUDGETS and self.metric not in baseline.values:
+            raise ConfigError(f"budget metric {self.metric!r} is not measured for this model and data; its metrics "
+                              f"are {sorted(baseline.values)}")
 
     def met(self, measured: Measurement, baseline: Measurement) -> bool:
         if self.is_size:
             raise ConfigError("a size budget is met by the package's size, not by a measurement; use size_met()")
         if self.metric == "agreement":
+            if measured.agreement is None:
+                self.check_measurable(measured)
             return measured.agreement >= self.value - 1e-12
-        if measured.top1 is None or baseline.top1 is None:
-            raise ConfigError("a top-1 drop budget needs a labelled validation folder; use an agreement budget instead")
-        return (baseline.top1 - measured.top1) * 100 <= self.value + 1e-9
+        if self.metric == "top1_drop":
+            if measured.top1 is None or baseline.top1 is None:
+                raise ConfigError("a top-1 drop budget needs a labelled validation folder; use an agreement budget "
+                                  "instead")
+            return (baseline.top1 - measured.top1) * 100 <= self.value + 1e-9
+        self.check_measurable(baseline)
+        return measured.worsening(self.metric, baseline, self.relative) <= self.value + 1e-9
 
     def size_met(self, sizes: dict[str, Any]) -> bool:
         """On a package's measured sizes (package_size(...).to_dict() or a run's sizes)."""
@@ -80,9 +111,11 @@ class Budget:
         return sizes["bits_per_weight"] <= self.value + 1e-9
 
     def describe(self) -> str:
-        return {"top1_drop": f"top-1 drop <= {self.value:g} points", "agreement": f"agreement >= {self.value:g}",
-                "bytes": f"size <= {int(self.value):,} bytes", "bits_per_weight": f"<= {self.value:g} bits per weight",
-                }[self.metric]
+        fixed = {"top1_drop": f"top-1 drop <= {self.value:g} points", "agreement": f"agreement >= {self.value:g}",
+                 "bytes": f"size <= {int(self.value):,} bytes", "bits_per_weight": f"<= {self.value:g} bits per weight"}
+        if self.metric in fixed:
+            return fixed[self.metric]
+        return f"{self.metric} at most {self.value:g}{'%' if self.relative else ''} worse than uncompressed"
 
 
 @dataclass
@@ -141,8 +174,7 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
     if not ops:
         raise ConfigError(f"the model has no weights of at least {weight_threshold} elements to compress")
     baseline = evaluator.baseline
-    if budget.metric == "top1_drop" and baseline.top1 is None:
-        raise ConfigError("a top-1 drop budget needs a labelled validation folder; use an agreement budget instead")
+    budget.check_measurable(baseline)
     originals = {op.name: np.asarray(weights[op.name]) for op in ops}
     if variants is None:
         variants = {}
@@ -274,7 +306,7 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
     return MixedResult(
         family=family, levels=levels, budget=asdict(budget), assignment=best_assignment, chosen=chosen,
         weight_bits=total_bits(best_assignment),
-        subset={"images": len(evaluator.x), "baseline": asdict(baseline), "measured": asdict(best_measured),
+        subset={"images": evaluator.count, "baseline": asdict(baseline), "measured": asdict(best_measured),
                 "meets_budget": budget.met(best_measured, baseline)},
         uniform=uniform, evaluations=evaluator.evaluations, elapsed_s=time.perf_counter() - started, noise=noise)
 
@@ -294,11 +326,6 @@ def size_target_bits(evaluator: SubsetEvaluator, budget: Budget, float_bits_tota
     return {"fixed_bytes": fixed, "target_bits": allowed * 8, "margin_bytes": margin_bytes,
             "float_package_bytes": base.package_bytes, "float_weights_bytes": base.weights_bytes,
             "n_weights": base.n_weights}
-
-
-def _score(measured: Measurement) -> tuple:
-    """Better is larger: top-1 when the data is labelled, then agreement, then SNR."""
-    return (measured.top1 if measured.top1 is not None else 0.0, measured.agreement, measured.snr_db)
 
 
 def _within_size(evaluator, family, budget, levels, ops, sequence, noise, bits, float_bits, overrides, total_bits,
@@ -338,7 +365,7 @@ def _within_size(evaluator, family, budget, levels, ops, sequence, noise, bits, 
                           f"everywhere needs about {int(target['fixed_bytes'] + total_bits(smallest) / 8):,} bytes; "
                           "raise the budget or add a more aggressive level")
     measured = [(name, assignment, evaluator.measure(overrides(assignment))) for name, assignment in candidates]
-    chosen, best_assignment, best_measured = max(measured, key=lambda c: _score(c[2]))
+    chosen, best_assignment, best_measured = max(measured, key=lambda c: evaluator.score(c[2]))
     uniform = [{"level": name, "weight_bits": total_bits(a), "meets_budget": True, **asdict(m)}
                for name, a, m in measured if name != "mixed"]
     levels_used = set(best_assignment.values())
@@ -347,7 +374,7 @@ def _within_size(evaluator, family, budget, levels, ops, sequence, noise, bits, 
     return MixedResult(
         family=family, levels=levels, budget=asdict(budget), assignment=best_assignment, chosen=chosen,
         weight_bits=total_bits(best_assignment),
-        subset={"images": len(evaluator.x), "baseline": asdict(evaluator.baseline), "measured": asdict(best_measured),
+        subset={"images": evaluator.count, "baseline": asdict(evaluator.baseline), "measured": asdict(best_measured),
                 "meets_budget": total_bits(best_assignment) <= limit},
         uniform=uniform, evaluations=evaluator.evaluations, elapsed_s=time.perf_counter() - started, noise=noise,
         size_target=target)

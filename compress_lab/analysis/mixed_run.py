@@ -12,10 +12,12 @@ from compress_lab.analysis.subset import Measurement, SubsetEvaluator
 
 
 def single_op_key(evaluator: SubsetEvaluator, family: str, levels: list[dict[str, Any]] | None) -> str:
-    """What the single-op stage depends on: the float program (its files), the subset (its pixels
-    and labels), the family and its levels."""
+    """What the single-op stage depends on: the float program (its files), the subset (its input
+    arrays and targets), the family and its levels."""
     import hashlib
     import json
+
+    import numpy as np
 
     from compress_lab.analysis.compressors import DEFAULT_LEVELS
     digest = hashlib.sha256()
@@ -23,8 +25,10 @@ def single_op_key(evaluator: SubsetEvaluator, family: str, levels: list[dict[str
     for path in sorted(p for p in package.rglob("*") if p.is_file() and p.name != "Manifest.json"):
         digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
-    digest.update(evaluator.x.tobytes())
-    digest.update(evaluator.labels.tobytes())
+    for arrays in (evaluator.source.inputs, evaluator.source.targets):
+        for name in sorted(arrays):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(arrays[name]).tobytes())
     digest.update(json.dumps([family, levels or DEFAULT_LEVELS[family]], sort_keys=True).encode())
     return digest.hexdigest()[:32]
 
@@ -69,7 +73,8 @@ SINGLE_OP_DIR = "mixed-single-op"
 
 
 def search_config(handle, data_dir: str | Path, family: str, budget: Budget, *, workdir: str | Path,
-                  max_images: int = 2000, precision: str = "fp16", progress=None, levels=None, reuse: bool = True):
+                  max_images: int = 2000, precision: str = "fp16", progress=None, levels=None, reuse: bool = True,
+                  preprocessing_overrides: dict | None = None):
     """The mixed-precision search on a validation subset: (technique config dict, MixedResult).
     With `reuse`, the single-op stage (each op alone at each level: most of the search's
     evaluations, and every op's weight compressed at every level) of an earlier search on the
@@ -78,7 +83,8 @@ def search_config(handle, data_dir: str | Path, family: str, budget: Budget, *, 
     from compress_lab.techniques import CompressContext, config_from_dict
 
     ctx = CompressContext(handle=handle, workdir=Path(workdir))
-    evaluator = SubsetEvaluator(ctx.float_package(precision), data_dir, handle.metadata, max_images=max_images)
+    evaluator = SubsetEvaluator(ctx.float_package(precision), data_dir, handle.metadata, max_images=max_images,
+                                preprocessing_overrides=preprocessing_overrides)
     key = single_op_key(evaluator, family, levels) if reuse else None
     noise, variants = stored_single_op(workdir, key) if reuse else (None, {})
     result = search_mixed(evaluator, family, budget, levels=levels, progress=progress, noise=noise, variants=variants)
@@ -122,27 +128,23 @@ def _fit_size(ctx, evaluator, family, budget, result, config, precision, progres
 
 def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_path: str | Path, *,
               workdir: str | Path, max_images: int = 2000, precision: str = "fp16", progress=None,
-              reuse: bool = True) -> dict[str, Any]:
+              reuse: bool = True, preprocessing_overrides: dict | None = None) -> dict[str, Any]:
     """Search, then compress the chosen config for real and measure it on the whole folder."""
-    from compress_lab.data import scan_folder
-    from compress_lab.evaluate import coreml_predictor, evaluate
     from compress_lab.models.size import package_size
     from compress_lab.techniques import CompressContext, compress, config_from_dict
 
     started = time.perf_counter()
     config, result = search_config(handle, data_dir, family, budget, workdir=workdir, max_images=max_images,
-                                   precision=precision, progress=progress, reuse=reuse)
+                                   precision=precision, progress=progress, reuse=reuse,
+                                   preprocessing_overrides=preprocessing_overrides)
     ctx = CompressContext(handle=handle, workdir=Path(workdir))
     outcome = compress(handle, config_from_dict(config), out_path, context=ctx)
 
-    meta = handle.metadata
-    kwargs = dict(preprocessing=meta.preprocessing, input_shape=meta.input_shape, class_names=meta.class_names)
-    reference = evaluate(coreml_predictor(ctx.float_package(precision)), scan_folder(data_dir, meta.class_names),
-                         meta.num_classes, **kwargs)
-    measured = evaluate(coreml_predictor(outcome.path), scan_folder(data_dir, meta.class_names), meta.num_classes,
-                        reference_logits=reference.logits, **kwargs)
-    full_baseline = Measurement(top1=reference.top1, agreement=1.0, snr_db=200.0)
-    full = Measurement(top1=measured.top1, agreement=measured.agreement, snr_db=measured.snr_db)
+    reference = evaluate_package(handle, ctx.float_package(precision), data_dir, preprocessing_overrides)
+    measured = evaluate_package(handle, outcome.path, data_dir, preprocessing_overrides,
+                                reference=reference.reference_outputs())
+    full_evaluator = _FullMeasure(handle.metadata)
+    full_baseline, full = full_evaluator.measurement(reference, baseline=True), full_evaluator.measurement(measured)
     size = package_size(outcome.path).to_dict()
     from compress_lab.analysis.coreml_config import optimization_config_dict
     return {
@@ -151,7 +153,8 @@ def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_pat
         "coreml_config": optimization_config_dict(outcome.details),
         "search": result.to_dict(),
         "verified": {"top1": measured.top1, "baseline_top1": reference.top1, "agreement": measured.agreement,
-                     "snr_db": measured.snr_db, "bytes": size["package_bytes"],
+                     "snr_db": measured.snr_db, "values": full.values, "baseline_values": full_baseline.values,
+                     "bytes": size["package_bytes"],
                      "bits_per_weight": size["bits_per_weight"],
                      "meets_budget": budget.size_met(size) if budget.is_size else budget.met(full, full_baseline),
                      "images": measured.n},
@@ -159,6 +162,34 @@ def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_pat
         "sizes": size,
         "timings": {"search_s": result.elapsed_s, **outcome.timings, "total_s": time.perf_counter() - started},
     }
+
+
+def evaluate_package(handle, package: str | Path, data_dir, preprocessing_overrides: dict | None = None,
+                     reference=None):
+    """A Core ML package of `handle`'s model measured on the whole source by its task (the one evaluator)."""
+    from compress_lab.evaluate import evaluate
+    from compress_lab.sweep.task import predictor_of
+    from compress_lab.tasks import task_for
+    meta = handle.metadata
+    task = task_for(meta)
+    dataset = task.dataset(task.open_source(data_dir, meta), meta, preprocessing_overrides=preprocessing_overrides)
+    return evaluate(predictor_of(handle, Path(package)), dataset, task, reference, meta=meta)
+
+
+class _FullMeasure(SubsetEvaluator):
+    """The Measurement of a whole-source evaluation result (the budget check of the answer)."""
+
+    def __init__(self, meta):  # noqa: D107 (no subset: only the metric bookkeeping)
+        from compress_lab.tasks import task_for
+        self.meta, self.task = meta, task_for(meta)
+        self.metrics = {m.name: m for m in self.task.metrics(meta) + self.task.fidelity_metrics(meta)}
+        self.labelled = True
+
+    def measurement(self, result, baseline: bool = False) -> Measurement:
+        measured = self._measurement(result, baseline)
+        if measured.top1 is None and result.top1 is not None:
+            measured.top1 = result.top1
+        return measured
 
 
 def coreml_config_of(handle, config: dict[str, Any], *, workdir: str | Path, precision: str = "fp16") -> dict[str, Any]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from compress_lab.analysis.table import SMALLER_IS_BETTER
+from compress_lab.analysis.table import lower_is_better
 
 
 def pareto_front(rows: Sequence[dict[str, Any]], x: str, y: str) -> list[dict[str, Any]]:
-    """Rows not dominated on (x, y), sorted by x. Direction per axis from SMALLER_IS_BETTER
+    """Rows not dominated on (x, y), sorted by x. Direction per axis from table.lower_is_better
     (e.g. fewer bytes and higher top-1 are better). Rows missing either value are ignored."""
-    x_sign = 1 if x in SMALLER_IS_BETTER else -1
-    y_sign = 1 if y in SMALLER_IS_BETTER else -1
+    x_sign = 1 if lower_is_better(x) else -1
+    y_sign = 1 if lower_is_better(y) else -1
     points = [r for r in rows if r.get(x) is not None and r.get(y) is not None]
     # Sort by x best-first, ties by y best-first; keep a point if it strictly improves y.
     points.sort(key=lambda r: (x_sign * r[x], y_sign * r[y]))
@@ -27,7 +27,7 @@ def pareto_front(rows: Sequence[dict[str, Any]], x: str, y: str) -> list[dict[st
 def smallest_within_budget(rows: Sequence[dict[str, Any]], metric: str, threshold: float,
                            size_key: str = "bytes") -> dict[str, Any] | None:
     """The smallest run (by size_key) whose metric is >= threshold (or <= for SMALLER_IS_BETTER metrics)."""
-    smaller_better = metric in SMALLER_IS_BETTER
+    smaller_better = lower_is_better(metric)
     ok = [r for r in rows if r.get(metric) is not None and r.get(size_key) is not None
           and (r[metric] <= threshold if smaller_better else r[metric] >= threshold)]
     return min(ok, key=lambda r: r[size_key]) if ok else None

@@ -1,65 +1,159 @@
-"""A fixed, deterministic subset of a validation folder held in memory, with the
+"""A fixed, deterministic subset of a validation source held in memory, with the
 uncompressed program's outputs on it, for the many quick evaluations of a
-sensitivity analysis or a mixed-precision search."""
+sensitivity analysis or a mixed-precision search.
+
+Every measurement goes through the lab's one evaluation path (`evaluate` with the
+model's task), so the metrics, their directions, the fidelity measures and the
+preprocessing overrides are the ones a sweep run uses."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from compress_lab.data import iter_batches, scan_folder
 from compress_lab.errors import DataError
 from compress_lab.models.metadata import ModelMetadata
+from compress_lab.tasks.base import SNR_CAP_DB, metric_value
 
 
 @dataclass
 class Measurement:
+    """One measurement on the subset: top-1 (classifiers on labelled data, else None),
+    top-1 agreement with the uncompressed model (outputs that are class scores, else None),
+    the worst output SNR (dB), and every metric of the task by name with its direction."""
+
     top1: float | None
-    agreement: float
+    agreement: float | None
     snr_db: float
+    values: dict[str, float] = field(default_factory=dict)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
 
     def score(self, metric: str) -> float:
-        value = getattr(self, metric)
+        value = getattr(self, metric) if metric in ("top1", "agreement", "snr_db") else self.values.get(metric)
         if value is None:
-            raise DataError(f"metric {metric!r} needs a labelled validation folder (<class>/<image>)")
-        return value
+            raise DataError(f"metric {metric!r} was not measured on this data"
+                            + (" (it needs a labelled validation folder, <class>/<image>)" if metric == "top1" else ""))
+        return float(value)
+
+    def worsening(self, metric: str, baseline: "Measurement", relative: bool = False) -> float:
+        """How much worse than `baseline` on `metric`, in its direction (> 0: worse); in
+        percent of the baseline's value when `relative`."""
+        ours, theirs = self.score(metric), baseline.score(metric)
+        worse = (theirs - ours) if self.higher_is_better.get(metric, True) else (ours - theirs)
+        if relative:
+            if theirs == 0:
+                raise DataError(f"a relative budget on {metric!r} needs a non-zero baseline value (it is 0)")
+            return 100.0 * worse / abs(theirs)
+        return worse
 
 
 class SubsetEvaluator:
-    def __init__(self, float_package: str | Path, data_dir: str | Path, metadata: ModelMetadata,
-                 max_images: int = 512, compute_precision: str = "fp32"):
+    def __init__(self, float_package: str | Path, data_dir, metadata: ModelMetadata,
+                 max_images: int = 512, compute_precision: str = "fp32",
+                 preprocessing_overrides: dict | None = None):
+        from compress_lab.arrays import ArraySource
         from compress_lab.runtime import load_program
+        from compress_lab.tasks import task_for
 
-        folder = scan_folder(data_dir, metadata.class_names)
-        if len(folder.samples) > max_images:  # evenly spaced, so every class is represented
-            keep = np.linspace(0, len(folder.samples) - 1, max_images).round().astype(int)
-            folder.samples = [folder.samples[i] for i in sorted(set(keep.tolist()))]
-        xs, labels = [], []
-        for batch in iter_batches(folder, metadata.preprocessing, metadata.input_shape, batch_size=128):
-            xs.append(batch.x)
-            labels.append(batch.labels)
-        if not xs:
-            raise DataError(f"no readable images in {data_dir}")
-        self.x = np.concatenate(xs)
-        self.labels = np.concatenate(labels)
-        self.labelled = bool((self.labels >= 0).all())
+        self.meta = metadata
+        self.task = task_for(metadata)
+        subset = self.task.subset_source(data_dir, metadata, int(max_images))
+        if not isinstance(subset, ArraySource) or subset.inputs is None:  # decode once, then hold it in memory
+            subset = _in_memory(self.task, subset, metadata, preprocessing_overrides)
+        self.source = subset
+        self.count = subset.n
+        if not self.count:
+            raise DataError(f"no readable samples in {data_dir}")
+        self.metrics = {m.name: m for m in self.task.metrics(metadata) + self.task.fidelity_metrics(metadata)}
+        self.labelled = subset.labelled and bool(self.task.metrics(metadata))
+        self.primary = self.task.primary_metric(metadata, labelled=self.labelled)
         self.base = load_program(float_package, compute_precision=compute_precision)
-        self.reference = self.base.predict(self.x)
-        self.baseline = self.measure_logits(self.reference)
+        reference = self._evaluate(self.base, None)
+        self.reference = reference.reference_outputs()
+        self.baseline = self._measurement(reference, baseline=True)
         self.evaluations = 0
 
+    @property
+    def x(self) -> np.ndarray:
+        """The first input of the subset (kept for callers that count its samples)."""
+        return next(iter(self.source.inputs.values()))
+
+    def _evaluate(self, program, reference):
+        from compress_lab.evaluate import evaluate, run_program
+
+        def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            arrays = {k: np.ascontiguousarray(v, dtype=np.int32 if v.dtype.kind in "iu" else np.float32)
+                      for k, v in inputs.items()}
+            out = run_program(program, arrays)
+            names = self.meta.io.output_names
+            if len(names) == 1 and names[0] not in out and out:
+                return {names[0]: np.asarray(next(iter(out.values())))}
+            return {k: np.asarray(v) for k, v in out.items()}
+
+        predict.named = True  # type: ignore[attr-defined]
+        dataset = self.task.dataset(self.source, self.meta, batch_size=128)
+        return evaluate(predict, dataset, self.task, reference, meta=self.meta)
+
+    def _measurement(self, result, baseline: bool = False) -> Measurement:
+        data = result.to_dict()
+        values, directions = {}, {}
+        for name, metric in self.metrics.items():
+            value = metric_value(data, name, metric.higher_is_better)
+            if baseline and metric.fidelity:
+                value = _identical(name)
+            if value is not None:
+                values[name], directions[name] = float(value), metric.higher_is_better
+        agreement = values.get("agreement")
+        snr = values.get("snr_db", SNR_CAP_DB)
+        top1 = values.get("top1") if self.labelled else None
+        return Measurement(top1=top1, agreement=agreement, snr_db=float(min(snr, SNR_CAP_DB)), values=values,
+                           higher_is_better=directions)
+
     def measure_logits(self, logits: np.ndarray) -> Measurement:
-        top1 = float((logits.argmax(1) == self.labels).mean()) if self.labelled else None
-        agreement = float((logits.argmax(1) == self.reference.argmax(1)).mean())
-        noise = float(((logits - self.reference) ** 2).sum())
-        signal = float((self.reference ** 2).sum())
-        snr = 10 * np.log10(signal / noise) if noise > 0 else 200.0
-        return Measurement(top1=top1, agreement=agreement, snr_db=float(min(snr, 200.0)))
+        """The measurement of given outputs (a classifier's logits) on the subset."""
+        from compress_lab.evaluate import evaluate
+        outputs = iter(np.array_split(np.asarray(logits), max(1, -(-self.count // 128))))
+
+        def predict(inputs):
+            return {self.meta.io.output_names[0]: next(outputs)}
+
+        predict.named = True  # type: ignore[attr-defined]
+        dataset = self.task.dataset(self.source, self.meta, batch_size=128)
+        return self._measurement(evaluate(predict, dataset, self.task, self.reference, meta=self.meta))
 
     def measure(self, overrides: dict[str, np.ndarray]) -> Measurement:
         """The program with some weights replaced (already compressed + decompressed)."""
         self.evaluations += 1
         program = self.base.with_constants(overrides) if overrides else self.base
-        return self.measure_logits(program.predict(self.x))
+        return self._measurement(self._evaluate(program, self.reference))
+
+    def score(self, measured: Measurement) -> tuple:
+        """Better is larger: the task's primary metric in its direction, then agreement, then SNR."""
+        primary = measured.values.get(self.primary.name)
+        oriented = 0.0 if primary is None else (primary if self.primary.higher_is_better else -primary)
+        return (oriented, measured.agreement if measured.agreement is not None else 0.0, measured.snr_db)
+
+
+def _identical(name: str) -> float | None:
+    """A fidelity measure of the uncompressed model against itself."""
+    return {"snr_db": SNR_CAP_DB, "psnr_db": SNR_CAP_DB, "cosine": 1.0, "max_abs_error": 0.0, "agreement": 1.0}.get(name)
+
+
+def _in_memory(task, source, meta, preprocessing_overrides):
+    """A decoded source (e.g. an image folder) as a stacked array source with the same targets."""
+    from compress_lab.arrays import ArraySource
+    inputs: dict[str, list] = {}
+    targets: dict[str, list] = {}
+    for batch in task.dataset(source, meta, batch_size=128, preprocessing_overrides=preprocessing_overrides):
+        for store, values in ((inputs, batch.inputs), (targets, batch.targets)):
+            for key, value in values.items():
+                store.setdefault(key, []).append(np.asarray(value))
+    if not inputs:
+        raise DataError(f"no readable samples in {getattr(source, 'root', source)}")
+    stacked_targets = {k: np.concatenate(v) for k, v in targets.items()}
+    if "label" in stacked_targets and (stacked_targets["label"] < 0).all():
+        del stacked_targets["label"]   # an unlabelled folder stays unlabelled
+    return ArraySource(root=Path(getattr(source, "root", ".")), inputs={k: np.concatenate(v) for k, v in inputs.items()},
+                       targets=stacked_targets, io=meta.io)

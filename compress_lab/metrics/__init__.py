@@ -90,33 +90,7 @@ def _line_in(path: Path, error: BaseException) -> int | None:
 
 def load_metric(spec: str | Path) -> UserMetric:
     """Load `path/to/metric.py[:name]` (see the module docstring). Runs the file."""
-    text = str(spec)
-    path_text, _, name = text.partition(":") if not Path(text).is_file() else (text, "", "")
-    name = name or "metric"
-    path = Path(path_text).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"metric file {path} does not exist; give path/to/metric.py or path/to/metric.py:function")
-    if path.suffix != ".py":
-        raise ConfigError(f"metric file {path} is not a Python file (.py)")
-    module_name = "compress_lab_user_metric_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise ConfigError(f"metric file {path} cannot be imported")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as e:
-        sys.modules.pop(module_name, None)
-        line = _line_in(path, e)
-        raise ConfigError(f"metric file {path} raised {type(e).__name__} when loaded"
-                          f"{f' (line {line})' if line else ''}: {str(e)[:300]}") from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
-                       and getattr(v, "__module__", None) == module_name)
-        raise ConfigError(f"metric file {path} has no function {name!r} (its functions: {found or 'none'}); name it "
-                          f"`metric` or give path:function")
+    path, name, fn, module = _load_function(spec, "metric")
     raw = getattr(fn, "directions", None) or getattr(module, "DIRECTIONS", None)
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"metric file {path} declares no directions; add DIRECTIONS = {{\"name\": \"higher\" or "
@@ -128,3 +102,64 @@ def load_metric(spec: str | Path) -> UserMetric:
             raise ConfigError(f"metric file {path}: DIRECTIONS[{key!r}] = {value!r}; use \"higher\" or \"lower\"")
         directions[str(key)] = DIRECTION_WORDS[word]
     return UserMetric(path=path, name=name, fn=fn, directions=directions)
+
+
+def _load_function(spec: str | Path, kind: str):
+    """Import `path/to/<kind>.py[:name]` (default function: `kind`); (path, name, function, module)."""
+    text = str(spec)
+    path_text, _, name = text.rpartition(":") if ":" in text and not Path(text).is_file() else (text, "", "")
+    name = name or kind
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{kind} file {path} does not exist; give path/to/{kind}.py or path/to/{kind}.py:function")
+    if path.suffix != ".py":
+        raise ConfigError(f"{kind} file {path} is not a Python file (.py)")
+    module_name = f"compress_lab_user_{kind}_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"{kind} file {path} cannot be imported")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(module_name, None)
+        line = _line_in(path, e)
+        raise ConfigError(f"{kind} file {path} raised {type(e).__name__} when loaded"
+                          f"{f' (line {line})' if line else ''}: {str(e)[:300]}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+                       and getattr(v, "__module__", None) == module_name)
+        raise ConfigError(f"{kind} file {path} has no function {name!r} (its functions: {found or 'none'}); name it "
+                          f"`{kind}` or give path:function")
+    return path, name, fn, module
+
+
+@dataclass(frozen=True)
+class UserLoss:
+    """A user's training loss: `fn(outputs, targets) -> scalar tensor`, with the model's
+    outputs and the batch's targets as dicts of PyTorch tensors, by name."""
+
+    path: Path
+    name: str
+    fn: Callable
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.name}"
+
+    def __call__(self, outputs, targets):
+        return self.fn(outputs, targets)
+
+
+def load_loss(spec: str | Path) -> UserLoss:
+    """Load `path/to/loss.py[:name]` (function `loss` by default), a function
+
+        def loss(outputs, targets):     # dicts of torch tensors, by output / target name
+            return torch.nn.functional.mse_loss(outputs["value"], targets["value"])
+
+    that training-time techniques minimise instead of the task's loss. Like a metric
+    file, a loss file is code: loading it runs it with your user's rights."""
+    path, name, fn, _ = _load_function(spec, "loss")
+    return UserLoss(path=path, name=name, fn=fn)

@@ -15,7 +15,7 @@ import torch
 from compress_lab.errors import ConfigError, ModelLoadError
 from compress_lab.models.handle import METADATA_KEY
 from compress_lab.models.metadata import ModelMetadata
-from compress_lab.quiet import quiet_coremltools
+from compress_lab.quiet import MIL_LOCK, quiet_coremltools
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -67,7 +67,7 @@ def convert_module(module: torch.nn.Module, metadata: ModelMetadata, out_path: s
         if pass_pipeline is not None:
             kwargs["pass_pipeline"] = pass_pipeline
         try:
-            with quiet_coremltools():
+            with quiet_coremltools(), MIL_LOCK:
                 mlmodel = ct.convert(traced, **kwargs)
             break
         except Exception as e:  # a program whose shape arithmetic needs a static batch
@@ -127,7 +127,7 @@ def _convert_declared(module, metadata: ModelMetadata, compute_precision, flexib
         if pass_pipeline is not None:
             kwargs["pass_pipeline"] = pass_pipeline
         try:
-            with quiet_coremltools():
+            with quiet_coremltools(), MIL_LOCK:
                 return ct.convert(traced, **kwargs)
         except Exception as e:  # a program whose shape arithmetic needs static shapes
             last_error = e

@@ -37,6 +37,7 @@ class ModelHandle:
     fingerprint: str
     module: torch.nn.Module | None = field(default=None, repr=False)
     mlpackage: Path | None = None
+    notes: list[str] = field(default_factory=list)  # what the lab decided at load that a user should know
 
     @property
     def name(self) -> str:
@@ -284,34 +285,40 @@ def _load_mlpackage(path: Path, meta) -> ModelHandle:
     stored = spec.description.metadata.userDefined.get(METADATA_KEY)
     if meta is None and stored:
         meta = ModelMetadata.from_dict(json.loads(stored))
-    meta = _require_metadata(meta, path)
+    from compress_lab.models.package_metadata import metadata_from_spec, with_image_inputs
+    notes: list[str] = []
+    if meta is None:
+        meta = metadata_from_spec(spec, path)
+        notes.append(f"{path.name} carries no compress-lab metadata and none is beside it: loaded as task 'tensors' "
+                     "with the inputs and outputs its spec declares (fidelity to the uncompressed model is measured); "
+                     "put a metadata.json beside it for a task with metrics (e.g. class_names for a classifier)")
+    meta = with_image_inputs(meta, spec, path, notes)
     _check_coreml_io(spec, meta, path)
     files = sorted(p for p in path.rglob("*") if p.is_file())
-    return ModelHandle(source=str(path), kind="coreml", metadata=meta, fingerprint=_hash_files(files), mlpackage=path)
+    return ModelHandle(source=str(path), kind="coreml", metadata=meta, fingerprint=_hash_files(files), mlpackage=path,
+                       notes=notes)
 
 
 def _check_coreml_io(spec, meta: ModelMetadata, path: Path) -> None:
     """One tensor input (N, C, H, W) agreeing with the metadata; an output with one value per class where its shape is declared.
     A model of another task: its inputs and outputs checked by its task against the declaration."""
+    from compress_lab.models.package_metadata import spec_shape
     inputs = list(spec.description.input)
     if meta.task != "classification":
         from compress_lab.tasks import task_for
 
-        def shape_of(feature):
-            if feature.type.WhichOneof("Type") != "multiArrayType":
-                return None
-            return [int(d) for d in feature.type.multiArrayType.shape] or None
-        task_for(meta).check_io(meta, {i.name: shape_of(i) for i in inputs},
-                                {o.name: shape_of(o) for o in spec.description.output}, source=str(path))
+        task_for(meta).check_io(meta, {i.name: spec_shape(i) for i in inputs},
+                                {o.name: spec_shape(o) for o in spec.description.output}, source=str(path))
         return
     if len(inputs) != 1:
         raise ModelLoadError(
             f"{path} has {len(inputs)} inputs {[i.name for i in inputs]}; {IO_HELP}. Re-convert it with a single image input")
     kind = inputs[0].type.WhichOneof("Type")
-    if kind != "multiArrayType":
+    if kind not in ("multiArrayType", "imageType"):
         raise ModelLoadError(
-            f"input {inputs[0].name!r} of {path} is a {kind}, not a tensor; re-convert it with ct.TensorType inputs")
-    shape = [int(d) for d in inputs[0].type.multiArrayType.shape]
+            f"input {inputs[0].name!r} of {path} is a {kind}, not a tensor or an image; re-convert it with a "
+            "ct.TensorType or ct.ImageType input")
+    shape = spec_shape(inputs[0]) or []
     if shape and (len(shape) != 4 or tuple(shape[1:]) != tuple(meta.input_shape)):
         raise ModelLoadError(
             f"input {inputs[0].name!r} of {path} has shape {shape} but the metadata says (N, {', '.join(map(str, meta.input_shape))}); "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from compress_lab.errors import ConfigError
+from compress_lab.models.image_input import ImageInput
 
 DTYPES = ("float32", "float16", "int32")
 FLEXIBLE = "?"   # a flexible dimension given as null or -1
@@ -31,7 +32,7 @@ MEANINGS = {
     "values": "any numbers (regression values, dense maps, detections, ...)",
     "state": "a recurrent state handed back in as an input on the next step",
 }
-INPUT_KEYS = ("name", "shape", "dtype", "description")
+INPUT_KEYS = ("name", "shape", "dtype", "description", "image")
 OUTPUT_KEYS = ("name", "meaning", "shape", "description")
 
 Dim = "int | str"
@@ -89,6 +90,7 @@ class TensorSpec:
     shape: tuple[int | str, ...]
     dtype: str = "float32"
     description: str = ""
+    image: ImageInput | None = None  # a Core ML image input (ct.ImageType): pixels 0..255, RGB order
 
     def __post_init__(self) -> None:
         self.validate("input")
@@ -100,6 +102,14 @@ class TensorSpec:
             raise ConfigError(f"{field}.dtype = {self.dtype!r} is not supported; use one of {list(DTYPES)}")
         if not isinstance(self.description, str):
             raise ConfigError(f"{field}.description = {self.description!r} must be a string")
+        if self.image is not None:
+            image = ImageInput.from_dict(self.image, f"{field}.image")
+            object.__setattr__(self, "image", image)
+            if (len(self.shape) != 3 or isinstance(self.shape[0], str) or int(self.shape[0]) != image.channels
+                    or self.dtype == "int32"):
+                raise ConfigError(f"{field} is an image input ({image.color_layout}) but has shape "
+                                  f"{format_shape(self.shape)} and dtype {self.dtype}; an image input is float "
+                                  f"[{image.channels}, height, width]")
 
     @property
     def flexible(self) -> bool:
@@ -110,6 +120,8 @@ class TensorSpec:
                              "dtype": self.dtype}
         if self.description:
             d["description"] = self.description
+        if self.image is not None:
+            d["image"] = self.image.to_dict()
         return d
 
     @classmethod
@@ -120,7 +132,8 @@ class TensorSpec:
                 raise ConfigError(f"{field} lacks {key!r}; an input needs a name and a shape (and a dtype, "
                                   f"default float32), e.g. {{\"name\": \"input\", \"shape\": [3, 224, 224]}}")
         spec = cls.__new__(cls)
-        for key, default in (("name", None), ("shape", None), ("dtype", "float32"), ("description", "")):
+        for key, default in (("name", None), ("shape", None), ("dtype", "float32"), ("description", ""),
+                             ("image", None)):
             object.__setattr__(spec, key, data.get(key, default))
         spec.validate(field)
         return spec

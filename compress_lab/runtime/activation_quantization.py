@@ -96,8 +96,9 @@ def linear_quantize_activations(mlmodel, config, sample_data: Iterable, compute_
     suffix.set_options([PassOption("config", config)])
     suffix.set_options([PassOption("activation_stats", stats)])
     passes = [prefix, suffix, PASS_REGISTRY["common::dequantize_quantize_pair_elimination"]]
+    from compress_lab.quiet import MIL_LOCK
     try:
-        with quiet_coremltools():
+        with quiet_coremltools(), MIL_LOCK:
             return model_utils._apply_graph_pass(mlmodel, passes, spec_version=_SPECIFICATION_VERSION_IOS_17,
                                                  pymil_load_func=milproto.load,
                                                  skip_model_load=mlmodel.__proxy__ is None)

@@ -12,6 +12,7 @@ from typing import Any
 
 from compress_lab.quiet import quiet_coremltools  # noqa: F401  (used here and by the runtime's modules)
 from compress_lab.errors import ModelLoadError
+from compress_lab.models.image_input import ImageInput, image_inputs
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class InputFact:
     shape: tuple[int, ...]
     flexible: tuple[bool, ...]
     dtype: str  # "float32", "float16" or "int32"
+    image: ImageInput | None = None  # an image input: fed RGB pixels 0..255 (see models/image_input.py)
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,14 @@ def load_mil_source(source) -> MilSource:
     if not spec.description.input:
         raise ModelLoadError(f"{origin} has no input; the lab's runtime runs models with at least one tensor input")
     for desc in spec.description.input:
-        if desc.type.WhichOneof("Type") != "multiArrayType":
+        if desc.type.WhichOneof("Type") not in ("multiArrayType", "imageType"):
             raise ModelLoadError(
                 f"input {desc.name!r} of {origin} is a {desc.type.WhichOneof('Type')}; "
-                "the lab's runtime needs multi-array (tensor) inputs")
+                "the lab's runtime needs multi-array (tensor) or image inputs")
+    images = {name: info for name, (info, _) in image_inputs(spec).items()}
     input_desc = spec.description.input[0]
     fixed_batch, input_shape, max_batch = _input_facts(function, input_desc)
-    inputs = tuple(_input_fact(function, desc) for desc in spec.description.input)
+    inputs = tuple(_input_fact(function, desc, images.get(desc.name)) for desc in spec.description.input)
     output_names = tuple(o.name for o in spec.description.output)
     return MilSource(origin=origin, mlmodel=mlmodel, program=program, function=function, function_name=function_name,
                      input_name=input_desc.name, output_names=output_names, input_shape=input_shape,
@@ -110,11 +113,12 @@ def _input_facts(function, input_desc):
     array = input_desc.type.multiArrayType
     var = function.inputs[input_desc.name]
     shape = var.shape
-    default = list(array.shape) or [d if isinstance(d, int) else 1 for d in shape]
+    default = list(array.shape) or [d if _is_int(d) else 1 for d in shape]
     batch_dim = shape[0] if shape else None
     fixed_batch = int(batch_dim) if _is_int(batch_dim) else None
     max_batch = None
-    if fixed_batch is None and array.WhichOneof("ShapeFlexibility") == "shapeRange":
+    if (fixed_batch is None and input_desc.type.WhichOneof("Type") == "multiArrayType"
+            and array.WhichOneof("ShapeFlexibility") == "shapeRange"):
         upper = array.shapeRange.sizeRanges[0].upperBound
         max_batch = int(upper) if upper > 0 else None
     input_shape = tuple(int(d) if _is_int(d) else int(default[i]) for i, d in enumerate(shape))
@@ -124,12 +128,14 @@ def _input_facts(function, input_desc):
 _ARRAY_DTYPES = {65568: "float32", 65552: "float16", 131104: "int32", 65600: "float32"}  # FLOAT32, FLOAT16, INT32, DOUBLE
 
 
-def _input_fact(function, desc) -> InputFact:
+def _input_fact(function, desc, image: ImageInput | None = None) -> InputFact:
     var = function.inputs[desc.name]
     array = desc.type.multiArrayType
     default = list(array.shape) or [d if _is_int(d) else 1 for d in var.shape]
     shape = tuple(int(d) if _is_int(d) else int(default[i]) for i, d in enumerate(var.shape))
     flexible = tuple(not _is_int(d) for d in var.shape)
+    if image is not None:
+        return InputFact(desc.name, shape, flexible, "float16" if not image.eight_bit else "float32", image)
     return InputFact(desc.name, shape, flexible, _ARRAY_DTYPES.get(int(array.dataType), "float32"))
 
 

@@ -43,6 +43,7 @@ class CoreMLProgram:
         self.input_shape = tuple(source.input_shape)
         self.fixed_batch = source.fixed_batch
         self.max_batch = source.max_batch
+        self.image_inputs = {f.name: f.image for f in self.inputs if f.image is not None}
 
     def __repr__(self) -> str:
         batch = self.fixed_batch if self.fixed_batch is not None else "flexible"
@@ -90,15 +91,28 @@ class CoreMLProgram:
         return {name: np.concatenate(values) if values[0].ndim else values[0] for name, values in parts.items()}
 
     def _run_batch(self, x: torch.Tensor) -> dict:
-        return self._interpreter.run(x)
+        return self._interpreter.run(self._as_program_input(self.input_name, x))
 
     def _run_named(self, named: dict[str, torch.Tensor]) -> dict:
-        return self._interpreter.run(named)
+        return self._interpreter.run({k: self._as_program_input(k, v) for k, v in named.items()})
+
+    def _as_program_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """An image input as Core ML hands it to the program (8-bit, declared channel order);
+        the program's own first ops then apply the scale and bias. Other inputs as they are."""
+        image = self.image_inputs.get(name)
+        if image is None:
+            return x
+        from compress_lab.models.image_input import to_program_layout
+        return torch.from_numpy(to_program_layout(x.numpy(), image))
 
     def observe(self, x, callback) -> None:
         """Run one batch, calling `callback(var_name, torch_value)` for the inputs and every
         computed value (activation calibration records ranges with it). `x`: an array or a dict."""
-        self._interpreter.run(self._check_named(x) if isinstance(x, dict) else self._check_input(x), observe=callback)
+        if isinstance(x, dict):
+            named = {k: self._as_program_input(k, v) for k, v in self._check_named(x).items()}
+        else:
+            named = self._as_program_input(self.input_name, self._check_input(x))
+        self._interpreter.run(named, observe=callback)
 
     def _check_named(self, x: dict) -> dict[str, torch.Tensor]:
         """Named inputs as tensors of the dtype each input takes; shapes checked against the
@@ -125,7 +139,8 @@ class CoreMLProgram:
                     raise DataError(f"input {name!r} of {self.origin} takes float values, got {value.dtype}")
                 tensor = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
             wrong = tensor.dim() != len(fact.shape) or any(
-                not flex and int(got) != want for got, want, flex in zip(tensor.shape, fact.shape, fact.flexible))
+                not flex and int(got) != want and not _other_channels(fact, axis, int(got))
+                for axis, (got, want, flex) in enumerate(zip(tensor.shape, fact.shape, fact.flexible)))
             if wrong:
                 shape = ", ".join("*" if flex else str(d) for d, flex in zip(fact.shape, fact.flexible))
                 raise DataError(f"input {name!r} of shape {tuple(tensor.shape)} does not fit {self.origin}, which takes "
@@ -146,7 +161,10 @@ class CoreMLProgram:
         else:
             raise DataError(f"input must be a numpy array or torch tensor, got {type(x).__name__}")
         expected = self.input_shape[1:]
-        if x.dim() != len(self.input_shape) or tuple(x.shape[1:]) != expected:
+        fact = self.inputs[0] if self.inputs else None
+        if x.dim() != len(self.input_shape) or any(
+                int(got) != want and not (fact is not None and _other_channels(fact, axis + 1, int(got)))
+                for axis, (got, want) in enumerate(zip(x.shape[1:], expected))):
             raise DataError(
                 f"input of shape {tuple(x.shape)} does not fit input {self.input_name!r} of {self.origin}, "
                 f"which takes (N, {', '.join(map(str, expected))}); resize or reshape the input")
@@ -187,17 +205,46 @@ class NativeProgram(CoreMLProgram):
         self._constants = None
 
     def _run_batch(self, x: torch.Tensor) -> dict:
+        if self.image_inputs:
+            return self._run_named({self.input_name: x})
         array = x.numpy().astype(np.float16 if self._input_fp16 else np.float32)
         return self._mlmodel.predict({self.input_name: array})
 
     def _run_named(self, named: dict[str, torch.Tensor]) -> dict:
         dtypes = {f.name: {"float16": np.float16, "int32": np.int32}.get(f.dtype, np.float32) for f in self.inputs}
-        return self._mlmodel.predict({k: v.numpy().astype(dtypes[k]) for k, v in named.items()})
+        if not self.image_inputs:
+            return self._mlmodel.predict({k: v.numpy().astype(dtypes[k]) for k, v in named.items()})
+        # Core ML takes image inputs as images, one sample per prediction: RGB pixels -> PIL images
+        n = len(next(iter(named.values())))
+        samples = [{k: (_pil_image(v.numpy()[i], self.image_inputs[k]) if k in self.image_inputs
+                        else v.numpy()[i:i + 1].astype(dtypes[k])) for k, v in named.items()} for i in range(n)]
+        results = [self._mlmodel.predict(sample) for sample in samples]
+        return {name: np.concatenate([np.asarray(r[name]) for r in results]) for name in results[0]}
 
     def weights(self) -> dict[str, np.ndarray]:
         if self._constants is None:
             self._constants = decompress_constants(self._source.program, self._source.function, self.origin)
         return {name: value.copy() for name, value in weight_values(self._source.function, self._constants).items()}
+
+
+def _pil_image(pixels: np.ndarray, image):
+    """One (C, H, W) RGB (or gray) sample as the PIL image Core ML takes."""
+    from PIL import Image
+    if image.grayscale:
+        gray = pixels if pixels.shape[0] == 1 else pixels[:3]
+        values = gray[0] if gray.shape[0] == 1 else (gray * np.array([0.299, 0.587, 0.114])[:, None, None]).sum(0)
+        if not image.eight_bit:
+            return Image.fromarray(values.astype(np.float32), mode="F")
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(1, 2, 0), mode="RGB")
+
+
+def _other_channels(fact, axis: int, got: int) -> bool:
+    """Whether `got` channels on `axis` are what an image input also takes (RGB for grayscale)."""
+    if fact.image is None or axis != len(fact.shape) - 3:
+        return False
+    from compress_lab.models.image_input import accepted_channels
+    return got in accepted_channels(fact.image)
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -221,12 +268,16 @@ def load_program(path, compute_precision: str = "fp32", *, backend: str = "torch
         raise ConfigError(f"backend {backend!r} is not supported; use one of {BACKENDS}")
     if compute_precision not in COMPUTE_PRECISIONS:
         raise ConfigError(f"compute_precision {compute_precision!r} is not supported; use one of {COMPUTE_PRECISIONS}")
+    from compress_lab.quiet import MIL_LOCK
+
     if backend == "native":
         available, reason = native_runtime_available()
         if not available:
             raise RuntimeUnavailableError(f"the native Core ML runtime is unavailable: {reason}. Use backend='torch'.")
-        return NativeProgram(load_mil_source(_path_or_model(path)), compute_units)
-    return CoreMLProgram(load_mil_source(_path_or_model(path)), compute_precision)
+        with MIL_LOCK:
+            return NativeProgram(load_mil_source(_path_or_model(path)), compute_units)
+    with MIL_LOCK:  # loading builds the MIL program and decompresses its weights with coremltools' passes
+        return CoreMLProgram(load_mil_source(_path_or_model(path)), compute_precision)
 
 
 def _path_or_model(path):

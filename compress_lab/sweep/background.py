@@ -1,7 +1,7 @@
 """Start a sweep as a detached background process (it keeps running when the
 browser tab, or the app, is closed) and find it again from its store folder.
 
-The process is `python -m compress_lab.sweep.cli SPEC --store DIR --yes`; its
+The process is `python -m compress_lab.cli.sweep SPEC --store DIR --yes`; its
 output goes to `DIR/sweep.log`, its pid to `DIR/sweep.pid`."""
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def launch_background(spec, store_folder: str | Path, *, workers: int | None = N
         spec_path.write_text(json.dumps(spec.to_dict(), indent=2))
     else:
         spec_path = Path(spec).resolve()
-    command = [sys.executable, "-m", "compress_lab.sweep.cli", str(spec_path), "--store", str(store_folder), "--yes"]
+    command = [sys.executable, "-m", "compress_lab.cli.sweep", str(spec_path), "--store", str(store_folder), "--yes"]
     for flag, value in (("--workers", workers), ("--executor", executor), ("--address", address), ("--timeout", timeout_s)):
         if value is not None:
             command += [flag, str(value)]

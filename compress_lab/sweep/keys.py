@@ -46,7 +46,7 @@ def folder_fingerprint(folder: str | Path) -> str:
 
 
 def data_fingerprint(validation: str | Path, preprocessing: dict, train: str | Path | None = None,
-                     _cache: dict | None = None, metric: str | None = None) -> str:
+                     _cache: dict | None = None, metric: str | None = None, loss: str | None = None) -> str:
     """The data a run depends on: the validation folder (+ the train folder for a
     technique that reads data) and the effective preprocessing."""
     parts = {"validation": folder_fingerprint(validation), "preprocessing": preprocessing}
@@ -55,6 +55,9 @@ def data_fingerprint(validation: str | Path, preprocessing: dict, train: str | P
     if metric is not None:  # a user metric file: its name and content (runs without one keep their ids)
         file_part = metric.rsplit(":", 1)[0] if ":" in Path(metric).name else metric
         parts["metric"] = [Path(metric).name, hashlib.sha256(Path(file_part).read_bytes()).hexdigest()]
+    if loss is not None:  # a user loss file (training runs only): its name and content
+        file_part = loss.rsplit(":", 1)[0] if ":" in Path(loss).name else loss
+        parts["loss"] = [Path(loss).name, hashlib.sha256(Path(file_part).read_bytes()).hexdigest()]
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
 
 

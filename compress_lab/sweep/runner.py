@@ -107,6 +107,18 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
 
     invalid = list(plan.invalid)
     tasks: list[RunTask] = []
+    refusals: dict[bool, str | None] = {}
+
+    def training_refusal(config) -> str | None:
+        """Why the model cannot be fine-tuned on [data] train (checked once, before any work);
+        None when it can, or when a user loss takes over (it decides what it needs)."""
+        if spec.data.loss is not None:
+            return None
+        if True not in refusals:
+            task = task_for(handle.metadata)
+            source = spec.data.train if config.train_folder_needed() and spec.data.train is not None else None
+            refusals[True] = task.training_refusal(handle.metadata, source)
+        return refusals[True]
     baseline_formats = ["pytorch", "fp32", "fp16"] if handle.kind == "torch" else ["coreml"]
     for fmt in baseline_formats:
         config = {"technique": "baseline", "format": fmt}
@@ -120,13 +132,13 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
                                         f"technique {config.name!r} fine-tunes the PyTorch model; {spec.model.source} "
                                         "is a Core ML package"))
             continue
-        refusal = task_for(handle.metadata).training_refusal(handle.metadata) if config.family == "training_time" else None
+        refusal = training_refusal(config) if config.needs_loss else None
         if refusal:
             invalid.append(InvalidPoint(point.grid_index, config.to_dict(), f"technique {config.name!r}: {refusal}"))
             continue
         data_fp = val_fp
         extra = config.extra_data_folder()
-        if extra is not None and Path(extra).expanduser().is_dir():  # a calibration folder of its own
+        if extra is not None and Path(extra).expanduser().exists():  # a calibration source of its own
             data_fp = keys.data_fingerprint(spec.data.validation, preprocessing, Path(extra).expanduser(),
                                             metric=spec.data.metric)
         elif config.train_folder_needed():
@@ -137,7 +149,7 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
                 continue
             if train_fp is None:
                 train_fp = keys.data_fingerprint(spec.data.validation, preprocessing, spec.data.train,
-                                                 metric=spec.data.metric)
+                                                 metric=spec.data.metric, loss=spec.data.loss)
             data_fp = train_fp
         cfg = config.to_dict()
         tasks.append(RunTask(keys.run_id(handle.fingerprint, cfg, data_fp), KIND_TECHNIQUE, cfg, config.label(),
@@ -229,7 +241,7 @@ def _prepare_inputs(prep: PreparedSweep, store_folder: Path, driver: str, record
         train=str(spec.data.train) if spec.data.train else None, preprocessing=dict(spec.data.preprocessing),
         batch_size=spec.data.batch_size, reference_path=str(reference), baseline_sizes=baseline_sizes,
         workdir=str(workdir), cache_dir=str(cache_dir), plugins=tuple(str(p) for p in spec.run.plugins),
-        metric=spec.data.metric)
+        metric=spec.data.metric, loss=spec.data.loss)
 
 
 # --------------------------------------------------------------------------- running

@@ -135,13 +135,16 @@ class DataSpec:
     preprocessing: dict = field(default_factory=dict)
     batch_size: int = 64
     metric: str | None = None       # a user metric, "path/to/metric.py[:function]" (compress_lab/metrics)
+    loss: str | None = None         # a user training loss, "path/to/loss.py[:function]" (compress_lab/metrics)
 
     def __post_init__(self) -> None:
-        if self.metric is not None:
-            path = Path(str(self.metric).rsplit(":", 1)[0] if not Path(str(self.metric)).is_file() else str(self.metric))
-            if not path.is_file():
-                raise ConfigError(f"[data] metric = {self.metric!r}: {path} does not exist; give path/to/metric.py or "
-                                  "path/to/metric.py:function (relative to the spec file)")
+        for key in ("metric", "loss"):
+            value = getattr(self, key)
+            if value is not None:
+                path = Path(str(value).rsplit(":", 1)[0] if not Path(str(value)).is_file() else str(value))
+                if not path.is_file():
+                    raise ConfigError(f"[data] {key} = {value!r}: {path} does not exist; give path/to/{key}.py or "
+                                      f"path/to/{key}.py:function (relative to the spec file)")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ConfigError(f"[data] batch_size = {self.batch_size!r} must be a positive integer")
         if not isinstance(self.preprocessing, dict):
@@ -154,17 +157,21 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, data: dict, base: Path) -> "DataSpec":
-        _reject_unknown(data, ("validation", "train", "preprocessing", "batch_size", "metric"), "[data]")
+        _reject_unknown(data, ("validation", "train", "preprocessing", "batch_size", "metric", "loss"), "[data]")
         if "validation" not in data:
             raise ConfigError("[data] needs `validation`: the folder of validation images (<class>/<image>)")
-        metric = data.get("metric")
-        if metric is not None:
-            if not isinstance(metric, str) or not metric:
-                raise ConfigError(f"[data] metric = {metric!r} must be a path string: \"metric.py\" or \"metric.py:function\"")
-            file_part, name = metric.rsplit(":", 1) if ":" in Path(metric).name else (metric, "")
-            metric = str(_path(file_part, base, "[data] metric")) + (f":{name}" if name else "")
+        files = {}
+        for key in ("metric", "loss"):
+            value = data.get(key)
+            if value is not None:
+                if not isinstance(value, str) or not value:
+                    raise ConfigError(f"[data] {key} = {value!r} must be a path string: \"{key}.py\" or "
+                                      f"\"{key}.py:function\"")
+                file_part, name = value.rsplit(":", 1) if ":" in Path(value).name else (value, "")
+                value = str(_path(file_part, base, f"[data] {key}")) + (f":{name}" if name else "")
+            files[key] = value
         return cls(_path(data["validation"], base, "[data] validation"), _path(data.get("train"), base, "[data] train"),
-                   dict(data.get("preprocessing") or {}), data.get("batch_size", 64), metric)
+                   dict(data.get("preprocessing") or {}), data.get("batch_size", 64), files["metric"], files["loss"])
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"validation": str(self.validation), "batch_size": self.batch_size}
@@ -174,6 +181,8 @@ class DataSpec:
             out["preprocessing"] = dict(self.preprocessing)
         if self.metric is not None:
             out["metric"] = self.metric
+        if self.loss is not None:
+            out["loss"] = self.loss
         return out
 
 

@@ -52,6 +52,7 @@ class SweepContext:
     plugins: tuple[str, ...] = ()     # Python files that register extra techniques
     threads: int | None = None        # torch threads per worker
     metric: str | None = None         # a user metric file, "path.py[:function]"
+    loss: str | None = None           # a user training loss file, "path.py[:function]"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -207,7 +208,7 @@ def _execute(task: RunTask, ctx: SweepContext, state: _WorkerState, started: flo
     compress_ctx = CompressContext(handle=handle, workdir=Path(ctx.workdir),
                                    train_dir=Path(ctx.train) if ctx.train else None,
                                    validation_dir=Path(ctx.validation),
-                                   preprocessing_overrides=ctx.preprocessing or None,
+                                   preprocessing_overrides=ctx.preprocessing or None, loss=ctx.loss,
                                    progress=progress, cancel_event=cancel_event)
 
     if task.kind == KIND_PYTORCH:

@@ -22,7 +22,7 @@ from compress_lab.errors import ConfigError
 if TYPE_CHECKING:
     from compress_lab.tasks.base import Task
 
-BUILTIN_MODULES = ("classification", "tensors", "embedding", "regression", "language_model")
+BUILTIN_MODULES = ("classification", "tensors", "embedding", "regression", "language_model", "pitch")
 _TASKS: dict[str, "Task"] = {}
 _loaded = False
 

@@ -128,13 +128,6 @@ class Task:
     name = ""
     label = ""
     description = ""
-    # Whether the lab's fine-tuning loop (techniques/_training.py) can train this task
-    # with its `loss` today. That loop reads labelled image folders and minimises
-    # cross-entropy on (N, K) logits, so a task that defines a loss over other data sets
-    # this False: its training-time points are refused up front, with the reason,
-    # instead of failing inside every run.
-    finetune_supported = True
-
     # -- declaration
     def io(self, meta) -> IOSpec:
         return meta.io
@@ -190,6 +183,16 @@ class Task:
                 cache=None, progress=None):
         raise NotImplementedError
 
+    def subset_source(self, source, meta, max_samples: int):
+        """At most `max_samples` samples of `source`, evenly spaced, for the many quick
+        measurements of a sensitivity analysis or a mixed-precision search."""
+        from compress_lab.arrays import ArraySource, evenly_spaced, take
+        source = self.open_source(source, meta)
+        if not isinstance(source, ArraySource):
+            raise ConfigError(f"task {self.name!r} cannot take a subset of {type(source).__name__}; give an array "
+                              "source (.npz)")
+        return take(source, evenly_spaced(source.n, max_samples)) if source.n > max_samples else source
+
     # -- measures
     def metrics(self, meta) -> list[Metric]:
         """The task's own metrics (against targets); the first `primary` one leads."""
@@ -218,16 +221,32 @@ class Task:
         tensor that training-time techniques minimise, or None."""
         return None
 
+    def training_count(self, meta, inputs: dict, targets: dict) -> int:
+        """How many units one training epoch shuffles; default: the samples."""
+        return int(len(next(iter(inputs.values()))))
+
+    def training_batch(self, meta, inputs: dict, targets: dict, units):
+        """(inputs, targets) of the training batch made of `units` (int64 indices below
+        `training_count`); default: those samples of every array."""
+        return {k: v[units] for k, v in inputs.items()}, {k: v[units] for k, v in targets.items()}
+
+    # units per calibration sample of a loss-driven calibration (SKM): a loss that compares
+    # samples with each other (contrastive) needs more than one
+    calibration_units = 1
+
     def training_refusal(self, meta, source=None) -> str | None:
         """Why training-time techniques cannot run for this model (None: they can);
         `source` (a training source, optional) lets a task refuse data its loss cannot use."""
         if self.loss(meta) is None:
             return (f"task {self.name!r} defines no loss, so training-time techniques cannot fine-tune model "
-                    f"{meta.name!r}; use post-training techniques, or declare a task that has a loss")
-        if not self.finetune_supported:
-            return (f"task {self.name!r} defines a loss, but the lab's fine-tuning loop trains image classifiers only "
-                    f"(labelled image folders, cross-entropy on class scores), so training-time techniques cannot "
-                    f"fine-tune model {meta.name!r} yet; use post-training techniques")
+                    f"{meta.name!r}; use post-training techniques, give your own loss (--loss loss.py / [data] "
+                    "loss = \"loss.py\"), or declare a task that has a loss")
+        if source is not None:
+            return self.source_refusal(meta, self.open_source(source, meta))
+        return None
+
+    def source_refusal(self, meta, source) -> str | None:
+        """Why this (opened) training source cannot train the task's loss (None: it can)."""
         return None
 
     def require_training(self, meta, source=None) -> None:

@@ -6,6 +6,8 @@ cosine and max abs error) against the reference model's logits."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -158,6 +160,16 @@ class Classification(Task):
             return arrays
         return scan_folder(path, class_names=meta.class_names)
 
+    def subset_source(self, source, meta, max_samples: int):
+        """Evenly spaced over the folder's sorted samples, so every class is represented."""
+        from compress_lab.arrays import evenly_spaced
+        source = self.open_source(source, meta)
+        if isinstance(source, ImageFolder):
+            keep = evenly_spaced(len(source.samples), max_samples)
+            return dataclasses.replace(source, samples=[source.samples[i] for i in keep], skipped=[],
+                                       warnings=list(source.warnings))
+        return super().subset_source(source, meta, max_samples)
+
     def dataset(self, source, meta, *, batch_size: int = 64, preprocessing_overrides: dict | None = None,
                 cache: TensorCache | None = None, progress=None, preprocessing=None) -> ClassificationData:
         """`source` is a folder path, an already scanned ImageFolder or an array source."""
@@ -200,12 +212,37 @@ class Classification(Task):
         return ClassificationAccumulator(data, reference)
 
     def loss(self, meta):
+        import torch
         import torch.nn.functional as F
 
         def cross_entropy(outputs, targets):
             logits = outputs if not isinstance(outputs, dict) else next(iter(outputs.values()))
+            if isinstance(logits, (tuple, list)) and logits and isinstance(logits[0], torch.Tensor):
+                logits = logits[0]
+            name = getattr(meta, "name", "the model")
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                raise ConfigError(
+                    f"model {name} must return logits of shape (batch, classes) to be fine-tuned; "
+                    f"it returned {type(logits).__name__}{tuple(getattr(logits, 'shape', ()))}")
+            if meta is not None and logits.shape[1] != meta.num_classes:
+                raise ConfigError(
+                    f"model {name} returns {logits.shape[1]} logits but its metadata names "
+                    f"{meta.num_classes} classes; fix class_names in metadata.json")
             return F.cross_entropy(logits, targets["label"] if isinstance(targets, dict) else targets)
         return cross_entropy
+
+    def source_refusal(self, meta, source) -> str | None:
+        from compress_lab.arrays import ArraySource
+        if isinstance(source, ArraySource):
+            names = source.targets if source.inputs is not None else source._folder_targets
+            if "label" not in names:
+                return (f"training source {source.root} has no array 'label', so there is nothing to fine-tune the "
+                        "classifier towards; save one class index per sample (numpy.savez(..., label=labels))")
+            return None
+        if not source.labelled:
+            return (f"training folder {source.root} has no class sub-folders: fine-tuning needs labelled images "
+                    f"({source.root}/<class>/<image>, class folders named after the model's classes)")
+        return None
 
 
 def _has_images(path: Path) -> bool:

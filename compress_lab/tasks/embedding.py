@@ -111,7 +111,7 @@ class Embedding(Task):
     label = "embedding"
     description = ("an embedding out; cosine similarity to the uncompressed embeddings, retrieval top-1 / MRR when "
                    "the source pairs queries with keys")
-    finetune_supported = False
+    calibration_units = 4    # InfoNCE compares a query with the other keys of its batch
 
     def metrics(self, meta) -> list[Metric]:
         return [Metric("retrieval_top1", "retrieval top-1 accuracy", "", True, primary=True),
@@ -136,6 +136,26 @@ class Embedding(Task):
             arrays.targets[PAIR] = check_pairs(arrays.targets[PAIR], str(arrays.root))
         return arrays
 
+    def subset_source(self, source, meta, max_samples: int):
+        """Evenly spaced queries with their keys (pairs renumbered), then distractor keys
+        evenly spaced up to `max_samples`; without pairs, evenly spaced samples."""
+        from compress_lab.arrays import evenly_spaced, take
+        source = self.open_source(source, meta)
+        if source.n <= max_samples or source.inputs is None or PAIR not in source.targets:
+            return super().subset_source(source, meta, max_samples)
+        pair = source.targets[PAIR]
+        queries = np.flatnonzero(pair >= 0)
+        queries = queries[evenly_spaced(len(queries), max(1, max_samples // 2))]
+        keys = sorted(set(pair[queries].tolist()))
+        others = [int(k) for k in np.flatnonzero(pair < 0) if int(k) not in set(keys)]
+        room = max(0, max_samples - len(queries) - len(keys))
+        keys = sorted(keys + [others[i] for i in evenly_spaced(len(others), room)] if room and others else keys)
+        order = [int(q) for q in queries] + keys
+        subset = take(source, order)
+        position = {old: new for new, old in enumerate(order)}
+        subset.targets[PAIR] = np.array([position[int(pair[i])] if pair[i] >= 0 else -1 for i in order], dtype=np.int64)
+        return subset
+
     def dataset(self, source, meta, *, batch_size: int = 64, preprocessing_overrides: dict | None = None,
                 cache=None, progress=None) -> ArrayData:
         return ArrayData(self.open_source(source, meta), int(batch_size))
@@ -143,15 +163,31 @@ class Embedding(Task):
     def accumulator(self, meta, data, reference) -> EmbeddingAccumulator:
         return EmbeddingAccumulator(self, meta, data, reference)
 
-    def training_refusal(self, meta, source=None) -> str | None:
-        if source is not None:
-            arrays = self.open_source(source, meta)
-            names = arrays.targets if arrays.inputs is not None else arrays._folder_targets
-            if PAIR not in names:
-                return (f"training source {arrays.root} has no array 'pair', so task 'embedding' has no contrastive "
-                        "loss to fine-tune with; add 'pair' (the key of each query, -1 for keys) or use "
-                        "post-training techniques")
-        return super().training_refusal(meta, source)
+    def source_refusal(self, meta, source) -> str | None:
+        names = source.targets if source.inputs is not None else source._folder_targets
+        if PAIR not in names:
+            return (f"training source {source.root} has no array 'pair', so task 'embedding' has no contrastive "
+                    "loss to fine-tune with; add 'pair' (pair[i] = j: the key of query i, -1 for keys; "
+                    "numpy.savez(..., pair=pair)) or use post-training techniques")
+        return None
+
+    def training_count(self, meta, inputs, targets) -> int:
+        """Units are queries: a batch of B units holds B queries and their keys."""
+        if PAIR not in targets:
+            raise DataError("the training source has no array 'pair'; task 'embedding' trains on query/key pairs "
+                            "(pair[i] = j: the key of query i, -1 for keys)")
+        pair = check_pairs(np.asarray(targets[PAIR]).reshape(-1), "the training source")
+        return int((pair >= 0).sum())
+
+    def training_batch(self, meta, inputs, targets, units):
+        import torch
+        pair = np.asarray(targets[PAIR]).reshape(-1)
+        queries = np.flatnonzero(pair >= 0)[np.asarray(units, dtype=np.int64)]
+        index, batch_pair = pair_batch_index(pair, queries)
+        index_t = torch.as_tensor(index)
+        picked = {k: v[index_t] for k, v in targets.items() if k != PAIR}
+        picked[PAIR] = torch.as_tensor(batch_pair)
+        return {k: v[index_t] for k, v in inputs.items()}, picked
 
     def loss(self, meta):
         import torch
@@ -193,12 +229,18 @@ def pair_batches(source: ArraySource, pairs_per_batch: int, seed: int = 0):
     pair = check_pairs(source.targets[PAIR], str(source.root))
     queries = np.random.default_rng(seed).permutation(np.flatnonzero(pair >= 0))
     for start in range(0, len(queries), int(pairs_per_batch)):
-        q = queries[start:start + int(pairs_per_batch)]
-        keys, local = np.unique(pair[q], return_inverse=True)
-        index = np.concatenate([q, keys])
-        batch_pair = np.concatenate([len(q) + local, np.full(len(keys), -1)])
+        index, batch_pair = pair_batch_index(pair, queries[start:start + int(pairs_per_batch)])
         yield TaskBatch(inputs={k: v[index] for k, v in source.inputs.items()},
-                        targets={PAIR: batch_pair.astype(np.int64)}, ids=[int(i) for i in index])
+                        targets={PAIR: batch_pair}, ids=[int(i) for i in index])
+
+
+def pair_batch_index(pair: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The samples of a batch of `queries` (the queries, then their distinct keys) and
+    `pair` re-indexed to that batch."""
+    keys, local = np.unique(pair[queries], return_inverse=True)
+    index = np.concatenate([queries, keys]).astype(np.int64)
+    batch_pair = np.concatenate([len(queries) + local.reshape(-1), np.full(len(keys), -1)]).astype(np.int64)
+    return index, batch_pair
 
 
 register_task(Embedding())

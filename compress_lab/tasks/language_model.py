@@ -116,7 +116,6 @@ class LanguageModel(Task):
     name = "language_model"
     label = "language model"
     description = "token ids in, logits per position out; perplexity and next-token accuracy on held-out windows"
-    finetune_supported = False
 
     def metrics(self, meta) -> list[Metric]:
         return [Metric("perplexity", "perplexity", "", False, primary=True),

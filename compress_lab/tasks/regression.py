@@ -100,7 +100,6 @@ class Regression(Task):
     name = "regression"
     label = "regression"
     description = "numbers out, scored against targets by MAE / RMSE; fidelity to the uncompressed model per output"
-    finetune_supported = False
 
     def metrics(self, meta) -> list[Metric]:
         metrics = [Metric("mae", "mean absolute error", "", False, primary=True),
@@ -130,6 +129,17 @@ class Regression(Task):
     def dataset(self, source, meta, *, batch_size: int = 64, preprocessing_overrides: dict | None = None,
                 cache=None, progress=None) -> ArrayData:
         return ArrayData(self.open_source(source, meta), int(batch_size))
+
+    def source_refusal(self, meta, source) -> str | None:
+        io = self.io(meta)
+        available = source.targets if source.inputs is not None else dict.fromkeys(source._folder_targets)
+        if not target_names(io, available):
+            scored = scored_outputs(io)
+            return (f"training source {source.root} has no target array for the scored output(s) {scored} (it holds "
+                    f"{sorted(available) or 'no targets'}), so task 'regression' has nothing to fine-tune towards; "
+                    f"save one target array per scored output, named after it (numpy.savez(..., "
+                    f"{', '.join(f'{s}=...' for s in scored)})), or use post-training techniques")
+        return None
 
     def accumulator(self, meta, data, reference) -> RegressionAccumulator:
         return RegressionAccumulator(self, meta, data, reference)

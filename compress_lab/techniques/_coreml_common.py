@@ -129,8 +129,10 @@ class WeightLayer:
 def load_program(mlmodel):
     """The MIL program of an MLModel loaded from disk (its `_mil_program` is None)."""
     from coremltools.converters.mil.frontend.milproto.load import load
+    from compress_lab.quiet import MIL_LOCK
     spec = mlmodel.get_spec()
-    return load(spec, spec.specificationVersion, mlmodel.weights_dir or "")
+    with MIL_LOCK:
+        return load(spec, spec.specificationVersion, mlmodel.weights_dir or "")
 
 
 def weight_layers(prog) -> list[WeightLayer]:
@@ -305,8 +307,10 @@ def run_post_training(config: PostTrainingConfig, ctx: CompressContext, out_path
     started = time.perf_counter()
     source = ctx.float_package(config.precision)
     timings["float_s"] = time.perf_counter() - started
+    from compress_lab.quiet import MIL_LOCK
+
     messages: list[str] = []
-    with quiet_coremltools(messages):
+    with quiet_coremltools(messages), MIL_LOCK:
         t = time.perf_counter()
         mlmodel = ct.models.MLModel(str(source), skip_model_load=True)
         prog = load_program(mlmodel)

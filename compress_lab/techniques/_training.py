@@ -1,7 +1,13 @@
 """What the training-time techniques share: the fine-tuning settings every one of
-them takes, the training images held in memory, a deterministic and cancellable
-fine-tuning loop, the export that converts the finalized model and checks the
-package really holds compressed weights, and honest time estimates."""
+them takes, the training (or calibration) source read by the model's task and held
+in memory, a deterministic and cancellable fine-tuning loop that minimises the task's
+loss (or the user's), the export that converts the finalized model and checks the
+package really holds compressed weights, and honest time estimates.
+
+Nothing here knows what a model does: batches are named input tensors and named
+targets from `task.dataset(...)`, the model is called with its inputs in declared
+order (int32 ids as int64, as compress_lab.evaluate.named_torch_predictor does), and
+the loss is `task.loss(meta)(outputs, targets)` on dicts of tensors by name."""
 
 from __future__ import annotations
 
@@ -55,6 +61,7 @@ class FinetuneConfig(TechniqueConfig):
 
     data_need = DataNeed.TRAINING
     family = "training_time"
+    needs_loss = True
 
     def __post_init__(self) -> None:
         name = self.name or type(self).__name__
@@ -90,12 +97,46 @@ def check_choice(technique: str, key: str, value: Any, allowed) -> None:
 
 @dataclass(frozen=True)
 class TrainingData:
-    x: torch.Tensor        # float32 (N, C, H, W)
-    y: torch.Tensor        # int64 (N,)
-    skipped: int           # unreadable images left out
+    """A training (or calibration) source read by the model's task and held in memory:
+    named input tensors in declared order and named targets, first axis = sample.
+    An epoch shuffles `count` units (samples; for some tasks, e.g. query/key pairs,
+    larger units: see Task.training_count); `batch(units)` makes a batch of them."""
+
+    inputs: dict[str, torch.Tensor]
+    targets: dict[str, torch.Tensor]
+    skipped: int                  # unreadable samples left out
+    count: int
+    source: str
+    task: Any = dataclasses.field(repr=False, compare=False, default=None)
+    meta: Any = dataclasses.field(repr=False, compare=False, default=None)
+    unit: str = "samples"         # what `count` counts, for people: images, samples, pairs
 
     def __len__(self) -> int:
-        return int(self.y.shape[0])
+        return self.count
+
+    @property
+    def samples(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The first input (an image model's images)."""
+        return next(iter(self.inputs.values()))
+
+    @property
+    def y(self) -> torch.Tensor | None:
+        """Class labels, where the source has them."""
+        return self.targets.get("label")
+
+    def batch(self, units: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(named inputs, named targets) of the batch made of `units` (int64 indices < count)."""
+        return self.task.training_batch(self.meta, self.inputs, self.targets, units)
+
+    def example(self) -> tuple[torch.Tensor, ...]:
+        """The inputs of the first batch of one unit, as a tuple in declared order (what
+        `prepare` callbacks and torch.fx tracing take as example inputs)."""
+        inputs, _ = self.batch(torch.zeros(1, dtype=torch.int64))
+        return tuple(model_input(self.meta, name, value) for name, value in inputs.items())
 
 
 _DATA_CACHE: "OrderedDict[tuple, TrainingData]" = OrderedDict()
@@ -106,39 +147,59 @@ _DATA_CACHE_SIZE = 4
 def training_folder(ctx: CompressContext, calibration: bool = False) -> Path:
     folder = (ctx.calibration_dir or ctx.train_dir) if calibration else ctx.train_dir
     if folder is None:
-        what = "a calibration or training folder" if calibration else "a training folder"
-        raise ConfigError(f"this technique needs {what} (--train DIR / [data] train = ...)")
+        what = "calibration or training data" if calibration else "training data"
+        raise ConfigError(f"this technique needs {what}: a folder or an .npz file (--train PATH / [data] train = ...)")
     return Path(folder)
 
 
 def load_training_data(ctx: CompressContext, folder: Path | None = None, labelled: bool = True) -> TrainingData:
-    """The labelled images of `folder` (default: the training folder) decoded with
-    the model's preprocessing, held in memory and memoised for the process.
-    With `labelled=False` a flat folder is accepted (labels are then -1)."""
-    from compress_lab import data
+    """The source `folder` (default: the training source) read by the model's task
+    (an image folder with the model's preprocessing, an .npz, a folder of .npz files),
+    held in memory and memoised for the process. With `labelled=True` the source must
+    be one the task's loss can train on (else a ConfigError with the reason and the
+    fix); `labelled=False` (calibration) takes any source the task reads."""
+    from compress_lab.tasks import task_for
 
     folder = Path(folder) if folder is not None else training_folder(ctx)
     meta = ctx.handle.metadata
+    task = task_for(meta)
+    if not folder.exists():
+        raise DataError(f"training source {folder} does not exist; give a folder or an .npz file")
+    opened = task.open_source(folder, meta)
+    if labelled and training_loss(ctx) is None:  # a user's loss decides itself what it needs
+        task.require_training(meta, opened)
     preprocessing = meta.preprocessing.with_overrides(ctx.preprocessing_overrides)
-    scanned = data.scan_folder(folder, class_names=meta.class_names)
-    if labelled and not scanned.labelled:
-        raise DataError(
-            f"training folder {folder} has no class sub-folders: fine-tuning needs labelled images "
-            f"({folder}/<class>/<image>, class folders named after the model's classes)")
-    stamp = tuple((str(p), label, _mtime(p)) for p, label in scanned.samples)
-    key = (str(folder.resolve()), json.dumps(preprocessing.to_dict(), sort_keys=True), tuple(meta.input_shape), hash(stamp))
+    key = (str(folder.resolve()), task.name, json.dumps(preprocessing.to_dict(), sort_keys=True),
+           json.dumps(meta.io.to_dict(), sort_keys=True), tuple(meta.class_names), hash(_source_stamp(opened, folder)))
     with _DATA_LOCK:
         if key in _DATA_CACHE:
             _DATA_CACHE.move_to_end(key)
             return _DATA_CACHE[key]
-    xs, ys = [], []
-    for batch in data.iter_batches(scanned, preprocessing, meta.input_shape, batch_size=256):
-        xs.append(batch.x)
-        ys.append(batch.labels)
-    if not xs:
-        raise DataError(f"no readable image in training folder {folder}: {scanned.skipped[:3]}")
-    loaded = TrainingData(x=torch.from_numpy(np.concatenate(xs)), y=torch.from_numpy(np.concatenate(ys)),
-                          skipped=len(scanned.skipped))
+    data = task.dataset(opened, meta, batch_size=256, preprocessing_overrides=ctx.preprocessing_overrides)
+    inputs: dict[str, list[np.ndarray]] = {}
+    targets: dict[str, list[np.ndarray]] = {}
+    for batch in data:
+        for name, value in batch.inputs.items():
+            inputs.setdefault(name, []).append(np.asarray(value))
+        for name, value in batch.targets.items():
+            value = np.asarray(value)
+            if value.dtype.kind in "biuf":  # text or object arrays are not training targets
+                targets.setdefault(name, []).append(value)
+    skipped_list = list(getattr(getattr(data, "folder", None), "skipped", None) or [])
+    if not inputs:
+        raise DataError(f"no readable sample in training source {folder}: {skipped_list[:3]}")
+    io = meta.io
+    names = [s.name for s in io.inputs if s.name in inputs] or list(inputs)
+    stacked = {name: torch.from_numpy(_float32(_stack(inputs[name], name, folder))) for name in names}
+    labels = {name: torch.from_numpy(_stack(parts, name, folder)) for name, parts in targets.items()
+              if sum(len(p) for p in parts) == len(next(iter(stacked.values())))}
+    count = int(task.training_count(meta, stacked, labels))
+    if count < 1:
+        raise DataError(f"training source {folder} holds no training unit for task {task.name!r}")
+    samples = len(next(iter(stacked.values())))
+    unit = "images" if getattr(opened, "samples", None) is not None else "samples" if count == samples else "pairs"
+    loaded = TrainingData(inputs=stacked, targets=labels, skipped=len(skipped_list), count=count, source=str(folder),
+                          task=task, meta=meta, unit=unit)
     with _DATA_LOCK:
         _DATA_CACHE[key] = loaded
         while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
@@ -146,11 +207,73 @@ def load_training_data(ctx: CompressContext, folder: Path | None = None, labelle
     return loaded
 
 
+def _stack(parts: list[np.ndarray], name: str, where: Path) -> np.ndarray:
+    try:
+        return np.concatenate(parts)
+    except ValueError:
+        shapes = sorted({tuple(p.shape[1:]) for p in parts})
+        raise DataError(f"array {name!r} of training source {where} has samples of different shapes {shapes[:4]}; "
+                        "fine-tuning batches samples at random, so give them one shape (pad token windows to one "
+                        "length, with an attention_mask)") from None
+
+
+def _float32(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float32) if array.dtype.kind == "f" and array.dtype != np.float32 else array
+
+
+def _source_stamp(opened: Any, path: Path) -> tuple:
+    """What identifies the source's contents for the memo: each file with its mtime."""
+    samples = getattr(opened, "samples", None)
+    if samples is not None:  # an image folder
+        return tuple((str(p), label, _mtime(p)) for p, label in samples)
+    files = list(getattr(opened, "files", None) or [])
+    if files:
+        return tuple((str(p), _mtime(p)) for p in files)
+    return (str(path), _mtime(path), path.stat().st_size if path.is_file() else 0)
+
+
 def _mtime(path: Path) -> int:
     try:
         return path.stat().st_mtime_ns
     except OSError:
         return 0
+
+
+def model_input(meta, name: str, value: torch.Tensor) -> torch.Tensor:
+    """A named input as the model takes it (the calling convention of
+    evaluate.named_torch_predictor): int32 ids as int64 indices, floats as float32."""
+    spec = next((s for s in meta.io.inputs if s.name == name), None)
+    if (spec is not None and spec.dtype == "int32") or not value.is_floating_point():
+        return value.to(torch.int64)
+    return value.to(torch.float32)
+
+
+def model_args(meta, inputs: dict[str, torch.Tensor], device: torch.device | None = None) -> list[torch.Tensor]:
+    """The inputs positionally, in declared order, on `device`."""
+    names = [s.name for s in meta.io.inputs]
+    if len(names) == 1 and names[0] not in inputs and len(inputs) == 1:
+        names = list(inputs)
+    args = [model_input(meta, name, inputs[name]) for name in names]
+    return [a.to(device) for a in args] if device is not None else args
+
+
+def named_outputs(out: Any, meta) -> dict[str, torch.Tensor]:
+    """The model's outputs by declared name: a tensor is the first output, a tuple or
+    list is named in declared order, a dict keeps its names (a single declared output
+    takes the first value when its name is missing)."""
+    names = list(meta.io.output_names)
+    if isinstance(out, torch.Tensor):
+        return {names[0]: out}
+    if isinstance(out, dict):
+        found = {str(k): v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        if len(names) == 1 and names[0] not in found and found:
+            found = {names[0]: next(iter(found.values())), **found}
+        return found
+    if isinstance(out, (tuple, list)):
+        tensors = [t for t in out if isinstance(t, torch.Tensor)]
+        return {(names[i] if i < len(names) else f"output_{i}"): t for i, t in enumerate(tensors)}
+    raise ConfigError(f"model {meta.name} returned {type(out).__name__} while fine-tuning; return a tensor, a tuple of "
+                      "tensors or a dict of them")
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -174,8 +297,8 @@ class Prepared:
     finalize: Callable[[nn.Module], nn.Module]
 
 
-# prepare(fresh model copy, one example input, total fine-tuning steps) -> Prepared
-Prepare = Callable[[nn.Module, torch.Tensor, int], Prepared]
+# prepare(fresh model copy, example inputs (a tuple of tensors in declared order), total fine-tuning steps)
+Prepare = Callable[[nn.Module, tuple, int], Prepared]
 
 
 @dataclass
@@ -200,30 +323,36 @@ class FinetuneResult:
 def finetune(config: FinetuneConfig, ctx: CompressContext, prepare: Prepare) -> FinetuneResult:
     """Fine-tune a fresh copy of the model wrapped by `prepare`, then finalize it.
 
-    Deterministic for a given seed: the seed drives weight-side randomness and
-    the data order; deterministic kernels are requested; the global RNG state
-    is restored afterwards. Cancellable between steps (ctx.check_cancelled)."""
+    The training source is read by the model's task; each step calls the model with
+    the batch's inputs in declared order and minimises the task's loss (or the user's,
+    ctx.loss) on the named outputs and targets. Deterministic for a given seed: the
+    seed drives weight-side randomness and the data order; deterministic kernels are
+    requested; the global RNG state is restored afterwards. Cancellable between steps
+    (ctx.check_cancelled)."""
     ctx.check_cancelled()
     train = load_training_data(ctx)
+    loss_fn = loss_for(ctx)
+    meta = ctx.handle.metadata
     total = config.total_steps(len(train))
     device = pick_device()
     ctx.report(Progress("finetune", 0, total, f"preparing {config.name} on {device.type}"))
     started = time.perf_counter()
     with _deterministic(config.seed, device):
         model = ctx.handle.torch_copy()
-        prepared = prepare_or_explain(config, ctx.handle, prepare, model, train.x[:1].clone(), total)
+        prepared = prepare_or_explain(config, ctx.handle, prepare, model, train.example(), total)
         trainable = prepared.model.to(device)
         trainable.train()
         optimizer = _make_optimizer(config, trainable)
         order = _batch_order(len(train), config.batch_size, total, config.seed)
         losses: list[float] = []
         last_report = 0.0
-        for step, index in enumerate(order, start=1):
+        for step, units in enumerate(order, start=1):
             ctx.check_cancelled()
-            x = train.x[index].to(device)
-            y = train.y[index].to(device)
+            inputs, targets = train.batch(units)
+            args = model_args(meta, inputs, device)
+            targets = {k: v.to(device) for k, v in targets.items()}
             with quiet_coremltools():
-                loss = _loss(trainable(x), y, ctx.handle)
+                loss = loss_value(config, ctx.handle, loss_fn, trainable(*args), targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -245,7 +374,52 @@ def finetune(config: FinetuneConfig, ctx: CompressContext, prepare: Prepare) -> 
             final = prepared.finalize(trainable)
     final = final.cpu().eval()
     return FinetuneResult(model=final, losses=losses, seconds=time.perf_counter() - started,
-                          device=device.type, train_images=len(train))
+                          device=device.type, train_images=train.samples)
+
+
+def training_loss(ctx: CompressContext):
+    """The user's loss (ctx.loss = "path/to/loss.py[:function]"), loaded; None when not given."""
+    spec = getattr(ctx, "loss", None)
+    if not spec:
+        return None
+    from compress_lab.metrics import load_loss
+    return load_loss(spec)
+
+
+def loss_for(ctx: CompressContext):
+    """What fine-tuning minimises: the user's loss, else the model's task's; a ConfigError
+    with the task's reason when there is none."""
+    from compress_lab.tasks import task_for
+    user = training_loss(ctx)
+    if user is not None:
+        return user
+    meta = ctx.handle.metadata
+    task = task_for(meta)
+    task.require_training(meta)
+    return task.loss(meta)
+
+
+def loss_value(config: TechniqueConfig, handle: ModelHandle, loss_fn, out: Any,
+               targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`loss_fn(named outputs, targets)` as a scalar tensor; a failure is a ConfigError
+    naming the technique, the model and the loss."""
+    outputs = named_outputs(out, handle.metadata)
+    where = getattr(loss_fn, "where", None)
+    what = f"loss {where}" if where else f"the {handle.metadata.task} loss"
+    try:
+        value = loss_fn(outputs, targets)
+    except LabError:
+        raise
+    except Exception as e:
+        fix = "; fix the loss file" if where else ""
+        shapes = {k: list(v.shape) for k, v in outputs.items()}
+        raise ConfigError(f"{config.name}: {what} failed on model {handle.name} (outputs {shapes}, targets "
+                          f"{sorted(targets)}): {type(e).__name__}: {str(e).strip()[:300]}{fix}") from e
+    if not isinstance(value, torch.Tensor) or value.numel() != 1 or not value.is_floating_point():
+        shown = f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ConfigError(f"{config.name}: {what} returned {shown} on model {handle.name}; a loss returns one "
+                          "floating-point scalar tensor (e.g. torch.nn.functional.mse_loss(...))")
+    return value.reshape(())
 
 
 def prepare_or_explain(config: TechniqueConfig, handle: ModelHandle, prepare: Prepare, model: nn.Module,
@@ -287,20 +461,6 @@ def _make_optimizer(config: FinetuneConfig, model: nn.Module) -> torch.optim.Opt
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.learning_rate, momentum=0.9)
     return torch.optim.Adam(params, lr=config.learning_rate)
-
-
-def _loss(logits: Any, y: torch.Tensor, handle: ModelHandle) -> torch.Tensor:
-    if isinstance(logits, (tuple, list)) and logits and isinstance(logits[0], torch.Tensor):
-        logits = logits[0]
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ConfigError(
-            f"model {handle.name} must return logits of shape (batch, classes) to be fine-tuned; "
-            f"it returned {type(logits).__name__}{tuple(getattr(logits, 'shape', ()))}")
-    if logits.shape[1] != handle.metadata.num_classes:
-        raise ConfigError(
-            f"model {handle.name} returns {logits.shape[1]} logits but its metadata names "
-            f"{handle.metadata.num_classes} classes; fix class_names in metadata.json")
-    return nn.functional.cross_entropy(logits, y)
 
 
 @contextlib.contextmanager
@@ -406,11 +566,25 @@ def export(config: TechniqueConfig, ctx: CompressContext, model: nn.Module, out_
                                "size_bytes": package_bytes(out_path)}
 
 
+PRUNING = 1  # coremltools' CompressionType.pruning, as stored in the compression_type metadata buffer
+
+
+def pruned_parameter_names(model: nn.Module) -> list[str]:
+    """Parameters coremltools marked as pruned (a joint technique also marks weights it only
+    palettized or quantized, e.g. an embedding table the pruner does not take)."""
+    names = []
+    for key, value in model.state_dict().items():
+        parts = key.split("_COREML_/")
+        if len(parts) == 2 and parts[1].endswith("/" + METADATA_SUFFIX) and PRUNING in value.reshape(-1).tolist():
+            names.append(parts[0] + parts[1].split("/")[0])
+    return names
+
+
 def weight_sparsity(model: nn.Module) -> float:
-    """Fraction of exact zeros over the weights coremltools marked as compressed."""
+    """Fraction of exact zeros over the weights coremltools marked as pruned (else as compressed)."""
     state = model.state_dict()
     zeros = total = 0
-    for name in compressed_parameter_names(model):
+    for name in pruned_parameter_names(model) or compressed_parameter_names(model):
         tensor = state.get(name)
         if tensor is not None and tensor.is_floating_point():
             zeros += int((tensor == 0).sum())
@@ -450,28 +624,45 @@ CONVERT_OVERHEAD_S = 3.0
 DECODE_S_PER_IMAGE = 0.0005
 
 
-def measure_step_cost(config: FinetuneConfig, handle: ModelHandle, prepare: Prepare) -> tuple[float, float]:
+def measure_step_cost(config: FinetuneConfig, handle: ModelHandle, prepare: Prepare,
+                      train: TrainingData | None = None) -> tuple[float, float]:
     """(first step seconds, later step seconds) of fine-tuning `handle` with `config`,
-    measured on random inputs over 6 steps, once per process and per setting."""
+    measured over 6 steps, once per process and per setting: on the first batch of
+    `train` with its task's loss, or (no training data given) on blank declared inputs
+    with a stand-in loss of the same cost (the mean square of the outputs)."""
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
               if f.name not in ("epochs", "steps", "learning_rate", "seed")}
     device = pick_device()
-    key = (type(config).__name__, tuple(sorted((k, repr(v)) for k, v in fields.items())), handle.fingerprint, device.type)
+    key = (type(config).__name__, tuple(sorted((k, repr(v)) for k, v in fields.items())), handle.fingerprint, device.type,
+           train.source if train is not None else None)
     with _COST_LOCK:
         if key in _STEP_COST:
             return _STEP_COST[key]
-    shape = (config.batch_size, *handle.metadata.input_shape)
+    meta = handle.metadata
     with _deterministic(0, device):
+        if train is not None:
+            example = train.example()
+            inputs, targets = train.batch(torch.arange(min(config.batch_size, len(train))))
+            args = model_args(meta, inputs, device)
+            targets = {k: v.to(device) for k, v in targets.items()}
+            loss_fn = train.task.loss(meta)   # None (a user's loss will train): the stand-in below
+        else:
+            args = _blank_inputs(meta, config.batch_size, device)
+            example = tuple(a[:1].cpu() for a in args)
+            targets, loss_fn = {}, None
         with quiet_coremltools():
-            prepared = prepare(handle.torch_copy(), torch.zeros((1, *handle.metadata.input_shape)), 100)
+            prepared = prepare(handle.torch_copy(), example, 100)
             model = prepared.model.to(device).train()
             optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-9)
-            x = torch.randn(shape, device=device)
-            y = torch.randint(0, handle.metadata.num_classes, (config.batch_size,), device=device)
             times = []
             for _ in range(6):
                 started = time.perf_counter()
-                loss = _loss(model(x), y, handle)
+                out = model(*args)
+                if loss_fn is not None:
+                    loss = loss_value(config, handle, loss_fn, out, targets)
+                else:
+                    loss = sum(o.float().pow(2).mean() for o in named_outputs(out, meta).values()
+                               if o.is_floating_point())
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -486,18 +677,36 @@ def measure_step_cost(config: FinetuneConfig, handle: ModelHandle, prepare: Prep
     return cost
 
 
-def estimate_finetune_seconds(config: FinetuneConfig, handle: ModelHandle, train_count: int, prepare: Prepare) -> float:
-    first, later = measure_step_cost(config, handle, prepare)
+BLANK_LENGTH = 16   # a flexible dimension's length in blank timing inputs
+
+
+def _blank_inputs(meta, batch_size: int, device: torch.device) -> list[torch.Tensor]:
+    """Random float inputs and all-ones int inputs of the declared shapes (flexible dims: BLANK_LENGTH)."""
+    args = []
+    for spec in meta.io.inputs:
+        shape = (batch_size, *[BLANK_LENGTH if isinstance(d, str) else int(d) for d in spec.shape])
+        args.append(torch.ones(shape, dtype=torch.int64, device=device) if spec.dtype == "int32"
+                    else torch.randn(shape, device=device))
+    return args
+
+
+def estimate_finetune_seconds(config: FinetuneConfig, handle: ModelHandle, train_count: int, prepare: Prepare,
+                              train: TrainingData | None = None) -> float:
+    first, later = measure_step_cost(config, handle, prepare, train)
     steps = config.total_steps(train_count)
     return first + later * max(steps - 1, 0) + DECODE_S_PER_IMAGE * train_count + CONVERT_OVERHEAD_S
 
 
-def estimate_seconds(config: TechniqueConfig, handle: ModelHandle, train_count: int) -> float:
+def estimate_seconds(config: TechniqueConfig, handle: ModelHandle, train_count: int,
+                     train: TrainingData | None = None) -> float:
     """Seconds `config` is expected to take on `handle` with `train_count` training
-    images, for any training-time technique (each module defines its own
-    `estimate_seconds`). The first call for a setting measures a few steps."""
+    units (len(train) when `train` is given), for any training-time technique (each
+    module defines its own `estimate_seconds`). The first call for a setting measures
+    a few steps, on the first batch of `train` when given."""
     module = sys.modules.get(type(config).__module__)
     estimator = getattr(module, "estimate_seconds", None)
     if estimator is None or estimator is estimate_seconds:
         raise ConfigError(f"technique {config.name!r} has no time estimate")
-    return float(estimator(config, handle, train_count))
+    if train is None:
+        return float(estimator(config, handle, train_count))
+    return float(estimator(config, handle, train_count, train=train))

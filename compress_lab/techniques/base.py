@@ -40,6 +40,7 @@ class TechniqueConfig:
     data_need: ClassVar[DataNeed] = DataNeed.NONE
     summary: ClassVar[str] = ""
     label_fields: ClassVar[tuple[str, ...]] = ()  # always shown in the label, default or not
+    needs_loss: ClassVar[bool] = False  # minimises the task's (or the user's) loss: refused for tasks without one
 
     def train_folder_needed(self) -> bool:
         """Whether this config reads the training folder (runs without one are refused before any work)."""
@@ -190,6 +191,7 @@ class CompressContext:
     calibration_dir: Path | None = None
     validation_dir: Path | None = None
     preprocessing_overrides: dict[str, Any] | None = None
+    loss: str | None = None          # the user's loss, "path/to/loss.py[:function]" (compress_lab/metrics)
     progress: Callable[[Progress], None] | None = None
     cancel_event: threading.Event | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -306,7 +308,8 @@ def compress(handle: ModelHandle, config: TechniqueConfig, out_path: str | Path,
             f"technique {config.name!r} fine-tunes the PyTorch model, but {handle.source} is a Core ML package; "
             "load the PyTorch model (definition + weights or TorchScript) to use training-time techniques")
     if config.data_need is DataNeed.TRAINING and context.train_dir is None:
-        raise ConfigError(f"technique {config.name!r} needs training data; give a training folder (--train DIR / [data] train = ...)")
+        raise ConfigError(f"technique {config.name!r} needs training data; give a training folder or .npz "
+                          "(--train PATH / [data] train = ...)")
     if config.data_need is DataNeed.CALIBRATION and config.train_folder_needed() \
             and context.calibration_dir is None and context.train_dir is None:
         raise ConfigError(f"technique {config.name!r} needs calibration data; give a training or calibration folder")

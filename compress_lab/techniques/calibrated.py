@@ -1,9 +1,9 @@
 """Compression on the PyTorch side without fine-tuning:
 
 - `skm`: SKMPalettizer, k-means weighted by each weight's sensitivity (Fisher
-  information from a few calibration images);
+  information from a few calibration samples);
 - `gptq`: layer-wise GPTQ (LayerwiseCompressor), quantizing each Conv/Linear layer
-  in turn so as to minimise its output error on calibration images, with the error
+  in turn so as to minimise its output error on calibration samples, with the error
   of the layers before it already included;
 - `torch_palettize` / `torch_quantize`: the data-free PostTrainingPalettizer /
   PostTrainingQuantizer, the PyTorch-side references of the Core ML post-training
@@ -58,8 +58,9 @@ class SKMConfig(TechniqueConfig):
     name = "skm"
     family = "training_time"
     data_need = DataNeed.CALIBRATION
+    needs_loss = True   # sensitivities are gradients of the task's loss
     summary = ("Sensitive k-means palettization (coremltools SKMPalettizer): k-means weighted by Fisher "
-               "sensitivity from calibration images; no fine-tuning. Starts from the PyTorch model.")
+               "sensitivity from calibration data; no fine-tuning. Starts from the PyTorch model.")
 
     n_bits: Literal[1, 2, 3, 4, 6, 8] = 4
     granularity: Literal["per_tensor", "per_grouped_channel"] = "per_tensor"
@@ -80,7 +81,7 @@ class GPTQConfig(TechniqueConfig):
     family = "training_time"
     data_need = DataNeed.CALIBRATION
     summary = ("Layer-wise GPTQ (coremltools LayerwiseCompressor): each Conv/Linear layer quantized in turn to "
-               "minimise its output error on calibration images; no fine-tuning. Starts from the PyTorch model.")
+               "minimise its output error on calibration data; no fine-tuning. Starts from the PyTorch model.")
 
     weight_dtype: Literal["uint8", "uint4"] = "uint4"
     granularity: Literal["per_channel", "per_tensor", "per_block"] = "per_channel"
@@ -138,13 +139,13 @@ class TorchQuantizeConfig(TechniqueConfig):
 
 # --------------------------------------------------------------------------- compress (torch side)
 
-def calibration_batches(config, ctx: CompressContext, labelled: bool) -> _training.TrainingData:
-    """`calibration_samples` images of the calibration (or training) folder, chosen by the seed."""
+def calibration_batches(config, ctx: CompressContext, labelled: bool) -> tuple[_training.TrainingData, torch.Tensor]:
+    """The calibration (or training) source read by the model's task, and the
+    `calibration_samples` units of it chosen by the seed."""
     folder = _training.training_folder(ctx, calibration=True)
     data = _training.load_training_data(ctx, folder, labelled=labelled)
     generator = torch.Generator().manual_seed(config.seed)
-    index = torch.randperm(len(data), generator=generator)[:config.calibration_samples]
-    return _training.TrainingData(x=data.x[index], y=data.y[index], skipped=data.skipped)
+    return data, torch.randperm(len(data), generator=generator)[:config.calibration_samples]
 
 
 def _palettizer_module(config) -> dict:
@@ -165,15 +166,19 @@ def _quantizer_module(config) -> dict:
 
 def skm_model(config: SKMConfig, ctx: CompressContext) -> nn.Module:
     import coremltools.optimize.torch as cto
-    data = calibration_batches(config, ctx, labelled=True)
+    data, units = calibration_batches(config, ctx, labelled=True)
+    task_loss = _training.loss_for(ctx)
+    meta = ctx.handle.metadata
     model = ctx.handle.torch_copy()
-    samples = [(data.x[i:i + 1], data.y[i:i + 1]) for i in range(len(data))]
+    group = max(1, int(getattr(data.task, "calibration_units", 1)))
+    samples = [data.batch(units[i:i + group]) for i in range(0, len(units), group)]
 
     def loss_fn(module: nn.Module, sample) -> torch.Tensor:
         ctx.check_cancelled()
-        x, y = sample
+        inputs, targets = sample
         where = next(module.parameters()).device
-        return nn.functional.cross_entropy(module(x.to(where)), y.to(where))
+        out = module(*_training.model_args(meta, inputs, where))
+        return _training.loss_value(config, ctx.handle, task_loss, out, {k: v.to(where) for k, v in targets.items()})
 
     palettizer = cto.palettization.SKMPalettizer(model, cto.palettization.SKMPalettizerConfig.from_dict(
         {"global_config": _palettizer_module(config), "calibration_nsamples": len(samples)}))
@@ -190,21 +195,23 @@ def gptq_model(config: GPTQConfig, ctx: CompressContext) -> nn.Module:
     quantized. This applies GPTQ to any model, not only a plain nn.Sequential."""
     from coremltools.optimize.torch.layerwise_compression import LayerwiseCompressor, LayerwiseCompressorConfig
 
-    data = calibration_batches(config, ctx, labelled=False)
+    data, units = calibration_batches(config, ctx, labelled=False)
+    inputs, _ = data.batch(units)
+    args = _training.model_args(ctx.handle.metadata, inputs)
     model = ctx.handle.torch_copy()
-    layers = _layers_in_forward_order(model, data.x[:1])
+    layers = _layers_in_forward_order(model, [a[:1] for a in args])
     if not layers:
         raise ConfigError(f"gptq: model {ctx.handle.name} has no Conv2d or Linear layer to quantize")
     module = {"algorithm": "gptq", **_quantizer_module(config), "hessian_dampening": float(config.hessian_dampening)}
     for done, name in enumerate(layers):
         ctx.check_cancelled()
         ctx.report(Progress("compress", done, len(layers), f"GPTQ {name}"))
-        inputs = _layer_inputs(model, model.get_submodule(name), data.x)
+        layer_inputs = _layer_inputs(model, model.get_submodule(name), args)
         compressor = LayerwiseCompressor(model, LayerwiseCompressorConfig.from_dict(
-            {"global_config": module, "layers": [name], "calibration_nsamples": len(inputs)}))
+            {"global_config": module, "layers": [name], "calibration_nsamples": len(layer_inputs)}))
         with _training.quiet_coremltools():
             try:
-                model = compressor.compress(inputs, device="cpu", inplace=True)
+                model = compressor.compress(layer_inputs, device="cpu", inplace=True)
             except LabError:
                 raise
             except Exception as e:
@@ -214,7 +221,7 @@ def gptq_model(config: GPTQConfig, ctx: CompressContext) -> nn.Module:
     return model.eval()
 
 
-def _layers_in_forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+def _layers_in_forward_order(model: nn.Module, example: list[torch.Tensor]) -> list[str]:
     order: list[str] = []
     handles = []
     for name, module in model.named_modules():
@@ -223,21 +230,22 @@ def _layers_in_forward_order(model: nn.Module, example: torch.Tensor) -> list[st
                 lambda m, args, name=name: order.append(name) if name not in order else None))
     try:
         with torch.no_grad():
-            model(example)
+            model(*example)
     finally:
         for handle in handles:
             handle.remove()
     return order
 
 
-def _layer_inputs(model: nn.Module, layer: nn.Module, x: torch.Tensor, batch: int = 64) -> list[torch.Tensor]:
-    """The inputs `layer` receives for each calibration image, one tensor per image."""
+def _layer_inputs(model: nn.Module, layer: nn.Module, args: list[torch.Tensor], batch: int = 64) -> list[torch.Tensor]:
+    """The inputs `layer` receives for each calibration sample, one tensor per sample
+    (`args`: the model's inputs in declared order, first axis = sample)."""
     captured: list[torch.Tensor] = []
-    handle = layer.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach()))
+    handle = layer.register_forward_pre_hook(lambda m, a: captured.append(a[0].detach()))
     try:
         with torch.no_grad():
-            for start in range(0, len(x), batch):
-                model(x[start:start + batch])
+            for start in range(0, len(args[0]), batch):
+                model(*[a[start:start + batch] for a in args])
     finally:
         handle.remove()
     return [row.unsqueeze(0) for chunk in captured for row in chunk]
@@ -296,7 +304,7 @@ for _config_cls in _BUILDERS:
     register(_config_cls)(_handle)
 
 
-def estimate_seconds(config: TechniqueConfig, handle: ModelHandle, train_count: int) -> float:
+def estimate_seconds(config: TechniqueConfig, handle: ModelHandle, train_count: int, train=None) -> float:
     """A rough figure from the model size: these run once over the weights (plus a
     forward/backward per calibration image for SKM and GPTQ)."""
     params = handle.parameter_count() or 0

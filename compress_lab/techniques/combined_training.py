@@ -85,7 +85,7 @@ class PruneQATConfig(_training.FinetuneConfig):
 
 
 def _prepare_prune_dkm(config: PruneDKMConfig):
-    def prepare(model: nn.Module, example: torch.Tensor, total_steps: int) -> _training.Prepared:
+    def prepare(model: nn.Module, example: tuple, total_steps: int) -> _training.Prepared:
         prepared, palettizer = dkm.prepare_palettizer(config.dkm_config(), model, keep_zeros=True)
         prepared, pruner = magnitude_pruning.prepare_pruner(
             config.target_sparsity, config.schedule, config.block_size, config.n_m, prepared, total_steps)
@@ -102,7 +102,7 @@ def _prepare_prune_dkm(config: PruneDKMConfig):
 
 
 def _prepare_prune_qat(config: PruneQATConfig):
-    def prepare(model: nn.Module, example: torch.Tensor, total_steps: int) -> _training.Prepared:
+    def prepare(model: nn.Module, example: tuple, total_steps: int) -> _training.Prepared:
         prepared, quantizer = qat.prepare_quantizer(config.qat_config(), model, example)
         prepared, pruner = magnitude_pruning.prepare_pruner(
             config.target_sparsity, config.schedule, config.block_size, config.n_m, prepared, total_steps)
@@ -123,8 +123,8 @@ def finetune(config: PruneDKMConfig | PruneQATConfig, ctx: CompressContext) -> _
     return _training.finetune(config, ctx, _PREPARERS[type(config)][0](config))
 
 
-def estimate_seconds(config: PruneDKMConfig | PruneQATConfig, handle: ModelHandle, train_count: int) -> float:
-    return _training.estimate_finetune_seconds(config, handle, train_count, _PREPARERS[type(config)][0](config))
+def estimate_seconds(config: PruneDKMConfig | PruneQATConfig, handle: ModelHandle, train_count: int, train=None) -> float:
+    return _training.estimate_finetune_seconds(config, handle, train_count, _PREPARERS[type(config)][0](config), train)
 
 
 def _handle(config, ctx: CompressContext, out_path: Path) -> CompressOutcome:

@@ -89,7 +89,7 @@ def prepare_palettizer(config: DKMConfig, model: nn.Module, keep_zeros: bool = F
 
 
 def _prepare(config: DKMConfig):
-    def prepare(model: nn.Module, example: torch.Tensor, total_steps: int) -> _training.Prepared:
+    def prepare(model: nn.Module, example: tuple, total_steps: int) -> _training.Prepared:
         prepared, palettizer = prepare_palettizer(config, model)
         return _training.Prepared(model=prepared, steppers=[palettizer],
                                   finalize=lambda m: palettizer.finalize(m, inplace=True))
@@ -105,8 +105,8 @@ def compress_dkm(config: DKMConfig, ctx: CompressContext, out_path: Path) -> Com
     return _training.run_training_technique(config, ctx, out_path, _prepare(config), _training.PALETTIZED_OPS)
 
 
-def estimate_seconds(config: DKMConfig, handle: ModelHandle, train_count: int) -> float:
+def estimate_seconds(config: DKMConfig, handle: ModelHandle, train_count: int, train=None) -> float:
     """Measured on the model itself: its first DKM step (k-means) and a few later
     ones (DKM's cost per step is not proportional to the weight count, so a small
     probe layer does not scale honestly)."""
-    return _training.estimate_finetune_seconds(config, handle, train_count, _prepare(config))
+    return _training.estimate_finetune_seconds(config, handle, train_count, _prepare(config), train)

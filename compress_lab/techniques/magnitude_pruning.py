@@ -96,7 +96,7 @@ def prepare_pruner(target_sparsity, schedule, block_size, n_m, model: nn.Module,
 
 
 def _prepare(config: MagnitudePruningConfig):
-    def prepare(model: nn.Module, example: torch.Tensor, total_steps: int) -> _training.Prepared:
+    def prepare(model: nn.Module, example: tuple, total_steps: int) -> _training.Prepared:
         prepared, pruner = prepare_pruner(config.target_sparsity, config.schedule, config.block_size, config.n_m,
                                           model, total_steps)
         return _training.Prepared(model=prepared, steppers=[pruner],
@@ -108,8 +108,8 @@ def finetune(config: MagnitudePruningConfig, ctx: CompressContext) -> _training.
     return _training.finetune(config, ctx, _prepare(config))
 
 
-def estimate_seconds(config: MagnitudePruningConfig, handle: ModelHandle, train_count: int) -> float:
-    return _training.estimate_finetune_seconds(config, handle, train_count, _prepare(config))
+def estimate_seconds(config: MagnitudePruningConfig, handle: ModelHandle, train_count: int, train=None) -> float:
+    return _training.estimate_finetune_seconds(config, handle, train_count, _prepare(config), train)
 
 
 @register(MagnitudePruningConfig)

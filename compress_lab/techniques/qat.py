@@ -1,6 +1,6 @@
 """Quantization-aware training with coremltools' LinearQuantizer: weights to int8
 or int4 per output channel, optionally activations to int8 (W8A8), fine-tuned on
-the training folder, exported as constexpr_blockwise_shift_scale weights."""
+the training source, exported as constexpr_blockwise_shift_scale weights."""
 
 from __future__ import annotations
 
@@ -62,16 +62,18 @@ def quantizer_config(config: QATConfig):
     return cto.quantization.LinearQuantizerConfig.from_dict({"global_config": module})
 
 
-def prepare_quantizer(config: QATConfig, model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, object]:
-    """Insert fake-quantization into `model` (in place); return it and the quantizer."""
+def prepare_quantizer(config: QATConfig, model: nn.Module, example) -> tuple[nn.Module, object]:
+    """Insert fake-quantization into `model` (in place); return it and the quantizer.
+    `example`: the example inputs torch.fx traces with (a tuple in declared order, or one tensor)."""
     import coremltools.optimize.torch as cto
     quantizer = cto.quantization.LinearQuantizer(model, quantizer_config(config))
-    prepared = quantizer.prepare(example_inputs=(example,), inplace=True)
+    example = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    prepared = quantizer.prepare(example_inputs=example, inplace=True)
     return prepared, quantizer
 
 
 def _prepare(config: QATConfig):
-    def prepare(model: nn.Module, example: torch.Tensor, total_steps: int) -> _training.Prepared:
+    def prepare(model: nn.Module, example: tuple, total_steps: int) -> _training.Prepared:
         prepared, quantizer = prepare_quantizer(config, model, example)
         return _training.Prepared(model=prepared, steppers=[quantizer],
                                   finalize=lambda m: quantizer.finalize(m, inplace=True))
@@ -82,8 +84,8 @@ def finetune(config: QATConfig, ctx: CompressContext) -> _training.FinetuneResul
     return _training.finetune(config, ctx, _prepare(config))
 
 
-def estimate_seconds(config: QATConfig, handle: ModelHandle, train_count: int) -> float:
-    return _training.estimate_finetune_seconds(config, handle, train_count, _prepare(config))
+def estimate_seconds(config: QATConfig, handle: ModelHandle, train_count: int, train=None) -> float:
+    return _training.estimate_finetune_seconds(config, handle, train_count, _prepare(config), train)
 
 
 @register(QATConfig)

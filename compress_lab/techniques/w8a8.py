@@ -146,14 +146,15 @@ def calibration_folder(config: W8A8Config, ctx: CompressContext) -> Path:
                               "[data] train = ...); or set calibration to 'validation' or to a folder of images")
         return Path(folder)
     folder = Path(config.calibration).expanduser()
-    if not folder.is_dir():
-        raise ConfigError(f"technique 'w8a8': calibration={config.calibration!r} is not a folder; give 'validation', "
-                          "'train' or the path of a folder of images")
+    if not (folder.is_dir() or (folder.is_file() and folder.suffix == ".npz")):
+        raise ConfigError(f"technique 'w8a8': calibration={config.calibration!r} is not a folder or an .npz file; give "
+                          "'validation', 'train' or the path of a folder of images (or of arrays, or an .npz)")
     return folder
 
 
-def calibration_batches(config: W8A8Config, ctx: CompressContext) -> tuple[list[np.ndarray], Path, int]:
-    """`calibration_samples` preprocessed images of the calibration folder (chosen by the seed), in batches."""
+def calibration_batches(config: W8A8Config, ctx: CompressContext) -> tuple[list, Path, int]:
+    """`calibration_samples` samples of the calibration source (chosen by the seed), read by
+    the model's task, in batches: arrays for a one-input model, {input name: array} otherwise."""
     import torch
 
     from compress_lab.techniques._training import load_training_data
@@ -162,8 +163,14 @@ def calibration_batches(config: W8A8Config, ctx: CompressContext) -> tuple[list[
     data = load_training_data(ctx, folder, labelled=False)
     generator = torch.Generator().manual_seed(config.seed)
     index = torch.randperm(len(data), generator=generator)[:config.calibration_samples]
-    x = data.x[index].numpy().astype(np.float32)
-    return [x[i:i + CALIBRATION_BATCH] for i in range(0, len(x), CALIBRATION_BATCH)], folder, len(x)
+    inputs, _ = data.batch(index)
+    arrays = {name: value.numpy() for name, value in inputs.items()}
+    arrays = {name: a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.int32) for name, a in arrays.items()}
+    count = len(next(iter(arrays.values())))
+    batches = [{name: a[i:i + CALIBRATION_BATCH] for name, a in arrays.items()} for i in range(0, count, CALIBRATION_BATCH)]
+    if len(arrays) == 1:
+        batches = [next(iter(b.values())) for b in batches]
+    return batches, folder, count
 
 
 @register(W8A8Config)

@@ -1,4 +1,7 @@
-"""The `compress-lab` command line."""
+"""The `compress-lab` command line, all of it in this package: this module holds the
+parser, the model commands (info, techniques, compress, evaluate) and the model
+arguments every command shares; each other command is a module here (sweep,
+results, export, sensitivity, mixed) with `add_arguments(parser)` and `run(args)`."""
 
 from __future__ import annotations
 
@@ -24,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(p)
     p.add_argument("--technique", required=True, help="technique name (see `compress-lab techniques`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a technique setting (TOML value), repeatable")
-    p.add_argument("--train", type=Path, help="training folder for training-time techniques")
+    p.add_argument("--train", type=Path, help="training data for training-time techniques: for a classifier a folder "
+                                              "(<class>/<image>), for other tasks an .npz or a folder of .npz files")
+    p.add_argument("--loss", help="your training loss: path/to/loss.py[:function], a function (outputs, targets) -> "
+                                  "scalar tensor (dicts of tensors by name) minimised instead of the task's loss. It is "
+                                  "code: it runs with your rights, like model code")
     p.add_argument("--out", type=Path, required=True, help="output .mlpackage path")
     p.add_argument("--no-estimate", action="store_true",
                    help="skip the time estimate printed before a training-time run (it measures a few steps)")
@@ -47,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_techniques)
 
-    _optional_subcommand(sub, "sweep", "compress_lab.sweep.cli", "run a grid of techniques x settings (a TOML spec)")
-    _optional_subcommand(sub, "sensitivity", "compress_lab.analysis.cli_sensitivity", "per-layer sensitivity of a model")
-    _optional_subcommand(sub, "mixed", "compress_lab.analysis.cli_mixed", "mixed precision under an accuracy budget")
+    _optional_subcommand(sub, "sweep", "compress_lab.cli.sweep", "run a grid of techniques x settings (a TOML spec)")
+    _optional_subcommand(sub, "sensitivity", "compress_lab.cli.sensitivity", "per-layer sensitivity of a model")
+    _optional_subcommand(sub, "mixed", "compress_lab.cli.mixed", "mixed precision under an accuracy budget")
     _optional_subcommand(sub, "report", "compress_lab.report", "write a self-contained HTML report of a sweep")
-    _optional_subcommand(sub, "results", "compress_lab.results_cli", "list the runs of a sweep (one row per run)")
-    _optional_subcommand(sub, "export", "compress_lab.export_cli", "write a run's .mlpackage with its config and metrics")
+    _optional_subcommand(sub, "results", "compress_lab.cli.results", "list the runs of a sweep (one row per run)")
+    _optional_subcommand(sub, "export", "compress_lab.cli.export", "write a run's .mlpackage with its config and metrics")
 
     args = parser.parse_args(argv)
     try:
@@ -131,11 +138,15 @@ def cmd_compress(args) -> int:
     handle = load_model_from_args(args)
     config = config_from_dict({"technique": args.technique, **parse_settings(args.set)})
     out = args.out if args.out.suffix == ".mlpackage" else args.out.with_suffix(".mlpackage")
-    if config.family == "training_time" and args.train is not None and not args.no_estimate:
-        _print_estimate(config, handle, args.train)
-    bar = _progress_bar()
     context = CompressContext(handle=handle, workdir=out.parent / ".lab-work", train_dir=args.train, calibration_dir=args.train,
-                              progress=bar.update)
+                              loss=args.loss)
+    if args.loss:
+        from compress_lab.metrics import load_loss
+        load_loss(args.loss)  # a file that does not load stops here, before any work
+    if config.family == "training_time" and args.train is not None and not args.no_estimate:
+        _print_estimate(config, context)
+    bar = _progress_bar()
+    context.progress = bar.update
     outcome = compress(handle, config, out, context=context)
     bar.close()
     size = package_size(outcome.path).to_dict()
@@ -148,23 +159,24 @@ def cmd_compress(args) -> int:
     return 0
 
 
-def _print_estimate(config, handle, train_dir: Path) -> None:
-    from compress_lab.data import scan_folder
+def _print_estimate(config, context) -> None:
     from compress_lab.techniques import _training
     try:
-        count = len(scan_folder(train_dir, class_names=handle.metadata.class_names))
-        seconds = _training.estimate_seconds(config, handle, count)
+        train = _training.load_training_data(context, labelled=False)   # held in memory for the run itself
+        seconds = _training.estimate_seconds(config, context.handle, len(train), train=train)
     except LabError:
         return  # no estimate for this technique; the progress bar still shows the time remaining
     print(f"estimated time for {config.label()}: about {seconds:.0f} s on this machine "
-          f"(measured on a few steps, {count:,} training images)", file=sys.stderr)
+          f"(measured on a few steps, {len(train):,} training {train.unit})", file=sys.stderr)
 
 
 def cmd_evaluate(args) -> int:
     from compress_lab.evaluate import evaluate_model
     metric = getattr(args, "metric", None)
-    result = evaluate_model(args.model if args.weights is None and args.metadata is None else load_model_from_args(args), args.data,
-                            batch_size=args.batch_size, reference=args.reference, metric=metric)
+    handle = load_model_from_args(args)
+    for note in handle.notes:
+        print(f"note: {note}", file=sys.stderr)
+    result = evaluate_model(handle, args.data, batch_size=args.batch_size, reference=args.reference, metric=metric)
     data = result.to_dict()
     if result.task == "classification":
         if data.get("top1") is None and args.reference is None and metric is None and data.get("n"):

@@ -1,6 +1,8 @@
 """`compress-lab mixed MODEL --data DIR --family palettize --budget-top1-drop 1` (or --budget-agreement 0.99):
 the smallest per-op mix within an accuracy budget; or `--budget-bytes N` / `--budget-bits-per-weight B`:
-the most accurate mix within a size budget (checked on the real package, in bytes on disk)."""
+the most accurate mix within a size budget (checked on the real package, in bytes on disk); or
+`--budget-metric NAME=VALUE[%]`: any metric of the model's task at most VALUE (or VALUE percent) worse than
+the uncompressed model, in the metric's own direction (`--budget-metric perplexity=5%`, `--budget-metric mrr=0.01`)."""
 
 from __future__ import annotations
 
@@ -14,16 +16,21 @@ from compress_lab.analysis.compressors import SEARCH_FAMILIES
 def add_arguments(parser) -> None:
     from compress_lab.cli import add_model_arguments
     add_model_arguments(parser)
-    parser.add_argument("--data", type=Path, required=True, help="validation folder")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="validation data: what the model's task reads (an image folder, an .npz source)")
     parser.add_argument("--family", choices=SEARCH_FAMILIES, default="palettize")
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-top1-drop", type=float, metavar="POINTS", help="max top-1 drop in percentage points")
     budget.add_argument("--budget-agreement", type=float, metavar="FRACTION", help="min top-1 agreement, e.g. 0.99")
+    budget.add_argument("--budget-metric", metavar="NAME=VALUE[%]",
+                        help="a metric of the model's task (or a user metric) at most VALUE worse than the uncompressed "
+                             "model, in its own direction and unit; VALUE% means percent of the baseline, e.g. "
+                             "perplexity=5%% or mrr=0.01")
     budget.add_argument("--budget-bytes", type=int, metavar="BYTES",
                         help="size budget: the most accurate mix of at most BYTES on disk (the .mlpackage)")
     budget.add_argument("--budget-bits-per-weight", type=float, metavar="BITS",
                         help="size budget: the most accurate mix of at most BITS bits per weight (weights file)")
-    parser.add_argument("--max-images", type=int, default=2000, help="images used by the search (evenly spaced)")
+    parser.add_argument("--max-images", type=int, default=2000, help="samples used by the search (evenly spaced)")
     parser.add_argument("--out", type=Path, help="where to write the chosen .mlpackage (default: WORKDIR/mixed.mlpackage)")
     parser.add_argument("--workdir", type=Path, default=Path(".lab-work"))
     parser.add_argument("--sweep", type=Path, metavar="SPEC.toml",
@@ -40,6 +47,18 @@ def add_arguments(parser) -> None:
 
 def budget_from_args(args):
     from compress_lab.analysis.mixed import Budget
+    from compress_lab.errors import ConfigError
+    if getattr(args, "budget_metric", None):
+        name, sep, value = args.budget_metric.partition("=")
+        relative = value.strip().endswith("%")
+        try:
+            number = float(value.strip().rstrip("%"))
+        except ValueError:
+            number = None
+        if not sep or number is None:
+            raise ConfigError(f"--budget-metric {args.budget_metric!r} must be NAME=VALUE or NAME=VALUE%, e.g. "
+                              "perplexity=5% (at most 5% above the uncompressed model) or mrr=0.01")
+        return Budget(name.strip(), number, relative=relative)
     for metric, value in (("top1_drop", args.budget_top1_drop), ("agreement", args.budget_agreement),
                           ("bytes", args.budget_bytes), ("bits_per_weight", args.budget_bits_per_weight)):
         if value is not None:
@@ -71,9 +90,14 @@ def run(args) -> int:
           + (", single-op stage reused from an earlier search" if outcome['search']['reused_single_op'] else "") + ")")
     print(f"config: {json.dumps(outcome['config'])}")
     print(f"wrote {outcome['path']}: {verified['bytes']:,} bytes, {verified['bits_per_weight']:.2f} bits per weight; "
-          f"full validation: top-1 {verified['top1']}, agreement {verified['agreement']}, "
-          f"meets budget: {verified['meets_budget']}")
+          f"full validation: {_measured(verified)}, meets budget: {verified['meets_budget']}")
     return 0
+
+
+def _measured(verified: dict) -> str:
+    if verified.get("top1") is not None or verified.get("agreement") is not None:
+        return f"top-1 {verified['top1']}, agreement {verified['agreement']}"
+    return ", ".join(f"{k} {v:.4g}" for k, v in sorted((verified.get("values") or {}).items()))
 
 
 def _add_to_sweep(args, handle, budget) -> int:

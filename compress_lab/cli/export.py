@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from compress_lab.export import export_mlpackage
     from compress_lab.store import open_store
-    from compress_lab.store_cli import find_run, find_store_folder
+    from compress_lab.store.locate import find_run, find_store_folder
 
     folder = find_store_folder(args.store)
     store = open_store(folder)

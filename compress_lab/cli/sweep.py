@@ -1,6 +1,6 @@
 """`compress-lab sweep SPEC.toml`: run (or resume) a sweep and print its results.
 
-Also runnable as `python -m compress_lab.sweep.cli SPEC --store DIR` (how the app
+Also runnable as `python -m compress_lab.cli.sweep SPEC --store DIR` (how the app
 starts a sweep in the background, see background.py)."""
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list the points (and invalid ones) without running")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-run lines")
+    parser.add_argument("--loss", help="your training loss: path/to/loss.py[:function], a function (outputs, targets) -> "
+                                       "scalar tensor (dicts of tensors by name); overrides [data] loss. It is code: it "
+                                       "runs with your rights, like model code")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise ConfigError(f"--timeout {args.timeout} must be a positive number of seconds")
     spec = spec.with_run(workers=args.workers, executor=args.executor, timeout_s=args.timeout, address=args.address)
+    if getattr(args, "loss", None):
+        import dataclasses
+        file_part, name = args.loss.rsplit(":", 1) if ":" in Path(args.loss).name else (args.loss, "")
+        loss = str(Path(file_part).expanduser().resolve()) + (f":{name}" if name else "")
+        spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, loss=loss))
     plan = expand(spec)
     err = sys.stderr
     for bad in plan.invalid:
@@ -93,6 +101,40 @@ def _row(run) -> dict:
             "error": run.error, "artifact": run.artifact_path}
 
 
+_LABELS = {"agreement": "agree"}
+
+
+def headline_names(metrics: dict | None) -> tuple[str, str]:
+    """The run's leading task metric and fidelity measure: top1 and agreement for a
+    classifier; for any other task its primary metric (e.g. retrieval_top1, mae) and
+    cosine (embeddings) or snr_db."""
+    m = metrics or {}
+    task = m.get("task") or "classification"
+    if task == "classification":
+        return "top1", "agreement"
+    name = next(iter(sorted(m.get("values") or {})), "metric")
+    try:
+        from compress_lab.tasks import get_task
+        primary = [x for x in get_task(task).metrics(None) if x.primary]
+        name = primary[0].name if primary else name
+    except Exception:  # a task whose metrics need the model's metadata: its first value
+        pass
+    fidelity = "cosine" if any("cosine" in f for f in (m.get("fidelity") or {}).values()) else "snr_db"
+    return name, fidelity
+
+
+def headline_value(metrics: dict | None, name: str) -> float | None:
+    """A metric's value in a stored run; a fidelity measure (cosine, snr_db) is the
+    worst over the model's outputs."""
+    from compress_lab.tasks.base import metric_value
+
+    if not metrics:
+        return None
+    if name in ("top1", "agreement"):
+        return metrics.get(name)
+    return metric_value(metrics, name)
+
+
 def _fmt(value, spec: str, empty: str = "-") -> str:
     return empty if value is None else format(value, spec)
 
@@ -108,12 +150,17 @@ def _bytes(n) -> str:
 
 
 def summary_table(runs) -> str:
-    """A plain-text table: label, state, top-1 / agreement, size, ratio to fp16, time."""
-    header = ("label", "state", "top1", "agree", "bytes", "x fp16", "time")
+    """A plain-text table: label, state, the task's leading metric (top-1 for a classifier)
+    and fidelity (agreement), size, ratio to fp16, time."""
+    scored = next((run.metrics for run in runs if run.metrics and run.metrics.get("fidelity")),
+                  next((run.metrics for run in runs if run.metrics), None))
+    metric_name, fidelity_name = headline_names(scored)
+    header = ("label", "state", metric_name, _LABELS.get(fidelity_name, fidelity_name), "bytes", "x fp16", "time")
     rows = []
     for run in runs:
         r = _row(run)
-        rows.append((r["label"], r["state"], _fmt(r["top1"], ".4f"), _fmt(r["agreement"], ".4f"), _bytes(r["bytes"]),
+        rows.append((r["label"], r["state"], _fmt(headline_value(run.metrics, metric_name), ".4f"),
+                     _fmt(headline_value(run.metrics, fidelity_name), ".4f"), _bytes(r["bytes"]),
                      _fmt(r["ratio_fp16"], ".2f"), _fmt(r["time_s"], ".1f") + ("" if r["time_s"] is None else " s")))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(header, widths)),
@@ -128,7 +175,10 @@ def summary_table(runs) -> str:
 def status_line(done: int, total: int, run) -> str:
     r = _row(run)
     if run.state == "COMPLETE":
-        detail = (f"top1 {_fmt(r['top1'], '.4f')}  agree {_fmt(r['agreement'], '.4f')}  {_bytes(r['bytes'])}"
+        metric_name, fidelity_name = headline_names(run.metrics)
+        detail = (f"{metric_name} {_fmt(headline_value(run.metrics, metric_name), '.4f')}  "
+                  f"{_LABELS.get(fidelity_name, fidelity_name)} {_fmt(headline_value(run.metrics, fidelity_name), '.4f')}"
+                  f"  {_bytes(r['bytes'])}"
                   f"  {_fmt(r['ratio_fp16'], '.2f')}x  {_fmt(r['time_s'], '.1f')} s")
     else:
         detail = (run.error or "").splitlines()[0][:200] if run.error else ""

@@ -117,7 +117,7 @@ def budget_answer(args, table_rows: list[dict]) -> dict | None:
 
 def run(args) -> int:
     from compress_lab.store import open_store
-    from compress_lab.store_cli import find_store_folder, pick_sweep
+    from compress_lab.store.locate import find_store_folder, pick_sweep
 
     folder = find_store_folder(args.store)
     store = open_store(folder)
