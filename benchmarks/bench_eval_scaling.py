@@ -18,7 +18,16 @@ alone (RssAnon, sampled every 10 ms) is reported too: the resident set also hold
 file-backed pages of the memory-mapped tensor cache, which the kernel can reclaim.
 
     .venv/bin/python benchmarks/bench_eval_scaling.py [--sizes 1000,5000,20000] [--quick]
-        [--data-dir DIR] [--out benchmarks/results/eval_scaling.json]
+        [--models mnist_cnn,minilm_embedder] [--multiples 1,10] [--data-dir DIR]
+        [--out benchmarks/results/eval_scaling.json]
+
+Other models (default: minilm_embedder when it is built; any sample name or model
+folder with --models) are measured on their own validation source, read through
+their task (named inputs, e.g. int32 token ids): an array source (.npz) repeated
+--multiples times (default 1 and 10; an embedding source's `pair` indices shifted to
+each copy, so retrieval searches every copy's keys), written once under --data-dir.
+There is no tensor cache for array sources, so each size runs one pass (reported in
+both the uncached and cached columns; `passes` = 1). Sizes and multiples count samples.
 
 Targets (issue 7): time linear in the number of images (CPU time per image at the
 largest size within 1.25x of the smallest's; CPU time of all the process's threads,
@@ -50,6 +59,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "eval_scaling.json"
 DEFAULT_DATA_DIR = Path(tempfile.gettempdir()) / "compress_lab_bench" / "eval_scaling"
 DEFAULT_SIZES = (1000, 5000, 20000)
 QUICK_SIZES = (1000, 5000)
+DEFAULT_MULTIPLES = (1, 10)
+OTHER_MODELS = ("minilm_embedder",)   # measured by default when built (issue 13: peak within 1.3x at 10x)
 DATA_VERSION = 1
 LINEARITY_TARGET = 1.25   # (time per image at the largest size) / (time per image at the smallest)
 PEAK_TARGET = 1.30        # peak RSS at the largest size / peak RSS at the smallest
@@ -139,16 +150,63 @@ def build_folder(data_dir: Path, size: int) -> Path:
     return folder
 
 
-def build_model(data_dir: Path) -> Path:
-    """mnist_cnn converted to an fp32 ML program with a flexible batch (once)."""
+def build_model(data_dir: Path, model: str = MODEL) -> Path:
+    """The model converted to an fp32 ML program with a flexible batch (once per weights)."""
     from compress_lab.models import load_model
     from compress_lab.models.convert import convert_module
 
-    path = data_dir / f"{MODEL}_fp32.mlpackage"
+    handle = load_model(model)
+    path = data_dir / f"{handle.metadata.name}_{handle.fingerprint[:12]}_fp32.mlpackage"
     if not path.exists():
-        handle = load_model(MODEL)
         convert_module(handle.torch_copy(), handle.metadata, path, precision="fp32")
     return path
+
+
+def _shift_pairs(pair: np.ndarray, offset: int) -> np.ndarray:
+    pair = np.asarray(pair, dtype=np.int64)
+    return np.where(pair >= 0, pair + offset, -1)
+
+
+def tile_source(source: Path, multiple: int, dest: Path) -> Path:
+    """`source` (a stacked .npz, or a folder of one-sample .npz files) repeated `multiple`
+    times: dest.npz, or dest/ holding copy-major files. An embedding source's `pair`
+    (a sample index, -1 for keys) is shifted to point into its own copy."""
+    from compress_lab.tasks.embedding import PAIR
+
+    if source.is_file():
+        out = dest.with_suffix(".npz")
+        if out.is_file():
+            return out
+        with np.load(source) as data:
+            arrays = {name: data[name] for name in data.files}
+        n = len(next(iter(arrays.values())))
+        tiled = {name: np.concatenate([_shift_pairs(a, i * n) if name == PAIR else a for i in range(multiple)])
+                 for name, a in arrays.items()}
+        partial = out.with_name(out.stem + ".partial.npz")
+        np.savez(partial, **tiled)
+        partial.replace(out)
+        return out
+    marker = dest / ".built.json"
+    if _built_count(marker) == multiple:
+        return dest
+    files = sorted(p for p in source.iterdir() if p.suffix == ".npz" and not p.name.startswith("."))
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for copy in range(multiple):
+        for file in files:
+            with np.load(file) as data:
+                arrays = {name: data[name] for name in data.files}
+            if PAIR in arrays:
+                arrays[PAIR] = _shift_pairs(arrays[PAIR], copy * len(files))
+            np.savez(dest / f"{copy:04d}_{file.name}", **arrays)
+    marker.write_text(json.dumps({"version": DATA_VERSION, "count": multiple}))
+    return dest
+
+
+def sample_count(source: Path, handle) -> int:
+    from compress_lab.arrays import read_arrays
+    return read_arrays(source, handle.metadata.io).n
 
 
 # ---------------------------------------------------------------- one size, in its own process
@@ -205,11 +263,14 @@ class AnonPeak:
 
 
 def measure_child(folder: Path, package: Path, batch_size: int) -> dict:
-    from compress_lab.data import TensorCache, scan_folder
-    from compress_lab.evaluate import coreml_predictor, evaluate
     from compress_lab.models import load_model
 
     meta = load_model(package).metadata
+    if meta.task != "classification" or not folder.is_dir() or any(folder.glob("*.npz")):
+        return measure_task_child(folder, package, batch_size)
+    from compress_lab.data import TensorCache, scan_folder
+    from compress_lab.evaluate import coreml_predictor, evaluate
+
     predictor = coreml_predictor(package)
     predictor(np.zeros((batch_size, *meta.input_shape), dtype=np.float32))  # warm-up, not timed
     loaded_mb, loaded_anon_mb = _status_mb("VmRSS"), _status_mb("RssAnon")
@@ -235,6 +296,39 @@ def measure_child(folder: Path, package: Path, batch_size: int) -> dict:
             "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
+def measure_task_child(source: Path, package: Path, batch_size: int) -> dict:
+    """Any model through its task: named inputs from the array source, the task's metrics."""
+    from compress_lab.evaluate import evaluate, named_coreml_predictor
+    from compress_lab.models import load_model
+    from compress_lab.tasks import task_for
+
+    meta = load_model(package).metadata
+    task = task_for(meta)
+    predictor = named_coreml_predictor(package, meta.io)
+    predictor(next(iter(task.dataset(task.open_source(source, meta), meta, batch_size=batch_size))).inputs)  # warm-up
+    loaded_mb, loaded_anon_mb = _status_mb("VmRSS"), _status_mb("RssAnon")
+    passes = {}
+    for name in ("uncached",):  # no tensor cache for array sources: a second pass would only repeat the first
+        reset = _reset_peak()
+        with AnonPeak() as anon:
+            started, cpu_started = time.perf_counter(), time.process_time()
+            data = task.dataset(task.open_source(source, meta), meta, batch_size=batch_size)
+            scanned = time.perf_counter()
+            result = evaluate(predictor, data, task, meta=meta, batch_size=batch_size)
+            ended, cpu = time.perf_counter(), time.process_time() - cpu_started
+        outputs = result.reference_outputs() or {}
+        primary = task.primary_metric(meta, labelled=True).name
+        passes[name] = {"seconds": ended - started, "cpu_s": cpu, "scan_s": scanned - started, "eval_s": ended - scanned,
+                        "peak_mb": _peak_mb(), "peak_anon_mb": anon.peak_mb, "peak_reset": reset,
+                        "n": result.n, "skipped": result.skipped,
+                        "top1": (result.values or {}).get(primary, result.top1), "metric": primary,
+                        "logits_sum": float(sum(np.asarray(v, np.float64).sum() for v in outputs.values()))}
+        del result, outputs
+    passes["cached"] = passes["uncached"]  # one pass, reported in both columns (see "passes")
+    return {"loaded_mb": loaded_mb, "loaded_anon_mb": loaded_anon_mb, "cache_mb": 0.0, "passes": passes, "n_passes": 1,
+            "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
 def run_size(size: int, folder: Path, package: Path, batch_size: int, timeout: float) -> dict:
     command = [sys.executable, __file__, "--child", str(folder), "--package", str(package),
                "--batch-size", str(batch_size)]
@@ -247,6 +341,7 @@ def run_size(size: int, folder: Path, package: Path, batch_size: int, timeout: f
     uncached, cached = measured["passes"]["uncached"], measured["passes"]["cached"]
     return {
         "images": size, "evaluated": uncached["n"], "skipped": uncached["skipped"], "top1": uncached["top1"],
+        "metric": uncached.get("metric", "top1"), "passes": measured.get("n_passes", 2),
         "cached_same_result": uncached["top1"] == cached["top1"]
         and abs(uncached["logits_sum"] - cached["logits_sum"]) <= 1e-6 * max(1.0, abs(uncached["logits_sum"])),
         "uncached_s": round(uncached["seconds"], 3), "cached_s": round(cached["seconds"], 3),
@@ -293,22 +388,26 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def markdown(rows: list[dict], summary: dict) -> str:
-    lines = ["| images | uncached wall s | CPU ms/image | cached wall s | CPU ms/image | cached / uncached CPU | peak RSS MB "
-             "(uncached / cached) | over loaded model MB (all / heap) | cache file MB | top-1 |",
+def markdown(rows: list[dict], summary: dict, unit: str = "images") -> str:
+    per = unit.removesuffix("s")
+    metric = rows[0].get("metric", "top1")
+    lines = [f"| {unit} | uncached wall s | CPU ms/{per} | cached wall s | CPU ms/{per} | cached / uncached CPU | peak RSS MB "
+             f"(uncached / cached) | over loaded model MB (all / heap) | cache file MB | {metric} |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['images']:,} | {r['uncached_s']:.2f} | {r['uncached_cpu_ms_per_image']:.3f} | "
                      f"{r['cached_s']:.2f} | {r['cached_cpu_ms_per_image']:.3f} | "
                      f"{r['cached_cpu_s'] / r['uncached_cpu_s']:.2f} | "
                      f"{r['peak_uncached_mb']:.0f} / {r['peak_cached_mb']:.0f} | {r['peak_growth_mb']:.0f} / "
-                     f"{r['anon_growth_mb']:.0f} | {r['cache_mb']:.0f} | {r['top1']:.4f} |")
+                     f"{r['anon_growth_mb']:.0f} | {r['cache_mb']:.0f} | "
+                     + ("-" if r["top1"] is None else f"{r['top1']:.4f}") + " |")
     s = summary
-    lines += ["", f"{s['largest']:,} vs {s['smallest']:,} images (ideal, linear: {s['ideal_time_ratio']:.0f}x): "
+    lines += ["", f"{s['largest']:,} vs {s['smallest']:,} {unit} (ideal, linear: {s['ideal_time_ratio']:.0f}x): "
               f"CPU time {s['time_ratio_uncached']:.1f}x uncached, {s['time_ratio_cached']:.1f}x cached "
               f"(wall {s['wall_time_ratio_uncached']:.1f}x / {s['wall_time_ratio_cached']:.1f}x; linearity {s['linearity_uncached']:.2f} / {s['linearity_cached']:.2f}, target <= {LINEARITY_TARGET}); "
               f"peak memory {s['peak_ratio']:.2f}x (target <= {PEAK_TARGET}); heap (RssAnon) peak "
-              f"{s['anon_peak_ratio']:.2f}x, the rest of the growth is file-backed pages of the memory-mapped tensor cache."]
+              f"{s['anon_peak_ratio']:.2f}x" + (", the rest of the growth is file-backed pages of the memory-mapped tensor "
+                                             "cache." if unit == "images" else ".")]
     return "\n".join(lines)
 
 
@@ -319,10 +418,63 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def parse_models(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def measure_images(args, sizes: list[int]) -> dict:
+    """mnist_cnn on folders of 1k / 5k / 20k real PNG digits."""
+    started = time.perf_counter()
+    folders = {size: build_folder(args.data_dir, size) for size in sizes}
+    package = build_model(args.data_dir)
+    prepared_s = time.perf_counter() - started
+    rows = []
+    for size in sizes:
+        rows.append(run_size(size, folders[size], package, args.batch_size, args.timeout))
+        print(f"{size} images: {rows[-1]['uncached_s']:.1f} s uncached, {rows[-1]['cached_s']:.1f} s cached, "
+              f"peak {rows[-1]['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+    return {"model": MODEL, "program": "fp32", "data": "PNG digit folders", "unit": "images", "sizes": sizes,
+            "rows": rows, "summary": summarize(rows), "prepare_s": round(prepared_s, 2)}
+
+
+def measure_multiples(args, model: str, multiples: list[int]) -> dict:
+    """Any model on its validation source repeated `multiples` times."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _task_inputs import validation_source
+
+    from compress_lab.models import load_model
+
+    started = time.perf_counter()
+    handle = load_model(model)
+    source = validation_source(model, args.data)
+    if source is None:
+        raise SystemExit(f"model {model}: no validation source found (sample val/ or val.npz); pass --data")
+    folder = args.data_dir / handle.metadata.name
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = {k: tile_source(source, k, folder / f"x{k}") for k in multiples}
+    package = build_model(args.data_dir, model)
+    prepared_s = time.perf_counter() - started
+    rows = []
+    for k in multiples:
+        n = sample_count(sources[k], handle)
+        rows.append({**run_size(n, sources[k], package, args.batch_size, args.timeout), "multiple": k})
+        print(f"{handle.metadata.name} x{k} ({n} samples): {rows[-1]['uncached_s']:.1f} s, {rows[-1]['cached_s']:.1f} s "
+              f"again, peak {rows[-1]['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+    return {"model": handle.metadata.name, "program": "fp32", "data": str(source), "unit": "samples",
+            "multiples": multiples, "sizes": [r["images"] for r in rows], "rows": rows, "summary": summarize(rows),
+            "prepare_s": round(prepared_s, 2)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=parse_sizes, default=None, help="comma-separated, default 1000,5000,20000")
-    parser.add_argument("--quick", action="store_true", help="sizes 1000,5000 only")
+    parser.add_argument("--quick", action="store_true", help="sizes 1000,5000 only; other models 1x and 10x")
+    parser.add_argument("--models", type=parse_models, default=None,
+                        help=f"comma-separated: {MODEL} (image folders of --sizes) and/or other models (their "
+                             f"validation source x --multiples); default {MODEL} plus the built ones of "
+                             f"{','.join(OTHER_MODELS)}")
+    parser.add_argument("--multiples", type=parse_sizes, default=None, help="default 1,10 (models other than mnist_cnn)")
+    parser.add_argument("--data", type=Path, default=None, help="validation source of the one other model")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where the images are built once")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -334,24 +486,32 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(measure_child(args.child, args.package, args.batch_size)))
         return 0
 
+    if args.models is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _task_inputs import built_samples
+        models = [MODEL, *built_samples(OTHER_MODELS)[0]]
+    else:
+        models = args.models
+    others = [m for m in models if m != MODEL]
+    if args.data is not None and len(others) != 1:
+        parser.error(f"--data goes with one model other than {MODEL}; got {others}")
     sizes = args.sizes or list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    started = time.perf_counter()
+    multiples = args.multiples or list(DEFAULT_MULTIPLES)
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    folders = {size: build_folder(args.data_dir, size) for size in sizes}
-    package = build_model(args.data_dir)
-    prepared_s = time.perf_counter() - started
-    rows = []
-    for size in sizes:
-        rows.append(run_size(size, folders[size], package, args.batch_size, args.timeout))
-        print(f"{size} images: {rows[-1]['uncached_s']:.1f} s uncached, {rows[-1]['cached_s']:.1f} s cached, "
-              f"peak {rows[-1]['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
-    summary = summarize(rows)
-    print(markdown(rows, summary))
-    result = {"benchmark": "eval_scaling", "model": MODEL, "program": "fp32", "batch_size": args.batch_size,
-              "sizes": sizes, "rows": rows, "summary": summary, "data_dir": str(args.data_dir),
-              "prepare_s": round(prepared_s, 2), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-              "platform": platform.platform(),
-              "notes": "each size in a fresh process; times include the folder scan; peak = VmHWM during the pass"}
+    results = []
+    for model in models:
+        part = measure_images(args, sizes) if model == MODEL else measure_multiples(args, model, multiples)
+        print(f"\n{part['model']} ({part['data']}):\n")
+        print(markdown(part["rows"], part["summary"], part["unit"]))
+        results.append(part)
+    first = results[0]
+    result = {"command": list(sys.argv[1:] if argv is None else argv), "benchmark": "eval_scaling", "model": first["model"], "program": "fp32", "batch_size": args.batch_size,
+              "sizes": first["sizes"], "rows": first["rows"], "summary": first["summary"],
+              "models": results, "data_dir": str(args.data_dir),
+              "prepare_s": round(sum(r["prepare_s"] for r in results), 2), "cpus": os.cpu_count(),
+              "load_average": os.getloadavg(), "platform": platform.platform(),
+              "notes": "each size in a fresh process; times include the folder scan; peak = VmHWM during the pass; "
+                       "top-level rows/summary are the first model's, `models` holds every model's"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten {args.out}")

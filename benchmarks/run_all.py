@@ -39,6 +39,9 @@ EVAL_PEAK = 1.30           # peak RSS at 20k / at 1k
 PALETTIZE_SPEEDUP = 5.0    # coremltools kmeans time / lab palettizer time, over the benchmark set
 PALETTIZE_MSE = 1.0        # lab palettizer weight MSE / coremltools kmeans MSE
 MIXED_SPEED = 0.10         # mixed search time / today's, same model, data and levels (issue 14)
+RUNTIME_TARGET_13 = 1.00   # issue 13: runtime / eager on the text and audio samples
+SWEEP_1_WORKER_13 = 1.05   # issue 13: lab sweep / hand loop, MiniLM's post-training points, 1 worker
+ISSUE_13_RUNTIME = ("minilm_embedder", "crepe_pitch")
 CREPE_RUNTIME = 1.0        # runtime / eager, crepe_pitch, batch 256 (issue 13)
 
 
@@ -50,24 +53,37 @@ class Benchmark:
     quick_args: tuple[str, ...] = ("--quick",)
     result: str | None = None       # JSON file it writes under benchmarks/results/
     timeout_s: int = 900
+    script_name: str | None = None  # the script, when it is not `name` (one script, several entries)
+    requires: tuple[str, ...] = ()  # files (relative to the repository) it needs; skipped without them
 
     @property
     def script(self) -> Path:
-        return BENCH_DIR / f"{self.name}.py"
+        return BENCH_DIR / f"{self.script_name or self.name}.py"
+
+    def missing(self) -> list[str]:
+        return [r for r in self.requires if not (ROOT / r).exists()]
 
 
 # Known benchmarks, in run order. The full run uses each script's defaults, except where
 # that alone would not leave room for the rest in 15 minutes (training_demo, palettize_accuracy).
 KNOWN = (
-    Benchmark("bench_runtime", "lab runtime vs eager PyTorch, dog_mobilenetv2, batch 1 and 64",
+    Benchmark("bench_runtime", "lab runtime vs eager PyTorch: dog_mobilenetv2 batch 1 and 64; minilm_embedder "
+              "batch 64 and crepe_pitch batch 256 where built",
               full_args=(), quick_args=("--precisions", "fp32", "--repeats", "3"),
               result="runtime.json"),
     Benchmark("crepe_runtime", "lab runtime vs eager PyTorch, crepe_pitch (CREPE tiny), batch 256",
               full_args=(), quick_args=("--quick",), result="crepe_runtime.json"),
-    Benchmark("bench_palettize", "lab palettizer vs coremltools palettize_weights(mode='kmeans')",
-              full_args=(), quick_args=("--quick",), result="palettize.json", timeout_s=1200),
+    Benchmark("bench_palettize", "lab palettizer vs coremltools palettize_weights(mode='kmeans'): ResNet-18, "
+              "dog_mobilenetv2, MiniLM's weights", full_args=(), quick_args=("--quick",), result="palettize.json",
+              timeout_s=3600),
     Benchmark("bench_sweep", "lab sweep (1 and 2 workers, cached re-run) vs a hand-written loop",
               full_args=(), quick_args=(), result="sweep.json"),
+    Benchmark("bench_sweep_minilm", "lab sweep of examples/minilm_sweep.toml's post-training points vs a hand loop, "
+              "1 worker", script_name="bench_sweep",
+              full_args=("--spec", "examples/minilm_sweep.toml", "--out", "benchmarks/results/sweep_minilm.json"),
+              quick_args=("--spec", "examples/minilm_sweep.toml", "--out", "benchmarks/results/sweep_minilm.json"),
+              result="sweep_minilm.json", timeout_s=3600,
+              requires=("examples/minilm_sweep.toml", "sample_models/minilm_embedder/metadata.json")),
     Benchmark("bench_eval_scaling", "evaluation time and peak memory at 1k / 5k / 20k images",
               full_args=(), quick_args=("--quick",), result="eval_scaling.json"),
     Benchmark("palettize_accuracy", "accuracy of the lab palettizer vs coremltools kmeans, both sample models",
@@ -91,7 +107,7 @@ KNOWN = (
 def discover(bench_dir: Path = BENCH_DIR) -> list[Benchmark]:
     """The known benchmarks plus any other script in bench_dir (run with --quick
     in quick mode if its source mentions that flag)."""
-    known = {b.name for b in KNOWN}
+    known = {b.name for b in KNOWN} | {b.script_name for b in KNOWN if b.script_name}
     extra = []
     for script in sorted(bench_dir.glob("*.py")):
         if script.stem in known or script.stem == "run_all" or script.stem.startswith("_"):
@@ -136,6 +152,9 @@ def runtime_rows(data: dict) -> list[Row]:
     for r in data.get("rows", []):
         label = f"runtime / eager, {r['model']} {r['program']} batch {r['batch']}"
         shown = f"{r['ratio']:.3f}x ({r['runtime_ms']:.1f} vs {r['eager_ms']:.1f} ms)"
+        if r["model"] in ISSUE_13_RUNTIME:
+            rows.append(_row("bench_runtime", label, r["ratio"], shown, "<=", RUNTIME_TARGET_13, source="issue 13"))
+            continue
         rows.append(_row("bench_runtime", label, r["ratio"], shown, "<=", RUNTIME_TARGET_7, source="issue 7"))
         if r["batch"] == 64 and r["model"] == "dog_mobilenetv2":
             rows.append(_row("bench_runtime", label, r["ratio"], shown, "<=", RUNTIME_TARGET_3, source="issue 3"))
@@ -175,13 +194,44 @@ def sweep_rows(data: dict) -> list[Row]:
     return rows
 
 
+ISSUE_13_MODELS = {"minilm"}      # bench_palettize models whose own totals issue 13 targets
+
+
+def sweep_spec_rows(data: dict) -> list[Row]:
+    """A spec's post-training points (issue 13: MiniLM), 1 worker; worker imports reported."""
+    ratios = data.get("ratios", {})
+    hand = data.get("hand_loop", {}).get("seconds")
+    lab1 = data.get("lab_1_worker", {})
+    value = ratios.get("lab1_vs_hand")
+    model = data.get("model", "?")
+    shown = "-" if value is None else (f"{value:.3f}x ({lab1.get('seconds', float('nan')):.1f} vs {hand:.1f} s, "
+                                       f"{len(data.get('points', []))} points)")
+    rows = [_row("bench_sweep_minilm", f"lab sweep / hand loop, 1 worker, {model}", value, shown, "<=",
+                 SWEEP_1_WORKER_13, source="issue 13")]
+    if data.get("worker_import_s") is not None:
+        share = data.get("worker_import_share_of_hand")
+        rows.append(_row("bench_sweep_minilm", "a fresh worker's imports / hand loop time", share,
+                         f"{share:.1%} ({data['worker_import_s']:.1f} s)"))
+    cached = ratios.get("cached_vs_first_1")
+    if cached is not None:
+        rows.append(_row("bench_sweep_minilm", "cached re-run / first run, 1 worker", cached,
+                         f"{cached:.1%} ({lab1.get('cached_seconds', float('nan')):.1f} s)", "<=", CACHED_RERUN,
+                         unit="%", source="issue 7"))
+    return rows
+
+
 def palettize_rows(data: dict) -> list[Row]:
     s = data.get("summary") or {}
     if not s:
         return [_row("bench_palettize", "palettizer speed-up vs coremltools kmeans", None,
                      "no case timed against coremltools", ">=", PALETTIZE_SPEEDUP, source="issue 7")]
     cases = f"{s['cases']} cases, {s['coremltools_total_s']:.1f} s vs {s['ours_total_s']:.1f} s"
-    return [
+    if data.get("complete") is False:
+        cases += "; INCOMPLETE run"
+    per_model = s.get("per_model") or {}
+    if per_model and set(per_model) <= ISSUE_13_MODELS:
+        return _palettize_model_rows(per_model)  # issue 13's models alone: their own rows say it all
+    rows = [
         _row("bench_palettize", "palettizer speed-up vs coremltools kmeans (total time)", s["overall_speedup"],
              f"{s['overall_speedup']:.1f}x ({cases})", ">=", PALETTIZE_SPEEDUP, source="issue 7"),
         _row("bench_palettize", "palettizer weight MSE / coremltools (worst case)", s["max_mse_ratio"],
@@ -190,24 +240,54 @@ def palettize_rows(data: dict) -> list[Row]:
         _row("bench_palettize", "palettizer speed-up, slowest case", s["min_case_speedup"],
              f"{s['min_case_speedup']:.1f}x"),
     ]
+    if len(per_model) > 1:
+        rows += _palettize_model_rows(per_model)
+    return rows
+
+
+def _palettize_model_rows(per_model: dict) -> list[Row]:
+    rows = []
+    for model, m in per_model.items():
+        targeted = model in ISSUE_13_MODELS
+        skipped = f", {m['skipped_reference']} not timed" if m.get("skipped_reference") else ""
+        detail = f"{m['cases']} cases{skipped}, {m['coremltools_total_s']:.1f} s vs {m['ours_total_s']:.1f} s"
+        speed = (f"palettizer speed-up vs coremltools kmeans, {model} (total time)", m["overall_speedup"],
+                 f"{m['overall_speedup']:.1f}x ({detail}; slowest case {m['min_case_speedup']:.1f}x)")
+        mse = (f"palettizer weight MSE / coremltools, {model} (worst case)", m["max_mse_ratio"],
+               f"{m['max_mse_ratio']:.6f} (geomean {m['geomean_mse_ratio']:.6f})")
+        if targeted:
+            rows.append(_row("bench_palettize", *speed, ">=", PALETTIZE_SPEEDUP, source="issue 13"))
+            rows.append(_row("bench_palettize", *mse, "<=", PALETTIZE_MSE, unit="", source="issue 13"))
+        else:
+            rows += [_row("bench_palettize", *speed), _row("bench_palettize", *mse)]
+    return rows
 
 
 def eval_scaling_rows(data: dict) -> list[Row]:
-    s = data["summary"]
-    n = f"{s['largest']:,} vs {s['smallest']:,} images"
+    """mnist_cnn's image folders (issue 7: linear time, flat memory) and any other model's
+    validation source x N (issue 13: flat memory; its time is reported without a target)."""
     rows = []
-    for kind in ("uncached", "cached"):
-        value = s[f"linearity_{kind}"]
-        wall = s.get(f"wall_time_ratio_{kind}")
-        shown = (f"{value:.2f} ({n}: {s[f'time_ratio_{kind}']:.1f}x CPU time for {s['ideal_time_ratio']:.0f}x images"
-                 + (f"; wall {wall:.1f}x" if wall is not None else "") + ")")
-        rows.append(_row("bench_eval_scaling", f"eval CPU time per image, largest / smallest, {kind}", value, shown,
-                         "<=", EVAL_LINEARITY, unit="", source="linear"))
-    small = min(data["rows"], key=lambda r: r["images"])
-    large = max(data["rows"], key=lambda r: r["images"])
-    rows.append(_row("bench_eval_scaling", "eval peak memory, largest / smallest", s["peak_ratio"],
-                     f"{s['peak_ratio']:.2f}x ({large['peak_mb']:.0f} vs {small['peak_mb']:.0f} MB)", "<=", EVAL_PEAK,
-                     source="flat"))
+    for part in data.get("models") or [data]:
+        model = part.get("model", "mnist_cnn")
+        images = model == "mnist_cnn"
+        unit = part.get("unit", "images")
+        s = part["summary"]
+        n = f"{s['largest']:,} vs {s['smallest']:,} {unit}"
+        for kind in ("uncached", "cached") if images else ("uncached",):
+            value = s[f"linearity_{kind}"]
+            wall = s.get(f"wall_time_ratio_{kind}")
+            shown = (f"{value:.2f} ({n}: {s[f'time_ratio_{kind}']:.1f}x CPU time for {s['ideal_time_ratio']:.0f}x {unit}"
+                     + (f"; wall {wall:.1f}x" if wall is not None else "") + ")")
+            label = f"eval CPU time per {unit.removesuffix('s')}, largest / smallest, {model}" + (f", {kind}" if images else "")
+            if images:
+                rows.append(_row("bench_eval_scaling", label, value, shown, "<=", EVAL_LINEARITY, unit="", source="linear"))
+            else:
+                rows.append(_row("bench_eval_scaling", label, value, shown))
+        small = min(part["rows"], key=lambda r: r["images"])
+        large = max(part["rows"], key=lambda r: r["images"])
+        rows.append(_row("bench_eval_scaling", f"eval peak memory, largest / smallest, {model}", s["peak_ratio"],
+                         f"{s['peak_ratio']:.2f}x ({n}: {large['peak_mb']:.0f} vs {small['peak_mb']:.0f} MB)", "<=",
+                         EVAL_PEAK, source="flat" if images else "issue 13"))
     return rows
 
 
@@ -268,6 +348,7 @@ ROW_BUILDERS: dict[str, Callable[[dict | list], list[Row]]] = {
     "bench_runtime": runtime_rows,
     "crepe_runtime": crepe_runtime_rows,
     "bench_sweep": sweep_rows,
+    "bench_sweep_minilm": sweep_spec_rows,
     "bench_palettize": palettize_rows,
     "bench_eval_scaling": eval_scaling_rows,
     "palettize_accuracy": palettize_accuracy_rows,
@@ -313,6 +394,7 @@ class RunRecord:
     status: str = "ok"             # ok | missing | failed (exit N) | timed out | stale result
     seconds: float = 0.0
     log: str | None = None
+    finished: str = ""             # UTC, "YYYY-MM-DD HH:MM"
 
 
 def run_benchmark(bench: Benchmark, quick: bool, logs: Path) -> tuple[RunRecord, dict | None]:
@@ -320,6 +402,9 @@ def run_benchmark(bench: Benchmark, quick: bool, logs: Path) -> tuple[RunRecord,
     record = RunRecord(bench.name, args)
     if not bench.script.is_file():
         record.status = "not written yet (skipped)"
+        return record, None
+    if bench.missing():
+        record.status = f"needs {', '.join(bench.missing())} (skipped)"
         return record, None
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{bench.name}.log"
@@ -334,6 +419,7 @@ def run_benchmark(bench: Benchmark, quick: bool, logs: Path) -> tuple[RunRecord,
         except subprocess.TimeoutExpired:
             code = None
     record.seconds = round(time.time() - started, 1)
+    record.finished = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     if code is None:
         record.status = f"timed out after {bench.timeout_s} s"
     elif code != 0:
@@ -353,11 +439,77 @@ def run_benchmark(bench: Benchmark, quick: bool, logs: Path) -> tuple[RunRecord,
     return record, data
 
 
+def reuse_result(bench: Benchmark) -> tuple[RunRecord, dict | None]:
+    """A benchmark's JSON already under benchmarks/results/ (measured by running the
+    script directly), read instead of running it again."""
+    record = RunRecord(bench.name, [])
+    path = RESULTS / bench.result if bench.result else None
+    if path is None or not path.is_file():
+        record.status = f"no {bench.result or 'JSON result'} to reuse (skipped)"
+        return record, None
+    record.finished = time.strftime("%Y-%m-%d %H:%M", time.gmtime(path.stat().st_mtime))
+    record.status = f"reused {path.relative_to(ROOT)} (measured by running the script directly)"
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        record.status = f"unreadable {bench.result}: {e}"
+        return record, None
+    if isinstance(data, dict) and data.get("command"):
+        record.args = list(data["command"])
+    return record, data
+
+
 def runs_table(records: list[RunRecord]) -> str:
-    lines = ["| benchmark | arguments | seconds | status |", "|---|---|---:|---|"]
+    lines = ["| benchmark | arguments | seconds | status | finished (UTC) |", "|---|---|---:|---|---|"]
     for r in records:
-        lines.append(f"| {r.name} | {' '.join(r.args) or '(defaults)'} | {r.seconds:.0f} | {r.status} |")
+        seconds = "-" if r.status.startswith("reused") else f"{r.seconds:.0f}"
+        lines.append(f"| {r.name} | {' '.join(r.args) or '(defaults)'} | {seconds} | {r.status} | {r.finished} |")
     return "\n".join(lines)
+
+
+def _table_cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def parse_summary(text: str) -> tuple[list[Row], list[RunRecord]]:
+    """The rows and runs of an earlier summary.md (the tracked copy: values come back as
+    shown, `met` as written), so a partial run can keep what it did not re-measure."""
+    rows: list[Row] = []
+    records: list[RunRecord] = []
+    table = None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            table = None
+            continue
+        cells = _table_cells(line)
+        if cells[:2] == ["benchmark", "measure"]:
+            table = "rows"
+        elif cells[:2] == ["benchmark", "arguments"]:
+            table = "runs"
+        elif table and not set(line) <= set("|-: "):
+            if table == "rows" and len(cells) == 5:
+                met = {"yes": True, "**no**": False}.get(cells[4])
+                rows.append(Row(cells[0], cells[1], None, cells[2], cells[3], met))
+            elif table == "runs" and len(cells) >= 4:
+                args = [] if cells[1] == "(defaults)" else cells[1].split()
+                seconds = float(cells[2]) if cells[2].replace(".", "", 1).isdigit() else 0.0
+                records.append(RunRecord(cells[0], args, cells[3], seconds, None, cells[4] if len(cells) > 4 else ""))
+    return rows, records
+
+
+def merge_previous(rows: list[Row], records: list[RunRecord], previous: str) -> tuple[list[Row], list[RunRecord]]:
+    """This run's rows and runs, plus those of benchmarks it did not run from `previous`
+    (an earlier summary.md), in the known run order."""
+    old_rows, old_records = parse_summary(previous)
+    ran = {r.name for r in records}
+    kept_records = [r for r in old_records if r.name not in ran]
+    kept = {r.name for r in kept_records}
+    order = {b.name: i for i, b in enumerate(discover())}
+    all_rows = rows + [r for r in old_rows if r.benchmark in kept]
+    all_records = records + kept_records
+    all_rows.sort(key=lambda r: order.get(r.benchmark, len(order)))  # stable: each benchmark's rows keep their order
+    all_records.sort(key=lambda r: order.get(r.name, len(order)))
+    return all_rows, all_records
 
 
 def main(argv=None) -> int:
@@ -365,6 +517,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="each benchmark's light settings")
     parser.add_argument("--only", default=None, help="comma-separated benchmark names (script stems)")
     parser.add_argument("--skip", default=None, help="comma-separated benchmark names not to run")
+    parser.add_argument("--no-merge", action="store_true",
+                        help="with --only/--skip: write only this run's rows (default: keep the other benchmarks' rows "
+                             "of the existing summary.md, with their dates)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line for summary.md's Notes (repeatable): e.g. what was not measured, and why")
+    parser.add_argument("--reuse", action="store_true",
+                        help="do not run: build the rows of the chosen benchmarks from the JSON they already wrote "
+                             "under benchmarks/results/")
     args = parser.parse_args(argv)
 
     benchmarks = discover()
@@ -384,7 +544,7 @@ def main(argv=None) -> int:
     for bench in benchmarks:
         print(f"[run_all] {bench.name} {' '.join(bench.quick_args if args.quick else bench.full_args)} ...",
               file=sys.stderr, flush=True)
-        record, data = run_benchmark(bench, args.quick, RESULTS / "logs")
+        record, data = reuse_result(bench) if args.reuse else run_benchmark(bench, args.quick, RESULTS / "logs")
         print(f"[run_all] {bench.name}: {record.status} in {record.seconds:.0f} s", file=sys.stderr, flush=True)
         records.append(record)
         results[bench.name] = data
@@ -392,16 +552,35 @@ def main(argv=None) -> int:
     total = time.perf_counter() - started
 
     rows = build_rows(results, statuses)
+    partial = bool(args.only or args.skip or args.reuse)
+    previous = RESULTS / "summary.md"
+    kept_note = ""
+    if partial and not args.no_merge and previous.is_file():
+        ran = {r.name for r in records}
+        rows, records = merge_previous(rows, records, previous.read_text())
+        kept = sorted({r.name for r in records} - ran)
+        if kept:
+            kept_note = (f" This run measured {', '.join(sorted(ran))}; the rows of {', '.join(kept)} are kept from "
+                         "earlier runs (dates in the last table).")
     checked = [r for r in rows if r.met is not None]
     met = sum(r.met for r in checked)
     mode = "quick" if args.quick else "full"
+    if args.reuse:
+        title = "# Benchmarks (rows rebuilt from results of the scripts run directly)"
+        timing = (f"{platform.platform()}, {os.cpu_count()} CPU(s); table written "
+                  f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC from each script's JSON (its command line "
+                  "and time are in the last table).")
+    else:
+        title = f"# Benchmarks ({mode} run{', partial' if partial else ''})"
+        timing = (f"{platform.platform()}, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}; "
+                  f"total {total:.0f} s ({total / 60:.1f} min), finished {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC.")
     text = "\n".join([
-        f"# Benchmarks ({mode} run)", "",
-        f"{platform.platform()}, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}; "
-        f"total {total:.0f} s ({total / 60:.1f} min). Every ratio is measured side by side in one run.", "",
+        title, "",
+        f"{timing} Every ratio is measured side by side in one run.{kept_note}", "",
         markdown_table(rows), "",
         f"{met} of {len(checked)} targets met.", "",
         runs_table(records), "",
+        *(["## Notes", "", *[f"- {n}" for n in args.note], ""] if args.note else []),
     ])
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)

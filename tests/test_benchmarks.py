@@ -168,3 +168,154 @@ def test_run_all_rows_for_list_shaped_results():
     assert [r.met for r in rows] == [True, False, True, False, None]
     assert rows[1].value == pytest.approx(-0.02) and rows[2].value == pytest.approx(0.75)
     assert "budget NOT met" in rows[3].shown and "top-1 0.997" in rows[4].shown
+
+
+# ---------------------------------------------------------------- issue 13: other models, named inputs
+
+palettize = _load("bench_palettize")
+sys.path.insert(0, str(BENCH))
+import _task_inputs  # noqa: E402
+
+
+def _bert_like(rng) -> dict:
+    """A BERT checkpoint's layout in miniature: embedding tables, dense matrices with biases, 1-D norms."""
+    t = {"embeddings.word_embeddings.weight": rng.normal(size=(100, 48)),
+         "embeddings.position_embeddings.weight": rng.normal(size=(70, 48)),
+         "embeddings.LayerNorm.weight": np.ones(48), "embeddings.position_ids": np.arange(70)[None]}
+    for name, shape in (("encoder.layer.0.attention.self.query", (48, 48)), ("encoder.layer.0.intermediate.dense", (96, 48)),
+                        ("encoder.layer.0.output.dense", (48, 96))):
+        t[f"{name}.weight"], t[f"{name}.bias"] = rng.normal(size=shape), rng.normal(size=shape[0])
+    return {k: np.asarray(v, dtype=np.float32 if v.dtype.kind == "f" else np.int64) for k, v in t.items()}
+
+
+@pytest.mark.slow
+def test_weight_matrices_model_holds_every_matrix_and_both_palettizers_compress_them_alike(tmp_path):
+    module = palettize.WeightMatrices(_bert_like(np.random.default_rng(0)))
+    assert len(module.linears) == 3 and len(module.embeddings) == 2 and module.widths == [48, 96]
+    outs = module(*module.example_inputs().values())
+    assert [tuple(o.shape) for o in outs] == [(1, 48), (1, 96)]
+    mlmodel = palettize.convert_weight_matrices(_bert_like(np.random.default_rng(0)), "fp16", tmp_path / "m.mlpackage")
+    original = palettize.float_weights(mlmodel)
+    big = {n: v.shape for n, v in original.items() if v.size > 2048}
+    assert sorted(big.values()) == sorted([(100, 48), (70, 48), (48, 48), (96, 48), (48, 96)])
+    row = palettize.run_case("tiny", "fp16", mlmodel, original, 2, "per_grouped_channel", True, group_size=2)
+    assert row["weights"] == 5 and row["weights_compressed"] == 5 and row["same_weights_compressed"]
+    assert row["group_size"] == 2 and row["mse_ratio"] <= 1.0 + 1e-9
+    summary = palettize.summary([row, {**row, "model": "minilm"}])
+    assert set(summary["per_model"]) == {"tiny", "minilm"} and summary["per_model"]["minilm"]["cases"] == 1
+
+
+def test_run_all_rows_for_issue_13_targets():
+    per_model = {"minilm": {"cases": 8, "ours_total_s": 10.0, "coremltools_total_s": 40.0, "overall_speedup": 4.0,
+                            "min_case_speedup": 2.0, "max_mse_ratio": 0.9999, "geomean_mse_ratio": 0.99,
+                            "skipped_reference": 0}}
+    rows = run_all.palettize_rows({"summary": {**per_model["minilm"], "per_model": per_model}})
+    minilm = {r.measure: r for r in rows if "minilm" in r.measure}
+    assert minilm["palettizer speed-up vs coremltools kmeans, minilm (total time)"].met is False
+    assert minilm["palettizer weight MSE / coremltools, minilm (worst case)"].met is True
+    assert all(r.target.endswith("(issue 13)") for r in minilm.values())
+
+    runtime = run_all.runtime_rows({"rows": [
+        {"model": "minilm_embedder", "program": "fp16", "batch": 64, "eager_ms": 100.0, "runtime_ms": 99.0, "ratio": 0.99},
+        {"model": "crepe_pitch", "program": "fp32", "batch": 256, "eager_ms": 10.0, "runtime_ms": 11.0, "ratio": 1.1}]})
+    assert [(r.target, r.met) for r in runtime] == [("<= 1x (issue 13)", True), ("<= 1x (issue 13)", False)]
+
+    summary = {"smallest": 100, "largest": 1000, "ideal_time_ratio": 10.0, "time_ratio_uncached": 11.0,
+               "linearity_uncached": 1.1, "wall_time_ratio_uncached": 12.0, "peak_ratio": 1.05}
+    scaling = run_all.eval_scaling_rows({"models": [{"model": "minilm_embedder", "unit": "samples", "summary": summary,
+                                                     "rows": [{"images": 100, "peak_mb": 800.0},
+                                                              {"images": 1000, "peak_mb": 840.0}]}]})
+    assert [(r.met, r.target) for r in scaling] == [(None, ""), (True, "<= 1.3x (issue 13)")]
+    assert "minilm_embedder" in scaling[1].measure and "samples" in scaling[1].shown
+
+
+TEXT_MODEL = '''
+import torch
+from torch import nn
+
+
+class TinyEmbedder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(64, 16)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1).to(torch.float32)
+        return (self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def build_model():
+    return TinyEmbedder()
+'''
+
+
+@pytest.fixture
+def tiny_embedder(tmp_path):
+    import torch
+    folder = tmp_path / "tiny_embedder"
+    folder.mkdir()
+    (folder / "model.py").write_text(TEXT_MODEL)
+    (folder / "metadata.json").write_text(json.dumps({
+        "name": "tiny_embedder", "task": "embedding",
+        "inputs": [{"name": "input_ids", "shape": [8], "dtype": "int32"},
+                   {"name": "attention_mask", "shape": [8], "dtype": "int32"}],
+        "outputs": [{"name": "embedding", "meaning": "embedding", "shape": [16]}]}))
+    namespace: dict = {}
+    exec(TEXT_MODEL, namespace)
+    torch.save(namespace["build_model"]().state_dict(), folder / "weights.pt")
+    rng = np.random.default_rng(0)
+    pair = np.full(10, -1)
+    pair[:5] = np.arange(5, 10)
+    np.savez(folder / "val.npz", input_ids=rng.integers(1, 64, (10, 8)).astype(np.int32),
+             attention_mask=np.ones((10, 8), np.int32), pair=pair)
+    return folder
+
+
+def test_benchmark_inputs_are_named_and_read_through_the_task(tiny_embedder):
+    from compress_lab.models import load_model
+    handle = load_model(tiny_embedder)
+    source = _task_inputs.validation_source(tiny_embedder)
+    assert source == tiny_embedder / "val.npz"
+    inputs = _task_inputs.task_inputs(handle, 25, source)
+    assert list(inputs) == ["input_ids", "attention_mask"]
+    assert inputs["input_ids"].shape == (25, 8) and inputs["input_ids"].dtype == np.int32
+    stored = np.load(source)["input_ids"]
+    assert np.array_equal(inputs["input_ids"][:10], stored) and np.array_equal(inputs["input_ids"][20:], stored[:5])
+    args = _task_inputs.eager_args(handle, inputs)
+    assert [a.dtype for a in args] == [__import__("torch").int64] * 2
+    assert tuple(handle.module(*args).shape) == (25, 16)
+    with pytest.raises(SystemExit, match="input 'input_ids'.*needs real data"):
+        _task_inputs.task_inputs(handle, 4, None)
+
+
+def test_tiled_sources_repeat_every_sample_and_keep_each_query_on_its_own_copys_key(tmp_path, tiny_embedder):
+    tiled = eval_scaling.tile_source(tiny_embedder / "val.npz", 3, tmp_path / "x3")
+    data = np.load(tiled)
+    assert data["input_ids"].shape == (30, 8)
+    assert list(data["pair"][10:15]) == list(range(15, 20)) and list(data["pair"][25:]) == [-1] * 5
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for i in range(4):
+        np.savez(folder / f"{i}.npz", input_ids=np.full(8, i, np.int32), pair=np.array(2 + i if i < 2 else -1))
+    out = eval_scaling.tile_source(folder, 2, tmp_path / "files_x2")
+    files = sorted(p for p in out.iterdir() if p.suffix == ".npz")
+    assert len(files) == 8 and [int(np.load(f)["pair"]) for f in files] == [2, 3, -1, -1, 6, 7, -1, -1]
+
+
+def test_a_partial_run_keeps_the_other_benchmarks_rows_of_the_tracked_summary():
+    old_rows = [run_all.Row("bench_runtime", "runtime / eager, dog fp32 batch 64", 0.9, "0.900x (9 vs 10 ms)",
+                            "<= 1.1x (issue 7)", True),
+                run_all.Row("bench_palettize", "palettizer speed-up", 3.0, "3.0x", ">= 5x (issue 7)", False)]
+    old_runs = [run_all.RunRecord("bench_runtime", [], "ok", 60.0, None, "2026-12-01 10:00"),
+                run_all.RunRecord("bench_palettize", ["--quick"], "ok", 100.0, None, "2026-12-01 10:02")]
+    previous = run_all.markdown_table(old_rows) + "\n\n3 of 4\n\n" + run_all.runs_table(old_runs) + "\n"
+    parsed_rows, parsed_runs = run_all.parse_summary(previous)
+    assert [(r.benchmark, r.shown, r.target, r.met) for r in parsed_rows] == \
+        [(r.benchmark, r.shown, r.target, r.met) for r in old_rows]
+    assert [(r.name, r.args, r.seconds, r.finished) for r in parsed_runs] == \
+        [("bench_runtime", [], 60.0, "2026-12-01 10:00"), ("bench_palettize", ["--quick"], 100.0, "2026-12-01 10:02")]
+    new = [run_all.Row("bench_palettize", "palettizer speed-up", 6.0, "6.0x", ">= 5x (issue 7)", True)]
+    rows, runs = run_all.merge_previous(new, [run_all.RunRecord("bench_palettize", finished="2026-12-02 18:00")], previous)
+    assert [(r.benchmark, r.shown) for r in rows] == [("bench_runtime", "0.900x (9 vs 10 ms)"), ("bench_palettize", "6.0x")]
+    assert [(r.name, r.finished) for r in runs] == [("bench_runtime", "2026-12-01 10:00"),
+                                                    ("bench_palettize", "2026-12-02 18:00")]
