@@ -32,7 +32,7 @@ def tiny_run(tmp_path_factory, mnist_dir):
     tmp = tmp_path_factory.mktemp("eval_scaling")
     out = tmp / "eval_scaling.json"
     proc = subprocess.run([sys.executable, str(BENCH / "bench_eval_scaling.py"), "--sizes", "40,80",
-                           "--batch-size", "16", "--data-dir", str(tmp / "data"), "--out", str(out)],
+                           "--batch-size", "16", "--models", "mnist_cnn", "--data-dir", str(tmp / "data"), "--out", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return tmp, json.loads(out.read_text()), proc.stdout
