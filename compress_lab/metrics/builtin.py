@@ -87,14 +87,18 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def retrieval_ranks(queries: np.ndarray, keys: np.ndarray, positives: np.ndarray, chunk: int = 1024) -> np.ndarray:
+def retrieval_ranks(queries: np.ndarray, keys: np.ndarray, positives: np.ndarray,
+                    chunk_elements: int = 1 << 21) -> np.ndarray:
     """For query i, the rank (1-based) of keys[positives[i]] among all keys by cosine
-    similarity: 1 + the number of keys strictly more similar than it."""
-    q, k = _unit_rows(queries), _unit_rows(keys)
+    similarity: 1 + the number of keys strictly more similar than it. Queries are
+    scored a chunk at a time (about `chunk_elements` similarities), so memory grows
+    with the keys, not with queries x keys."""
+    k = _unit_rows(keys)
     positives = np.asarray(positives, dtype=np.int64)
-    ranks = np.empty(len(q), dtype=np.int64)
-    for start in range(0, len(q), chunk):
-        sims = q[start:start + chunk] @ k.T
+    ranks = np.empty(len(queries), dtype=np.int64)
+    chunk = max(1, chunk_elements // max(1, len(k)))
+    for start in range(0, len(queries), chunk):
+        sims = _unit_rows(queries[start:start + chunk]) @ k.T
         own = sims[np.arange(len(sims)), positives[start:start + chunk]]
         ranks[start:start + chunk] = 1 + (sims > own[:, None]).sum(axis=1)
     return ranks
