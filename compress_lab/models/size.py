@@ -121,7 +121,8 @@ def _tree_bytes(root: Path) -> int:
 
 def _load_program(path: Path):
     import coremltools as ct
-    from compress_lab.techniques._coreml_common import load_program, quiet_coremltools
+    from compress_lab.quiet import quiet_coremltools
+    from compress_lab.techniques._coreml_common import load_program
     try:
         with quiet_coremltools():
             return load_program(ct.models.MLModel(str(path), skip_model_load=True))

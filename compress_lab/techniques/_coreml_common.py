@@ -1,7 +1,7 @@
 """What every post-training technique shares: the common config fields, the weight
 layers of a program, per-op overrides -> coremltools OptimizationConfig, the
-divisibility checks coremltools would otherwise turn into silently skipped layers,
-quiet coremltools calls, and the handler that loads, applies the steps and saves.
+divisibility checks coremltools would otherwise turn into silently skipped layers
+and the handler that loads, applies the steps and saves.
 
 A technique config lists its steps (prune, palettize, quantize; joint techniques
 have two). Each step turns a single-technique config into an OpCompressorConfig,
@@ -285,10 +285,6 @@ def _input_vars(op):
             yield from v
         else:
             yield v
-
-
-# --------------------------------------------------------------------------- quiet coremltools
-
 
 
 # --------------------------------------------------------------------------- handler

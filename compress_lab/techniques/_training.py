@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import math
 import os
 import shutil
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from compress_lab.errors import ConfigError, DataError, LabError
+from compress_lab.quiet import quiet_coremltools
 from compress_lab.models.handle import ModelHandle
 from compress_lab.techniques.base import CompressContext, CompressOutcome, DataNeed, Progress, TechniqueConfig
 
@@ -480,24 +480,6 @@ def _deterministic(seed: int, device: torch.device):
         finally:
             torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
             np.random.set_state(np_state)
-
-
-@contextlib.contextmanager
-def quiet_coremltools():
-    """Silence coremltools' info logging (k-means progress, layer names) for the duration."""
-    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
-               if name == "coremltools" or name.startswith("coremltools.")] or [logging.getLogger("coremltools")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    import warnings
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 # --------------------------------------------------------------------------- export
