@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from compress_lab.errors import ConfigError, LabError
+from compress_lab.mil import PALETTIZED, QUANTIZED, ops_for
 from compress_lab.models.handle import ModelHandle
 from compress_lab.quiet import quiet_coremltools
 from compress_lab.techniques import _training
@@ -276,10 +277,10 @@ def compressed_model(config: TechniqueConfig, ctx: CompressContext) -> nn.Module
 
 
 _BUILDERS: dict[type, tuple[Callable, tuple[str, ...]]] = {
-    SKMConfig: (skm_model, _training.PALETTIZED_OPS),
-    GPTQConfig: (gptq_model, _training.QUANTIZED_OPS),
-    TorchPalettizeConfig: (torch_palettize_model, _training.PALETTIZED_OPS),
-    TorchQuantizeConfig: (torch_quantize_model, _training.QUANTIZED_OPS),
+    SKMConfig: (skm_model, ops_for(PALETTIZED)),
+    GPTQConfig: (gptq_model, ops_for(QUANTIZED)),
+    TorchPalettizeConfig: (torch_palettize_model, ops_for(PALETTIZED)),
+    TorchQuantizeConfig: (torch_quantize_model, ops_for(QUANTIZED)),
 }
 
 
