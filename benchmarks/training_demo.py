@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from compress_lab.models import load_model  # noqa: E402
 from compress_lab.models.convert import save_mlmodel  # noqa: E402
+from compress_lab.quiet import quiet_coremltools  # noqa: E402
 from compress_lab.runtime import load_program  # noqa: E402
 from compress_lab.techniques import CompressContext, compress  # noqa: E402
 from compress_lab.techniques import _training  # noqa: E402
@@ -48,7 +49,7 @@ def post_training(float_path: Path, out: Path, kind: str) -> tuple[Path, float]:
     import coremltools.optimize.coreml as cto
 
     started = time.perf_counter()
-    with _training.quiet_coremltools():
+    with quiet_coremltools():
         mlmodel = ct.models.MLModel(str(float_path), skip_model_load=True)
         if kind == "palettize":
             config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=2))

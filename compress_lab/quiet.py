@@ -1,5 +1,6 @@
-"""Quiet coremltools: no progress bars or version warnings on the console;
-its warnings (e.g. "Skipped this op") can be captured per thread."""
+"""Quiet coremltools: the one place that silences it. No import noise, progress bars, info logging
+(k-means progress, layer names) or Python warnings on the console; its logged warnings
+(e.g. "Skipped this op") can be captured per thread. Also the lock every MIL-building call holds."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _silenced_logger():
     logger = logging.getLogger("coremltools")
     with _log_lock:
         if _log_users == 0:
-            _log_state.update(level=logger.level, propagate=logger.propagate)
+            _log_state.update(level=logger.level, propagate=logger.propagate, detached=_detach_loggers())
             logger.setLevel(logging.WARNING)
             logger.propagate = False
             logger.addHandler(_HANDLER)
@@ -47,6 +48,19 @@ def _silenced_logger():
                 logger.removeHandler(_HANDLER)
                 logger.setLevel(_log_state["level"])
                 logger.propagate = _log_state["propagate"]
+                for child, level in _log_state["detached"]:
+                    child.setLevel(level)
+
+
+def _detach_loggers() -> list[tuple[logging.Logger, int]]:
+    """coremltools loggers with handlers of their own (coremltools.optimize.torch logs INFO straight
+    to stderr, not through "coremltools"): raised to ERROR. Returns (logger, level) to restore."""
+    children = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+                if name.startswith("coremltools.")]
+    detached = [(lg, lg.level) for lg in children if isinstance(lg, logging.Logger) and not lg.propagate]
+    for lg, _ in detached:
+        lg.setLevel(logging.ERROR)
+    return detached
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,7 +100,8 @@ def quiet_coremltools(messages: list[str] | None = None):
 
 def import_coremltools():
     """`import coremltools` without its import-time noise on the console (the missing native
-    runtime off macOS, the untested torch / scikit-learn versions)."""
+    runtime off macOS, the untested torch / scikit-learn versions). `compress_lab.api` calls it on
+    import, so preloading that module (the sweep's worker processes) imports coremltools quietly."""
     with quiet_coremltools():
         import coremltools
     return coremltools

@@ -18,7 +18,8 @@ import coremltools.optimize.coreml as cto
 from compress_lab.models.convert import convert_module, save_mlmodel
 from compress_lab.models.metadata import ModelMetadata
 from compress_lab.runtime import load_program
-from compress_lab.runtime.milprogram import load_mil_source, quiet_coremltools
+from compress_lab.quiet import quiet_coremltools
+from compress_lab.runtime.milprogram import load_mil_source
 
 SHAPE = (3, 8, 8)
 

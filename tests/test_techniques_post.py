@@ -13,7 +13,8 @@ from compress_lab.errors import ConfigError
 from compress_lab.models import load_model
 from compress_lab.models.size import package_size
 from compress_lab.techniques import CompressContext, compress, config_from_dict
-from compress_lab.techniques._coreml_common import load_program, quiet_coremltools
+from compress_lab.quiet import quiet_coremltools
+from compress_lab.techniques._coreml_common import load_program
 from compress_lab.techniques.joint import PalettizeQuantizeLutConfig, PrunePalettizeConfig, PruneQuantizeConfig
 from compress_lab.techniques.palettize import PalettizeConfig
 from compress_lab.techniques.prune import PruneConfig

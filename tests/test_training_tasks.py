@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from compress_lab.errors import ConfigError
+from compress_lab.mil import COMPRESSED_OPS
 from compress_lab.evaluate import evaluate_model
 from compress_lab.models import load_model
 from compress_lab.techniques import CompressContext, _training, compress, config_from_dict, magnitude_pruning
@@ -99,7 +100,7 @@ def regressor(tmp_path_factory):
 
 
 def compressed_ops(package) -> dict[str, int]:
-    return {op: n for op, n in _training.op_counts(package).items() if op in _training.COMPRESSED_OPS}
+    return {op: n for op, n in _training.op_counts(package).items() if op in COMPRESSED_OPS}
 
 
 def test_a_regressor_is_fine_tuned_with_qat_in_a_sweep_from_an_npz_and_evaluated_in_core_ml(regressor, tmp_path):

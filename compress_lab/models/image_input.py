@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from compress_lab.errors import ConfigError
+from compress_lab.mil import iter_ops
 
 COLOR_LAYOUTS = ("RGB", "BGR", "GRAYSCALE", "GRAYSCALE_FLOAT16")
 IMAGE_KEYS = ("color_layout", "scale", "bias")
@@ -120,7 +121,7 @@ def _program_preprocessing(spec, name: str) -> tuple[float | None, tuple[float, 
         if block is None:
             continue
         consts = {}
-        for op in block.operations:
+        for op in iter_ops(block):
             outputs = [o.name for o in op.outputs]
             if op.type == "const" and "val" in op.attributes:
                 consts[outputs[0]] = op.attributes["val"]

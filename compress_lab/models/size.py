@@ -14,19 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from compress_lab.errors import ModelLoadError
+from compress_lab.mil import COMPRESSED_OPS, input_vars, is_constexpr, iter_ops
 
 WEIGHTS_DIR = Path("Data") / "com.apple.CoreML" / "weights"
 
-# constexpr op type -> what it does to the weight
-_KIND_OF = {
-    "constexpr_lut_to_dense": "palettized",
-    "constexpr_lut_to_sparse": "palettized",
-    "constexpr_blockwise_shift_scale": "quantized",
-    "constexpr_affine_dequantize": "quantized",
-    "constexpr_sparse_blockwise_shift_scale": "quantized",
-    "constexpr_sparse_to_dense": "sparse",
-    "constexpr_cast": "cast",
-}
 
 
 @dataclass(frozen=True)
@@ -121,7 +112,8 @@ def _tree_bytes(root: Path) -> int:
 
 def _load_program(path: Path):
     import coremltools as ct
-    from compress_lab.techniques._coreml_common import load_program, quiet_coremltools
+    from compress_lab.quiet import quiet_coremltools
+    from compress_lab.techniques._coreml_common import load_program
     try:
         with quiet_coremltools():
             return load_program(ct.models.MLModel(str(path), skip_model_load=True))
@@ -133,25 +125,24 @@ def _weight_tensors(prog):
     """Float tensors (rank >= 1) fed to compute ops from a const or a chain of constexpr ops."""
     from coremltools.converters.mil.mil import types
     seen = set()
-    for func in prog.functions.values():
-        for op in _ops(func):
-            if op.op_type == "const" or op.op_type.startswith("constexpr_"):
+    for op in iter_ops(prog):
+        if op.op_type == "const" or is_constexpr(op):
+            continue
+        for var in input_vars(op):
+            producer = var.op
+            if producer is None or id(var) in seen:
                 continue
-            for var in _inputs(op):
-                producer = var.op
-                if producer is None or id(var) in seen:
-                    continue
-                if producer.op_type != "const" and not producer.op_type.startswith("constexpr_"):
-                    continue
-                if not types.is_tensor(var.sym_type) or not types.is_float(var.dtype) or var.rank < 1:
-                    continue
-                seen.add(id(var))
-                leaves, kinds = _chain(producer, set())
-                shape = tuple(int(d) for d in var.shape)
-                yield WeightSize(
-                    name=producer.name, used_by=op.name, op_type=op.op_type, shape=shape,
-                    elements=math.prod(shape), stored_bytes=sum(_stored_bytes(v) for v in leaves),
-                    kind="+".join(kinds) if kinds else "dense")
+            if producer.op_type != "const" and not is_constexpr(producer):
+                continue
+            if not types.is_tensor(var.sym_type) or not types.is_float(var.dtype) or var.rank < 1:
+                continue
+            seen.add(id(var))
+            leaves, kinds = _chain(producer, set())
+            shape = tuple(int(d) for d in var.shape)
+            yield WeightSize(
+                name=producer.name, used_by=op.name, op_type=op.op_type, shape=shape,
+                elements=math.prod(shape), stored_bytes=sum(_stored_bytes(v) for v in leaves),
+                kind="+".join(kinds) if kinds else "dense")
 
 
 def _chain(op, visited: set) -> tuple[list, list[str]]:
@@ -164,18 +155,17 @@ def _chain(op, visited: set) -> tuple[list, list[str]]:
     if op.op_type == "const":
         return [op.outputs[0]], []
     leaves, kinds = [], []
-    kind = _KIND_OF.get(op.op_type, op.op_type.removeprefix("constexpr_"))
+    own = COMPRESSED_OPS.get(op.op_type, (op.op_type.removeprefix("constexpr_"),))  # constexpr_cast: "cast"
     data = getattr(op, "data", None)
     if op.op_type == "constexpr_blockwise_shift_scale" and data is not None and types.is_float(data.dtype):
-        kind = "scaled"  # float data times scales: palettization with per-channel scales
-    for var in _inputs(op):
+        own = ("scaled",)  # float data times scales: palettization with per-channel scales
+    for var in input_vars(op):
         if var.op is None:
             continue
         sub_leaves, sub_kinds = _chain(var.op, visited)
         leaves += sub_leaves
         kinds += [k for k in sub_kinds if k not in kinds]
-    if kind not in kinds:
-        kinds.insert(0, kind)
+    kinds = [k for k in own if k not in kinds] + kinds
     return leaves, _order(kinds)
 
 
@@ -190,18 +180,3 @@ def _stored_bytes(var) -> int:
     bits = dtype.get_bitwidth() if hasattr(dtype, "get_bitwidth") else 8
     n = math.prod(int(d) for d in var.shape) if var.shape else 1
     return math.ceil(n * bits / 8)
-
-
-def _ops(block):
-    for op in block.operations:
-        yield op
-        for b in op.blocks:
-            yield from _ops(b)
-
-
-def _inputs(op):
-    for v in op.inputs.values():
-        if isinstance(v, (list, tuple)):
-            yield from v
-        else:
-            yield v

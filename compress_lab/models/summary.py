@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from compress_lab.mil import iter_ops
 from compress_lab.models.handle import ModelHandle
 
 DEFAULT_WEIGHT_THRESHOLD = 2048  # coremltools' default: smaller weights stay uncompressed
@@ -83,18 +84,16 @@ def _coreml_layers(handle: ModelHandle, weight_threshold: int) -> list[LayerSumm
     import numpy as np
     spec = ct.utils.load_spec(str(handle.mlpackage))
     out = []
-    for function in spec.mlProgram.functions.values():
-        for block in function.block_specializations.values():
-            for op in block.operations:
-                if op.type != "const":
-                    continue
-                value = op.attributes.get("val")
-                if value is None or not value.type.HasField("tensorType"):
-                    continue
-                dims = [d.constant.size for d in value.type.tensorType.dimensions]
-                numel = int(np.prod(dims)) if dims else 1
-                if numel < 16:
-                    continue
-                out.append(LayerSummary(name=op.outputs[0].name, type="const", parameters=numel, weight_shape=dims,
-                                        touched_post_training=numel >= weight_threshold, touched_training_time=False))
+    for op in iter_ops(spec.mlProgram):
+        if op.type != "const":
+            continue
+        value = op.attributes.get("val")
+        if value is None or not value.type.HasField("tensorType"):
+            continue
+        dims = [d.constant.size for d in value.type.tensorType.dimensions]
+        numel = int(np.prod(dims)) if dims else 1
+        if numel < 16:
+            continue
+        out.append(LayerSummary(name=op.outputs[0].name, type="const", parameters=numel, weight_shape=dims,
+                                touched_post_training=numel >= weight_threshold, touched_training_time=False))
     return out

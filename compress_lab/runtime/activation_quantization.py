@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from compress_lab.errors import ConfigError, DataError
+from compress_lab.mil import iter_ops
 
 
 def activation_quantization_available() -> tuple[bool, str]:
@@ -67,7 +68,7 @@ def calibrate_activations(model, sample_data: Iterable, compute_precision: str =
         raise DataError("linear_quantize_activations needs calibration data; sample_data is empty")
     concat_groups = [
         [v.name for v in op.inputs["values"]] + [op.outputs[0].name]
-        for op in program.mil_function.operations
+        for op in iter_ops(program.mil_function)
         if op.op_type == "concat" and any(v.name in stats for v in [*op.inputs["values"], op.outputs[0]])
     ]  # integer shape arithmetic has no recorded range
     _adjust_concat_surrounding_activation_stats(concat_groups, stats)

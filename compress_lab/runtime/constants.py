@@ -13,34 +13,21 @@ from __future__ import annotations
 import numpy as np
 
 from compress_lab.errors import ModelLoadError, UnsupportedOpError
-
-CONSTEXPR_PREFIX = "constexpr_"
-
-
-def is_constexpr(op) -> bool:
-    return op.op_type.startswith(CONSTEXPR_PREFIX)
+from compress_lab.mil import is_constexpr, iter_ops
 
 
 def decompress_constants(program, function, origin: str = "the program") -> dict[str, np.ndarray]:
     """Decompress `program`'s constexpr ops in place, then return name -> value of every
     var of `function`'s top-level block known at load time (const ops and vars that
     coremltools' value inference folded)."""
-    if any(is_constexpr(op) for op in function.operations):
+    if any(is_constexpr(op) for op in iter_ops(function)):
         _decompress_in_place(program, origin)
     values: dict[str, np.ndarray] = {}
-    for op in _all_ops(function):
+    for op in iter_ops(function):
         for var in op.outputs:
             if var.val is not None:
                 values[var.name] = var.val
     return values
-
-
-def _all_ops(block):
-    """The ops of a block and of the blocks nested in them (a while_loop's condition and body)."""
-    for op in block.operations:
-        yield op
-        for inner in op.blocks:
-            yield from _all_ops(inner)
 
 
 def _decompress_in_place(program, origin: str) -> None:

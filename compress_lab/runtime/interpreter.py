@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from compress_lab.errors import UnsupportedOpError
-from compress_lab.runtime.constants import decompress_constants, is_constexpr
+from compress_lab.mil import is_constexpr
+from compress_lab.runtime.constants import decompress_constants
 from compress_lab.runtime.milprogram import MilSource
 from compress_lab.runtime.ops import Kernel, OpContext, Ref, builder_for
 

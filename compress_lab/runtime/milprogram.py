@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress_lab.quiet import quiet_coremltools  # noqa: F401  (used here and by the runtime's modules)
+from compress_lab.quiet import quiet_coremltools
 from compress_lab.errors import ModelLoadError
 from compress_lab.models.image_input import ImageInput, image_inputs
 

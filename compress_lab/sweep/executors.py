@@ -32,7 +32,8 @@ from typing import Any
 from compress_lab.errors import ConfigError, LabError
 from compress_lab.sweep.task import RunTask, SweepContext, execute, outcome_failed
 
-PRELOAD = ["torch", "compress_lab.coremltools_quietly", "compress_lab.evaluate", "compress_lab.runtime", "compress_lab.models.size",
+PRELOAD = ["torch", "compress_lab.api",  # imports coremltools without its console noise
+           "compress_lab.evaluate", "compress_lab.runtime", "compress_lab.models.size",
            "compress_lab.techniques", "compress_lab.sweep.task"]
 PROGRESS_INTERVAL_S = 0.2
 

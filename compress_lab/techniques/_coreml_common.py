@@ -1,7 +1,7 @@
 """What every post-training technique shares: the common config fields, the weight
 layers of a program, per-op overrides -> coremltools OptimizationConfig, the
-divisibility checks coremltools would otherwise turn into silently skipped layers,
-quiet coremltools calls, and the handler that loads, applies the steps and saves.
+divisibility checks coremltools would otherwise turn into silently skipped layers
+and the handler that loads, applies the steps and saves.
 
 A technique config lists its steps (prune, palettize, quantize; joint techniques
 have two). Each step turns a single-technique config into an OpCompressorConfig,
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
 from compress_lab.errors import ConfigError
+from compress_lab.mil import input_vars, is_constexpr, iter_ops
 from compress_lab.quiet import quiet_coremltools
 from compress_lab.techniques.base import CompressContext, CompressOutcome, DataNeed, TechniqueConfig
 
@@ -139,31 +140,23 @@ def weight_layers(prog) -> list[WeightLayer]:
     """Float consts of rank >= 2 that feed compute ops: the tensors coremltools may compress."""
     from coremltools.converters.mil.mil import types
     layers = []
-    for func in prog.functions.values():
-        for op in _all_ops(func):
-            if op.op_type != "const":
-                continue
-            var = op.outputs[0]
-            if not types.is_tensor(var.sym_type) or not types.is_float(var.dtype) or var.rank < 2:
-                continue
-            consumers = tuple((c.name, c.op_type) for c in var.child_ops)
-            if not consumers:
-                continue
-            out_axis, in_axis = _channel_axes(var)
-            groups = 1
-            for child in var.child_ops:
-                g = getattr(child, "groups", None)
-                if g is not None and g.val is not None and int(g.val) > 1:
-                    groups = int(g.val)
-            layers.append(WeightLayer(op.name, consumers, tuple(int(d) for d in var.shape), out_axis, in_axis, groups))
+    for op in iter_ops(prog):
+        if op.op_type != "const":
+            continue
+        var = op.outputs[0]
+        if not types.is_tensor(var.sym_type) or not types.is_float(var.dtype) or var.rank < 2:
+            continue
+        consumers = tuple((c.name, c.op_type) for c in var.child_ops)
+        if not consumers:
+            continue
+        out_axis, in_axis = _channel_axes(var)
+        groups = 1
+        for child in var.child_ops:
+            g = getattr(child, "groups", None)
+            if g is not None and g.val is not None and int(g.val) > 1:
+                groups = int(g.val)
+        layers.append(WeightLayer(op.name, consumers, tuple(int(d) for d in var.shape), out_axis, in_axis, groups))
     return layers
-
-
-def _all_ops(block):
-    for op in block.operations:
-        yield op
-        for b in op.blocks:
-            yield from _all_ops(b)
 
 
 def _channel_axes(var) -> tuple[int | None, int | None]:
@@ -222,7 +215,7 @@ def resolve_overrides(config: PostTrainingConfig, layers: list[WeightLayer], all
 
 
 def all_op_names(prog) -> set[str]:
-    return {op.name for func in prog.functions.values() for op in _all_ops(func)}
+    return {op.name for op in iter_ops(prog)}
 
 
 def step_plan(config: PostTrainingConfig, plan: OverridePlan, index: int) -> tuple[Any, OverridePlan]:
@@ -274,21 +267,9 @@ def raise_indivisible(config: PostTrainingConfig, step: Step, problems: dict[str
 def compressed_users(mlmodel) -> set[str]:
     """Names of the ops whose weight is already compressed (fed by a constexpr op)."""
     prog = getattr(mlmodel, "_mil_program", None) or load_program(mlmodel)
-    return {op.name for func in prog.functions.values() for op in _all_ops(func)
-            if not op.op_type.startswith("constexpr_") and op.op_type != "const"
-            and any(v.op is not None and v.op.op_type.startswith("constexpr_") for v in _input_vars(op))}
-
-
-def _input_vars(op):
-    for v in op.inputs.values():
-        if isinstance(v, (list, tuple)):
-            yield from v
-        else:
-            yield v
-
-
-# --------------------------------------------------------------------------- quiet coremltools
-
+    return {op.name for op in iter_ops(prog)
+            if not is_constexpr(op) and op.op_type != "const"
+            and any(v.op is not None and is_constexpr(v.op) for v in input_vars(op))}
 
 
 # --------------------------------------------------------------------------- handler

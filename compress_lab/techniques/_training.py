@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import math
 import os
 import shutil
@@ -31,18 +30,14 @@ import torch
 from torch import nn
 
 from compress_lab.errors import ConfigError, DataError, LabError
+from compress_lab.mil import COMPRESSED_OPS, iter_ops
+from compress_lab.quiet import quiet_coremltools
 from compress_lab.models.handle import ModelHandle
 from compress_lab.techniques.base import CompressContext, CompressOutcome, DataNeed, Progress, TechniqueConfig
 
 OPTIMIZERS = ("sgd", "adam")
 MAX_BATCH_SIZE = 4096
 METADATA_SUFFIX = "compression_type"
-
-# Core ML ops that hold compressed weights, by kind of compression.
-PALETTIZED_OPS = ("constexpr_lut_to_dense", "constexpr_lut_to_sparse")
-QUANTIZED_OPS = ("constexpr_blockwise_shift_scale", "constexpr_sparse_blockwise_shift_scale")
-SPARSE_OPS = ("constexpr_sparse_to_dense", "constexpr_lut_to_sparse", "constexpr_sparse_blockwise_shift_scale")
-COMPRESSED_OPS = frozenset(PALETTIZED_OPS + QUANTIZED_OPS + SPARSE_OPS)
 
 
 # --------------------------------------------------------------------------- settings
@@ -482,24 +477,6 @@ def _deterministic(seed: int, device: torch.device):
             np.random.set_state(np_state)
 
 
-@contextlib.contextmanager
-def quiet_coremltools():
-    """Silence coremltools' info logging (k-means progress, layer names) for the duration."""
-    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
-               if name == "coremltools" or name.startswith("coremltools.")] or [logging.getLogger("coremltools")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    import warnings
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 # --------------------------------------------------------------------------- export
 
 def compressed_parameter_names(model: nn.Module) -> list[str]:
@@ -517,16 +494,8 @@ def op_counts(package: Path) -> dict[str, int]:
     import coremltools as ct
     spec = ct.utils.load_spec(str(package))
     counts: dict[str, int] = {}
-
-    def walk(block) -> None:
-        for op in block.operations:
-            counts[op.type] = counts.get(op.type, 0) + 1
-            for inner in op.blocks:
-                walk(inner)
-
-    for function in spec.mlProgram.functions.values():
-        for block in function.block_specializations.values():
-            walk(block)
+    for op in iter_ops(spec.mlProgram):
+        counts[op.type] = counts.get(op.type, 0) + 1
     return counts
 
 

@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from compress_lab.errors import ConfigError, LabError
+from compress_lab.mil import PALETTIZED, QUANTIZED, ops_for
 from compress_lab.models.handle import ModelHandle
+from compress_lab.quiet import quiet_coremltools
 from compress_lab.techniques import _training
 from compress_lab.techniques.base import (
     CompressContext, CompressOutcome, DataNeed, Progress, TechniqueConfig, register,
@@ -184,7 +186,7 @@ def skm_model(config: SKMConfig, ctx: CompressContext) -> nn.Module:
         {"global_config": _palettizer_module(config), "calibration_nsamples": len(samples)}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        with _training.quiet_coremltools():
+        with quiet_coremltools():
             compressed = palettizer.compress(dataloader=samples, loss_fn=loss_fn, inplace=True)
     return compressed.cpu().eval()
 
@@ -209,7 +211,7 @@ def gptq_model(config: GPTQConfig, ctx: CompressContext) -> nn.Module:
         layer_inputs = _layer_inputs(model, model.get_submodule(name), args)
         compressor = LayerwiseCompressor(model, LayerwiseCompressorConfig.from_dict(
             {"global_config": module, "layers": [name], "calibration_nsamples": len(layer_inputs)}))
-        with _training.quiet_coremltools():
+        with quiet_coremltools():
             try:
                 model = compressor.compress(layer_inputs, device="cpu", inplace=True)
             except LabError:
@@ -256,7 +258,7 @@ def torch_palettize_model(config: TorchPalettizeConfig, ctx: CompressContext) ->
     model = ctx.handle.torch_copy()
     palettizer = cto.palettization.PostTrainingPalettizer(model, cto.palettization.PostTrainingPalettizerConfig.from_dict(
         {"global_config": _palettizer_module(config)}))
-    with _training.quiet_coremltools():
+    with quiet_coremltools():
         return palettizer.compress(inplace=True).eval()
 
 
@@ -265,7 +267,7 @@ def torch_quantize_model(config: TorchQuantizeConfig, ctx: CompressContext) -> n
     model = ctx.handle.torch_copy()
     quantizer = cto.quantization.PostTrainingQuantizer(model, cto.quantization.PostTrainingQuantizerConfig.from_dict(
         {"global_config": _quantizer_module(config)}))
-    with _training.quiet_coremltools():
+    with quiet_coremltools():
         return quantizer.compress(inplace=True).eval()
 
 
@@ -275,10 +277,10 @@ def compressed_model(config: TechniqueConfig, ctx: CompressContext) -> nn.Module
 
 
 _BUILDERS: dict[type, tuple[Callable, tuple[str, ...]]] = {
-    SKMConfig: (skm_model, _training.PALETTIZED_OPS),
-    GPTQConfig: (gptq_model, _training.QUANTIZED_OPS),
-    TorchPalettizeConfig: (torch_palettize_model, _training.PALETTIZED_OPS),
-    TorchQuantizeConfig: (torch_quantize_model, _training.QUANTIZED_OPS),
+    SKMConfig: (skm_model, ops_for(PALETTIZED)),
+    GPTQConfig: (gptq_model, ops_for(QUANTIZED)),
+    TorchPalettizeConfig: (torch_palettize_model, ops_for(PALETTIZED)),
+    TorchQuantizeConfig: (torch_quantize_model, ops_for(QUANTIZED)),
 }
 
 

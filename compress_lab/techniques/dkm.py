@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from compress_lab.errors import ConfigError
+from compress_lab.mil import PALETTIZED, ops_for
 from compress_lab.models.handle import ModelHandle
 from compress_lab.techniques import _training
 from compress_lab.techniques.base import CompressContext, CompressOutcome, register
@@ -102,7 +103,7 @@ def finetune(config: DKMConfig, ctx: CompressContext) -> _training.FinetuneResul
 
 @register(DKMConfig)
 def compress_dkm(config: DKMConfig, ctx: CompressContext, out_path: Path) -> CompressOutcome:
-    return _training.run_training_technique(config, ctx, out_path, _prepare(config), _training.PALETTIZED_OPS)
+    return _training.run_training_technique(config, ctx, out_path, _prepare(config), ops_for(PALETTIZED))
 
 
 def estimate_seconds(config: DKMConfig, handle: ModelHandle, train_count: int, train=None) -> float:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from compress_lab.errors import ConfigError
+from compress_lab.mil import SPARSE, ops_for
 from compress_lab.models.handle import ModelHandle
 from compress_lab.techniques import _training
 from compress_lab.techniques.base import CompressContext, CompressOutcome, register
@@ -114,5 +115,5 @@ def estimate_seconds(config: MagnitudePruningConfig, handle: ModelHandle, train_
 
 @register(MagnitudePruningConfig)
 def compress_magnitude_pruning(config: MagnitudePruningConfig, ctx: CompressContext, out_path: Path) -> CompressOutcome:
-    return _training.run_training_technique(config, ctx, out_path, _prepare(config), _training.SPARSE_OPS,
+    return _training.run_training_technique(config, ctx, out_path, _prepare(config), ops_for(SPARSE),
                                             target_sparsity=target_of(config.target_sparsity, config.n_m))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from compress_lab.errors import ConfigError
+from compress_lab.mil import QUANTIZED, ops_for
 from compress_lab.models.handle import ModelHandle
 from compress_lab.techniques import _training
 from compress_lab.techniques.base import CompressContext, CompressOutcome, register
@@ -90,4 +91,4 @@ def estimate_seconds(config: QATConfig, handle: ModelHandle, train_count: int, t
 
 @register(QATConfig)
 def compress_qat(config: QATConfig, ctx: CompressContext, out_path: Path) -> CompressOutcome:
-    return _training.run_training_technique(config, ctx, out_path, _prepare(config), _training.QUANTIZED_OPS)
+    return _training.run_training_technique(config, ctx, out_path, _prepare(config), ops_for(QUANTIZED))
