@@ -249,6 +249,8 @@ def _other_channels(fact, axis: int, got: int) -> bool:
 
 def _to_numpy(value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
+        if value.untyped_storage().nbytes() > value.nelement() * value.element_size():
+            value = value.clone()  # a view keeps its whole buffer alive while results accumulate
         value = value.numpy()
     value = np.asarray(value)
     return value.astype(np.float32, copy=False) if value.dtype.kind == "f" else value
