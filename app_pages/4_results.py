@@ -10,8 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from compress_lab.analysis.budgets import SizeBudget, accuracy_threshold, best_within_size, smallest_within_accuracy
-from compress_lab.analysis.pareto import reference_row
 from compress_lab.analysis.table import axis_label, lower_is_better, metric_columns, run_row, runs_table
+from compress_lab.store.base import REFERENCE_FORMATS, is_baseline, reference_baseline
 from compress_lab.plots import (NO_BROWSER, bar_data, bar_figure, confusion_data, confusion_figure, export_browser,
                                 figure_images, format_value, payoff_data, payoff_summary, payoff_table, tradeoff_data,
                                 tradeoff_figure)
@@ -128,7 +128,7 @@ def budget_answer(rows: list[dict], y: str = "top1") -> tuple[dict | None, tuple
         value = right.number_input(f"percent ({axis_label(y)} {'up' if lower_is_better(y) else 'down'})",
                                    min_value=0.0, max_value=1000.0, value=5.0, step=1.0,
                                    key="results.budget_relative")
-        reference = reference_row(rows) or {}
+        reference = reference_baseline(rows) or {}
         base = reference.get(y)
         threshold = None if base is None else accuracy_threshold(rows, y, drop=abs(base) * value / 100)
         budget = None if threshold is None else (y, threshold + (1e-12 if lower_is_better(y) else -1e-12))
@@ -163,8 +163,7 @@ def size_answer(rows: list[dict], metric: str) -> dict | None:
     left, right, answer = st.columns([2, 1, 3])
     key = left.selectbox("Size budget", tuple(SIZE_KINDS), format_func=SIZE_KINDS.get, key="results.size_kind")
     if key == "bytes":
-        fp16 = [r for r in rows if r.get("family") == "baseline" and "fp16" in (r.get("label") or "")]
-        reference = (fp16[0] if fp16 else reference_row(rows)) or {}
+        reference = reference_baseline(rows, ("fp16", *REFERENCE_FORMATS)) or {}
         default = round((reference.get("bytes") or 4_000_000) / 4 / 1000, 1)  # a quarter of the fp16 package
         value = right.number_input("kB", min_value=0.1, value=float(default), step=10.0, key="results.size_kb")
         budget = SizeBudget("bytes", value * 1000)
@@ -226,7 +225,7 @@ def detail(runs: dict, preselected: str | None) -> None:
     if preselected in ids:
         st.session_state["results.run"] = preselected
     elif "results.run" not in st.session_state or st.session_state["results.run"] not in ids:
-        compressed = [i for i in ids if runs[i].family != "baseline"]
+        compressed = [i for i in ids if not is_baseline(runs[i])]
         st.session_state["results.run"] = (compressed or ids)[0]
     run_id = st.selectbox("Run (or click a point of the plot)", ids, key="results.run",
                           format_func=lambda i: f"{runs[i].label} · {family_name(runs[i].family)}"

@@ -7,6 +7,7 @@ import streamlit as st
 
 from compress_lab.analysis.table import runs_table
 from compress_lab.export import export_run, results_csv, safe_name
+from compress_lab.store.base import is_baseline
 from compress_lab_app.edge import error_edge
 from compress_lab_app.pages_index import page_setup
 from compress_lab_app.fmt import family_name, human_bytes
@@ -17,7 +18,7 @@ def export_model(sweep, runs) -> None:
     st.subheader("A compressed model")
     done = [r for r in runs if r.state == "COMPLETE" and r.artifact_path]
     # compressed runs first, most accurate first; the baselines last
-    done.sort(key=lambda r: (r.family == "baseline", -((r.metrics or {}).get("top1") or 0.0)))
+    done.sort(key=lambda r: (is_baseline(r), -((r.metrics or {}).get("top1") or 0.0)))
     if not done:
         st.info("No finished run with a model package in this sweep yet.")
         return

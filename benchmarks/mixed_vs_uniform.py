@@ -33,6 +33,7 @@ def bench(model: str, store: Path, workers: int) -> dict:
     from compress_lab.analysis.mixed import Budget
     from compress_lab.analysis.mixed_run import search_config
     from compress_lab.analysis.table import runs_table
+    from compress_lab.store.base import reference_baseline
     from compress_lab.models import load_model
     from compress_lab.sweep.add_point import add_point
     from compress_lab.sweep.runner import run_sweep
@@ -51,7 +52,7 @@ def bench(model: str, store: Path, workers: int) -> dict:
     sweep_s = time.perf_counter() - t
     from compress_lab.store import open_store
     rows = runs_table(open_store(store).list_runs(result.sweep_id))
-    baseline = next(r for r in rows if r["family"] == "baseline" and "PyTorch" in (r["label"] or ""))
+    baseline = reference_baseline(rows, ("pytorch",))
     uniform = [r for r in rows if r["family"] == "post_training" and r["state"] == "COMPLETE"]
     passing = [r for r in uniform if within(r, baseline["top1"], metric, value)]
     best_uniform = min(passing, key=lambda r: r["bytes"]) if passing else None

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from compress_lab.analysis.budgets import better, fits, lower_is_better
 from compress_lab.analysis.pareto import pareto_front
 from compress_lab.analysis.table import AXIS_LABELS, axis_label  # noqa: F401
+from compress_lab.store.base import is_baseline
 
 FAMILY_NAMES = {"post_training": "post-training", "training_time": "training-time", "mixed": "mixed precision",
                 "baseline": "baseline"}
@@ -41,10 +42,10 @@ def tradeoff_data(rows: Sequence[dict[str, Any]], x: str, y: str) -> dict[str, A
     usable = [r for r in rows if r.get("state") == "COMPLETE" and r.get(x) is not None and r.get(y) is not None]
     series: dict[str, list[dict[str, Any]]] = {}
     for r in usable:
-        if r.get("family") != "baseline":
+        if not is_baseline(r):
             series.setdefault(r.get("family") or "other", []).append(r)
     series = {name: sorted(points, key=lambda r: r[x]) for name, points in sorted(series.items(), key=_family_order)}
-    baselines = [r for r in usable if r.get("family") == "baseline"]
+    baselines = [r for r in usable if is_baseline(r)]
     compressed = [r for points in series.values() for r in points]
     techniques = sorted({r.get("technique") or "?" for r in compressed})
     return {

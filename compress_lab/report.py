@@ -15,6 +15,7 @@ from typing import Any
 from compress_lab.analysis.pareto import pareto_front
 from compress_lab.analysis.table import runs_table
 from compress_lab.analysis.budgets import accuracy_threshold
+from compress_lab.store.base import is_baseline
 from compress_lab.plots import (figure_images, payoff_data, payoff_summary, payoff_table,
                                 tradeoff_data, tradeoff_figure)
 
@@ -85,7 +86,7 @@ def report_html(sweep, runs) -> str:
         figures.append(figure.to_html(full_html=False, include_plotlyjs=not figures))
     front_ids = {r["run_id"] for r in pareto_front([r for r in rows if r["state"] == "COMPLETE"], "bytes", y)}
     table_rows = []
-    for row in sorted(rows, key=lambda r: (r["family"] != "baseline", r.get("bytes") or 0)):
+    for row in sorted(rows, key=lambda r: (not is_baseline(r), r.get("bytes") or 0)):
         cells = [row["label"], row["family"], row["state"], _fmt(row.get("top1")), _fmt(row.get("agreement")),
                  _fmt(row.get("snr_db"), 1), _fmt_int(row.get("bytes")), _fmt(row.get("ratio_fp16"), 2),
                  _fmt(row.get("bits_per_weight"), 2), _fmt(row.get("total_s"), 1),

@@ -5,6 +5,7 @@ import math
 from compress_lab.analysis.pareto import pareto_front, smallest_within_budget
 from compress_lab.analysis.table import run_row, runs_table
 from compress_lab.plots import bar_data, confusion_data, confusion_figure, tradeoff_data, tradeoff_figure
+from compress_lab.store.base import Run, baseline_format, compressed_runs, is_baseline, reference_baseline
 
 
 def _run(run_id, family, technique, top1, nbytes, state="COMPLETE"):
@@ -68,10 +69,36 @@ def test_confusion_and_bars():
     assert bars == {"names": ["b", "a"], "values": [0.5, 0.1]}
 
 
+def test_baselines_are_told_apart_in_one_place_for_runs_rows_and_old_stores():
+    runs = [
+        Run(run_id="aa000001", technique="baseline", family="baseline", config={"technique": "baseline", "format": "fp16"},
+            label="baseline fp16", state="COMPLETE", attempts=1, worker=None, heartbeat_at=None, started_at=None,
+            finished_at=None, error=None, traceback=None, metrics={"top1": 0.9}, sizes={}, timings={},
+            artifact_path=None, created_at=0.0),
+        Run(run_id="aa000002", technique="baseline", family="baseline", config={}, label="baseline PyTorch",
+            state="COMPLETE", attempts=1, worker=None, heartbeat_at=None, started_at=None, finished_at=None,
+            error=None, traceback=None, metrics={"top1": 0.91}, sizes={}, timings={}, artifact_path=None,
+            created_at=0.0),
+        Run(run_id="aa000003", technique="palettize", family="post_training", config={"technique": "palettize"},
+            label="palettize 4-bit", state="COMPLETE", attempts=1, worker=None, heartbeat_at=None, started_at=None,
+            finished_at=None, error=None, traceback=None, metrics={"top1": 0.8}, sizes={}, timings={},
+            artifact_path=None, created_at=0.0),
+    ]
+    assert [is_baseline(r) for r in runs] == [True, True, False]
+    # a run's config names its format; a row (or a store older than the format key) goes by its label
+    assert [baseline_format(r) for r in runs] == ["fp16", "pytorch", None]
+    rows = runs_table(runs)
+    rows[0]["label"] = "renamed"  # a row keeps its run's format, whatever its label says
+    assert [baseline_format(r) for r in rows] == ["fp16", "pytorch", None]
+    assert reference_baseline(runs).run_id == reference_baseline(rows)["run_id"] == "aa000002"  # PyTorch first
+    assert reference_baseline(rows, ("fp16",))["run_id"] == "aa000001"
+    assert [r["run_id"] for r in compressed_runs(rows)] == ["aa000003"]
+
+
 def test_smallest_meeting_budget_uses_the_uncompressed_reference():
-    from compress_lab.analysis.pareto import reference_row, smallest_meeting_budget
+    from compress_lab.analysis.pareto import smallest_meeting_budget
     rows = runs_table(RUNS)
-    assert reference_row(rows)["run_id"] == "b16"
+    assert reference_baseline(rows)["run_id"] == "b16"
     # 0.99 baseline: within 1 point -> >= 0.98: a (250 B) and d (130 B) qualify; d is smaller
     assert smallest_meeting_budget(rows, "top1_drop", 1.0)["run_id"] == "d"
     assert smallest_meeting_budget(rows, "top1_drop", 0.1) is None

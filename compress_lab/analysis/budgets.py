@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from compress_lab.analysis.pareto import reference_row
 from compress_lab.analysis.table import lower_is_better  # noqa: F401 (re-exported: one place for directions)
 from compress_lab.errors import ConfigError
+from compress_lab.store.base import compressed_runs, reference_baseline
 
 # Size budgets: the column, what the limit means, and how a user writes it.
 SIZE_KEYS = {
@@ -33,7 +33,7 @@ def fits(value: float, limit: float, column: str) -> bool:
 
 
 def completed_compressed(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r.get("family") != "baseline" and r.get("state") == "COMPLETE"]
+    return compressed_runs(rows)
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def accuracy_threshold(rows: Sequence[dict[str, Any]], metric: str, *, drop: flo
         raise ConfigError("give exactly one of drop= or at_least= for an accuracy budget")
     if at_least is not None:
         return at_least
-    reference = reference_row(rows)
+    reference = reference_baseline(rows)
     if reference is None or reference.get(metric) is None:
         return None
     return reference[metric] + drop if lower_is_better(metric) else reference[metric] - drop

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from compress_lab.analysis.table import lower_is_better
+from compress_lab.store.base import compressed_runs, reference_baseline
 
 
 def pareto_front(rows: Sequence[dict[str, Any]], x: str, y: str) -> list[dict[str, Any]]:
@@ -33,23 +34,13 @@ def smallest_within_budget(rows: Sequence[dict[str, Any]], metric: str, threshol
     return min(ok, key=lambda r: r[size_key]) if ok else None
 
 
-def reference_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The uncompressed reference of a sweep: the PyTorch baseline, else the fp32, else any baseline."""
-    baselines = [r for r in rows if r.get("family") == "baseline" and r.get("state") == "COMPLETE"]
-    for key in ("pytorch", "fp32"):
-        for r in baselines:
-            if key in (r.get("label") or "").lower():
-                return r
-    return baselines[0] if baselines else None
-
-
 def smallest_meeting_budget(rows: Sequence[dict[str, Any]], metric: str, value: float) -> dict[str, Any] | None:
     """The smallest compressed run within an accuracy budget: `top1_drop` (at most `value`
     points below the uncompressed top-1) or `agreement` (at least `value`)."""
-    compressed = [r for r in rows if r.get("family") != "baseline" and r.get("state") == "COMPLETE"]
+    compressed = compressed_runs(rows)
     if metric == "agreement":
         return smallest_within_budget(compressed, "agreement", value)
-    reference = reference_row(rows)
+    reference = reference_baseline(rows)
     if reference is None or reference.get("top1") is None:
         return None
     return smallest_within_budget(compressed, "top1", reference["top1"] - value / 100 - 1e-12)

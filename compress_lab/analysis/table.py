@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+from compress_lab.store.base import baseline_format
+
 # column -> (section of the run, key)
 COLUMNS: dict[str, tuple[str, str]] = {
     "top1": ("metrics", "top1"),
@@ -127,6 +129,7 @@ def run_row(run: Any) -> dict[str, Any]:
     error = _attr(run, "error")
     row["error"] = (error or "").strip().splitlines()[-1][:300] if error else None
     row["_metric_columns"] = _task_columns(_get(run, "metrics"), row)
+    row["_baseline_format"] = baseline_format(run)
     return row
 
 

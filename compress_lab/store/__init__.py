@@ -8,6 +8,7 @@ from compress_lab.store.artifacts import (
     safe_join,
 )
 from compress_lab.store.base import (
+    BASELINE,
     COMPLETE,
     FAILED,
     FAMILIES,
@@ -22,7 +23,11 @@ from compress_lab.store.base import (
     Run,
     RunSpec,
     Sweep,
+    baseline_format,
+    compressed_runs,
+    is_baseline,
     json_safe,
+    reference_baseline,
     validate_run_id,
     worker_alive,
     worker_name,
@@ -30,8 +35,8 @@ from compress_lab.store.base import (
 from compress_lab.store.sqlite import DB_FILENAME, SCHEMA_VERSION, SQLiteStore, open_store
 
 __all__ = [
-    "COMPLETE", "DB_FILENAME", "FAILED", "FAMILIES", "PENDING", "RUN_STATES", "RUNNING", "SCHEMA_VERSION",
+    "BASELINE", "COMPLETE", "DB_FILENAME", "FAILED", "FAMILIES", "PENDING", "RUN_STATES", "RUNNING", "SCHEMA_VERSION",
     "SWEEP_CANCELLED", "SWEEP_DONE", "SWEEP_RUNNING", "SWEEP_STATUSES", "ResultsStore", "Run", "RunSpec",
-    "SQLiteStore", "Sweep", "artifact_dir", "json_safe", "open_store", "relative_artifact_path",
+    "SQLiteStore", "Sweep", "artifact_dir", "baseline_format", "compressed_runs", "is_baseline", "json_safe", "open_store", "reference_baseline", "relative_artifact_path",
     "remove_artifacts", "resolve_artifact", "safe_join", "validate_run_id", "worker_alive", "worker_name",
 ]

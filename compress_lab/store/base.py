@@ -29,7 +29,48 @@ SWEEP_DONE = "done"
 SWEEP_CANCELLED = "cancelled"
 SWEEP_STATUSES = (SWEEP_RUNNING, SWEEP_DONE, SWEEP_CANCELLED)
 
-FAMILIES = ("baseline", "post_training", "training_time", "mixed")
+BASELINE = "baseline"
+FAMILIES = (BASELINE, "post_training", "training_time", "mixed")
+# Which uncompressed baseline is a sweep's reference: its PyTorch model, else fp32, fp16, the Core ML package.
+REFERENCE_FORMATS = ("pytorch", "fp32", "fp16", "coreml")
+
+
+def _field(run: Any, key: str) -> Any:
+    return run.get(key) if isinstance(run, Mapping) else getattr(run, key, None)
+
+
+def is_baseline(run: Any) -> bool:
+    """Whether a run (a store Run, its to_dict() or a results-table row) is one of a
+    sweep's uncompressed baselines rather than a compressed point."""
+    return _field(run, "family") == BASELINE
+
+
+def baseline_format(run: Any) -> str | None:
+    """A baseline's format (pytorch, fp32, fp16 or coreml); None for a compressed run."""
+    if not is_baseline(run):
+        return None
+    config = _field(run, "config") or {}
+    found = config.get("format") or _field(run, "_baseline_format")  # a results-table row keeps it there
+    if found:
+        return found
+    label = (_field(run, "label") or "").lower()  # "baseline PyTorch", "baseline fp16", "baseline Core ML"
+    return next((f for f in REFERENCE_FORMATS if f in label.replace("core ml", "coreml")), None)
+
+
+def compressed_runs(runs: Iterable[Any], complete: bool = True) -> list[Any]:
+    """The compressed points among `runs` (only the completed ones unless complete=False)."""
+    return [r for r in runs if not is_baseline(r) and (not complete or _field(r, "state") == COMPLETE)]
+
+
+def reference_baseline(runs: Iterable[Any], formats: Iterable[str] = REFERENCE_FORMATS) -> Any | None:
+    """The completed baseline a sweep's compressed points are compared with: the first of
+    `formats` present, else any completed baseline."""
+    baselines = [r for r in runs if is_baseline(r) and _field(r, "state") == COMPLETE]
+    for fmt in formats:
+        for r in baselines:
+            if baseline_format(r) == fmt:
+                return r
+    return baselines[0] if baselines else None
 
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{8,128}$")
 

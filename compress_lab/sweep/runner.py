@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from compress_lab.errors import CancelledError
+from compress_lab.store.base import BASELINE, is_baseline
 from compress_lab.sweep import keys
 from compress_lab.sweep.spec import InvalidPoint, SweepPlan, SweepSpec, expand
 from compress_lab.sweep.task import KIND_FLOAT, KIND_PYTORCH, KIND_TECHNIQUE, RunTask, SweepContext, load_plugins
@@ -121,10 +122,10 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
         return refusals[True]
     baseline_formats = ["pytorch", "fp32", "fp16"] if handle.kind == "torch" else ["coreml"]
     for fmt in baseline_formats:
-        config = {"technique": "baseline", "format": fmt}
+        config = {"technique": BASELINE, "format": fmt}
         kind = KIND_PYTORCH if fmt == "pytorch" else KIND_FLOAT
         label = f"baseline {'PyTorch' if fmt == 'pytorch' else fmt if fmt != 'coreml' else 'Core ML'}"
-        tasks.append(RunTask(keys.run_id(handle.fingerprint, config, val_fp), kind, config, label, "baseline"))
+        tasks.append(RunTask(keys.run_id(handle.fingerprint, config, val_fp), kind, config, label, BASELINE))
     for point in plan.points:
         config = point.config
         if config.family == "training_time" and handle.kind != "torch":
@@ -379,7 +380,7 @@ def _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_ev
             if in_driver is not None and in_driver.done():
                 finish_in_driver()
             if in_driver is None and driver:
-                baseline = next((t for t in queue if t.family == "baseline"), None)
+                baseline = next((t for t in queue if is_baseline(t)), None)
                 if baseline is not None:  # the driver evaluates the baselines; the workers take the points
                     queue.remove(baseline)
                     if store.claim_run(baseline.run_id, driver, retry=retry_failed):
@@ -392,7 +393,7 @@ def _dispatch(prep, runner, ctx, todo, record, retry_failed, on_event, cancel_ev
             for slot in runner.free_slots():
                 while queue:
                     # workers take the points first: the driver evaluates the baselines
-                    task = queue.pop(next((i for i, t in enumerate(queue) if t.family != "baseline"), 0) if driver else 0)
+                    task = queue.pop(next((i for i, t in enumerate(queue) if not is_baseline(t)), 0) if driver else 0)
                     if store.claim_run(task.run_id, slot.worker, retry=retry_failed):
                         claimed[task.run_id] = slot.worker
                         runner.submit(slot, task, ctx)
