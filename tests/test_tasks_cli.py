@@ -7,6 +7,7 @@ file; a metric that raises, returns NaN or returns no dict is a clear error."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 import numpy as np
@@ -70,6 +71,9 @@ def test_the_cli_prints_fidelity_per_output_and_the_user_metric(setup, capsys):
                  "--metric", str(folder / "metric.py")]) == 0
     out = capsys.readouterr().out
     assert "scores: " in out and "dense: " in out and "psnr_db" in out and "dense_mae" in out
+    # each value of the metric file says which way is better, as its DIRECTIONS declare
+    assert re.search(r"^dense_mae +[0-9.e+-]+  \(lower is better\)$", out, re.M)
+    assert re.search(r"^scores_top1 +[0-9.e+-]+  \(higher is better\)$", out, re.M)
     assert main(["evaluate", str(package), "--data", str(folder / "val.npz"), "--json",
                  "--metric", str(folder / "metric.py")]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -192,14 +192,20 @@ def cmd_evaluate(args) -> int:
         return 0
     for key in ("n", "top1", "top5", "loss", "agreement", "snr_db", "skipped", "elapsed_s"):
         if data.get(key) is not None:
-            print(f"{key:10s} {data[key]}")
+            print(f"{key:10s} {_shown(data[key])}")
     if result.task != "classification" or len(result.fidelity) > 1:
         for output, measures in result.fidelity.items():
             shown = ", ".join(f"{k} {v:.6g}" for k, v in measures.items() if v is not None)
             print(f"{output}: {shown}")
     for key, value in result.values.items():
-        print(f"{key:10s} {value}")
+        direction = result.higher_is_better.get(key)
+        better = "" if direction is None else ("  (higher is better)" if direction else "  (lower is better)")
+        print(f"{key:10s} {_shown(value)}{better}")
     return 0
+
+
+def _shown(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def cmd_techniques(args) -> int:
