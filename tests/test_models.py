@@ -64,6 +64,40 @@ def test_summary_marks_touched_layers(mnist_handle):
     assert summary.parameters == 390_410
 
 
+def test_summary_marks_an_embedding_table_and_lstm_weights_that_core_ml_compresses(tmp_path):
+    from compress_lab.mil import COMPRESSED_OPS
+    from compress_lab.techniques import _training, compress, config_from_dict
+    from tests.test_tasks import make_model
+
+    code = """
+import torch
+from torch import nn
+
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(100, 32)
+        self.lstm = nn.LSTM(32, 32, batch_first=True)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, input_ids):
+        return self.head(self.lstm(self.embed(input_ids))[0])
+
+def build_model():
+    return Tagger()
+"""
+    meta = {"name": "tagger", "task": "tensors", "inputs": [{"name": "input_ids", "shape": [6], "dtype": "int32"}],
+            "outputs": [{"name": "tags", "meaning": "values", "shape": [6, 4]}]}
+    handle = load_model(make_model(tmp_path / "tagger", code, meta))
+    layers = {l.name: l for l in summarize(handle).layers}
+    assert layers["embed"].touched_post_training and layers["lstm"].touched_post_training
+    assert not layers["head"].touched_post_training  # 128 weights: under the threshold
+    out = compress(handle, config_from_dict({"technique": "palettize", "nbits": 4}), tmp_path / "p4.mlpackage",
+                   workdir=tmp_path / "work")
+    ops = {op: n for op, n in _training.op_counts(out.path).items() if op in COMPRESSED_OPS}
+    assert sum(ops.values()) >= 2, ops  # the embedding table and the LSTM's weights are palettized for real
+
+
 # ----------------------------------------------------------------- bad input
 
 def test_missing_source_names_it():

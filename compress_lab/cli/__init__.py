@@ -124,9 +124,10 @@ def cmd_info(args) -> int:
             print(f"input  {spec['name']}: {spec['dtype']} {spec['shape']} (per sample; null = flexible)")
         for spec in summary["outputs"]:
             print(f"output {spec['name']}: {spec['meaning']}" + (f" {spec['shape']}" if spec.get("shape") else ""))
-    print(f"{'layer':40s} {'type':12s} {'params':>10s}  post-training  training-time")
+    width = max([40, *(len(layer["name"]) for layer in summary["layers"])])
+    print(f"{'layer':{width}s} {'type':12s} {'params':>10s}  post-training  training-time")
     for layer in summary["layers"]:
-        print(f"{layer['name'][:40]:40s} {layer['type'][:12]:12s} {layer['parameters']:>10,}  "
+        print(f"{layer['name']:{width}s} {layer['type'][:12]:12s} {layer['parameters']:>10,}  "
               f"{'yes' if layer['touched_post_training'] else '-':13s}  {'yes' if layer['touched_training_time'] else '-'}")
     return 0
 

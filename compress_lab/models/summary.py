@@ -70,11 +70,11 @@ def _torch_layers(module: torch.nn.Module, weight_threshold: int) -> list[LayerS
             continue
         weight = getattr(child, "weight", None)
         shape = list(weight.shape) if isinstance(weight, torch.Tensor) else None
-        numel = weight.numel() if isinstance(weight, torch.Tensor) else 0
+        largest = max(p.numel() for p in own)  # Core ML compresses every constant weight this large, whatever its op
         out.append(LayerSummary(
             name=name or "(root)", type=type(child).__name__, parameters=sum(p.numel() for p in own),
             weight_shape=shape,
-            touched_post_training=numel >= weight_threshold and isinstance(child, TRAINABLE_LAYER_TYPES),
+            touched_post_training=largest >= weight_threshold,
             touched_training_time=isinstance(child, TRAINABLE_LAYER_TYPES)))
     return out
 
