@@ -22,11 +22,19 @@ def test_compress_then_evaluate(tmp_path, capsys, mnist_dir):
     out = tmp_path / "m.mlpackage"
     assert main(["compress", "mnist_cnn", "--technique", "palettize", "--set", "nbits=4", "--set", 'mode="uniform"',
                  "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "bytes on disk" in printed and (out / "Manifest.json").is_file()
+    captured = capsys.readouterr()
+    assert "bytes on disk" in captured.out and (out / "Manifest.json").is_file()
+    assert "warning" not in captured.err
     assert main(["evaluate", str(out), "--data", str(mnist_dir / "val"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 1000 and result["top1"] > 0.97
+
+
+def test_a_compression_that_compresses_nothing_says_so_and_how_to_change_it(tmp_path, capsys):
+    assert main(["compress", "mnist_cnn", "--technique", "palettize", "--set", "weight_threshold=10000000",
+                 "--out", str(tmp_path / "none.mlpackage")]) == 0
+    err = capsys.readouterr().err
+    assert "compressed no weight of mnist_cnn" in err and "--set weight_threshold=N" in err
 
 
 def test_bad_technique_and_setting_are_clear(tmp_path, capsys):

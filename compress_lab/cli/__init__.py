@@ -157,7 +157,18 @@ def cmd_compress(args) -> int:
     else:
         print(f"wrote {outcome.path}: {size['package_bytes']:,} bytes on disk, {size['bits_per_weight']:.2f} bits per weight; {config.label()}; "
               + ", ".join(f"{k} {v:.2f}s" for k, v in outcome.timings.items()))
+    if not _compressed_op_count(outcome.path):
+        threshold = getattr(config, "weight_threshold", None)
+        print(f"warning: {config.name} compressed no weight of {handle.name}: the package is the uncompressed model"
+              + (f" (every weight has fewer than {threshold:,} elements; lower it with --set weight_threshold=N)"
+                 if threshold else ""), file=sys.stderr)
     return 0
+
+
+def _compressed_op_count(package) -> int:
+    from compress_lab.mil import COMPRESSED_OPS
+    from compress_lab.techniques._training import op_counts
+    return sum(n for op, n in op_counts(package).items() if op in COMPRESSED_OPS)
 
 
 def _print_estimate(config, context) -> None:
