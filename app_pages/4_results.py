@@ -164,7 +164,8 @@ def size_answer(rows: list[dict], metric: str) -> dict | None:
     key = left.selectbox("Size budget", tuple(SIZE_KINDS), format_func=SIZE_KINDS.get, key="results.size_kind")
     if key == "bytes":
         reference = reference_baseline(rows, ("fp16", *REFERENCE_FORMATS)) or {}
-        default = round((reference.get("bytes") or 4_000_000) / 4 / 1000, 1)  # a quarter of the fp16 package
+        # 0.3 of the fp16 package: a 4-bit package with its look-up tables or scales fits
+        default = round((reference.get("bytes") or 4_000_000) * 0.3 / 1000, 1)
         value = right.number_input("kB", min_value=0.1, value=float(default), step=10.0, key="results.size_kb")
         budget = SizeBudget("bytes", value * 1000)
     elif key == "ratio_fp16":
