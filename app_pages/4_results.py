@@ -208,7 +208,10 @@ def table(rows: list[dict]) -> None:
     measured = [c for c in metric_columns(rows) if c not in TABLE_COLUMNS]
     at = TABLE_COLUMNS.index("bytes")
     frame = pd.DataFrame(rows, columns=[*TABLE_COLUMNS[:at], *measured, *TABLE_COLUMNS[at:]])
+    for column in measured:  # numbers (a measure a run lacks is blank, not "None")
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
     st.dataframe(frame, hide_index=True, width="stretch", column_config={
+        **{c: st.column_config.NumberColumn(axis_label(c), format="%.4f") for c in measured},
         "top1": st.column_config.NumberColumn("top-1", format="%.4f"),
         "top5": st.column_config.NumberColumn("top-5", format="%.4f"),
         "agreement": st.column_config.NumberColumn(format="%.4f"),
