@@ -324,3 +324,29 @@ def test_a_state_array_of_the_wrong_per_sample_shape_is_refused_naming_the_file_
     with pytest.raises(DataError, match=r"array 'c0' in .*wrong_hidden.npz has shape \[24, 2, 8\].*input 'c0' is "
                                         r"declared \[2, 16\]"):
         evaluate_model(lstm, wrong)
+
+
+def test_calibration_and_sensitivity_feed_the_states_as_the_model_takes_them(lstm, package, tmp_path):
+    """W8A8 calibrates the Core ML program, GPTQ runs the PyTorch model layer by layer, and a
+    sensitivity analysis runs the program on a subset: each with h0/c0 batched on axis 1."""
+    from compress_lab.analysis.sensitivity import measure_sensitivity
+    from compress_lab.analysis.subset import SubsetEvaluator
+    from compress_lab.techniques import compress, config_from_dict
+
+    handle = load_model(lstm)
+    w8a8 = compress(handle, config_from_dict({"technique": "w8a8", "calibration": "train", "calibration_samples": 40}),
+                    tmp_path / "w8a8.mlpackage", train_dir=lstm / "train.npz")
+    assert w8a8.details["activations"]["calibration_samples"] == 40            # two batches of up to 32
+    assert _training.op_counts(w8a8.path).get("quantize", 0) >= 1
+    gptq = compress(handle, config_from_dict({"technique": "gptq", "calibration_samples": 24}),
+                    tmp_path / "gptq.mlpackage", train_dir=lstm / "train.npz")
+    assert _training.op_counts(gptq.path).get("constexpr_blockwise_shift_scale", 0) == 1   # the Linear head
+    for path in (w8a8.path, gptq.path):
+        scored = evaluate_model(path, lstm / "val.npz", reference=handle)
+        assert min(f["cosine"] for f in scored.fidelity.values()) > 0.99, scored.fidelity
+
+    evaluator = SubsetEvaluator(package, lstm / "val.npz", handle.metadata, max_images=16)
+    assert evaluator.count == 16 and evaluator.primary.name == "mae"
+    result = measure_sensitivity(evaluator, "palettize", {"nbits": 2}, weight_threshold=0)
+    assert len(result.layers) >= 5 and all(layer.drop is not None for layer in result.layers)
+    assert max(layer.drop for layer in result.layers) > 0          # 2-bit weights in the recurrence move the MAE
