@@ -130,6 +130,12 @@ def test_batch_axis_round_trips_only_when_set_and_moves_only_at_the_boundary():
     x = np.zeros((3, 12, 8), np.float32)
     assert to_model_layout(x, meta.io.input("x")) is x                      # batch first: untouched
 
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from compress_lab_app.task_panels import io_rows
+    shapes = [row["shape"] for row in io_rows(meta.io.to_dict())]         # the Model page shows the model's layout
+    assert shapes == ["N × 12 × 8", "2 × N × 16", "2 × N × 16", "N × 12", "2 × N × 16", "2 × N × 16"]
+
 
 @pytest.mark.parametrize("where,value,words", [
     ("inputs", 5, ["inputs[1].batch_axis = 5", "out of range for shape [2, 16]", "0..2", "LSTM"]),
