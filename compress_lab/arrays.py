@@ -206,7 +206,7 @@ def read_arrays(source: str | Path, io: IOSpec) -> ArraySource:
     if len(set(counts.values())) > 1:
         listing = ", ".join(f"{n!r}: {c}" for n, c in counts.items())
         raise DataError(f"arrays in {root} have different sample counts ({listing}); the first axis is the sample "
-                        "axis and must have the same length in every array")
+                        "axis and must have the same length in every array" + _model_layout_hint(arrays, io, counts))
     inputs, targets = {}, {}
     for name, array in arrays.items():
         if name in io.input_names:
@@ -221,6 +221,18 @@ def read_arrays(source: str | Path, io: IOSpec) -> ArraySource:
     if not next(iter(counts.values())):
         raise DataError(f"array file {root} holds 0 samples")
     return ArraySource(root=root, inputs={n: inputs[n] for n in io.input_names}, targets=targets, io=io)
+
+
+def _model_layout_hint(arrays: dict, io: IOSpec, counts: dict) -> str:
+    """For an input declared with a batch_axis whose array looks saved in the model's layout: how to save it."""
+    common = max(set(counts.values()), key=list(counts.values()).count)
+    for spec in io.inputs:
+        array = arrays.get(spec.name)
+        if spec.batch_axis and array is not None and counts[spec.name] != common and array.ndim > spec.batch_axis \
+                and array.shape[spec.batch_axis] == common:
+            return (f"; array {spec.name!r} looks saved as the model takes it (batch on axis {spec.batch_axis}): "
+                    f"save it sample-first, numpy.moveaxis({spec.name}, {spec.batch_axis}, 0)")
+    return ""
 
 
 def evenly_spaced(n: int, limit: int) -> list[int]:

@@ -161,8 +161,11 @@ def coreml_predictor(path: str | Path, compute_precision: str = "fp32") -> Predi
 def named_torch_predictor(module, io) -> NamedPredictor:
     """Predict named inputs -> named outputs with a PyTorch module: the inputs are
     passed positionally in declared order (float inputs in the module's dtype,
-    int32 ones as int64 indices); a tuple/list of outputs is named in declared order."""
+    int32 ones as int64 indices); a tuple/list of outputs is named in declared order.
+    Inputs and outputs are sample-first; a declared `batch_axis` is applied at the call."""
     import torch
+
+    from compress_lab.models.io_spec import to_model_layout
 
     module, device, dtype = _inference_module(module)
     names = io.output_names
@@ -170,12 +173,12 @@ def named_torch_predictor(module, io) -> NamedPredictor:
     def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = []
         for spec in io.inputs:
-            value = np.asarray(inputs[spec.name])
+            value = to_model_layout(np.asarray(inputs[spec.name]), spec)
             tensor = torch.from_numpy(np.array(value, copy=True))
             args.append(tensor.to(device=device, dtype=torch.int64 if spec.dtype == "int32" else dtype))
         with torch.no_grad():
             out = module(*args)
-        return _name_outputs(out, names)
+        return _sample_first(_name_outputs(out, names), io)
 
     predict.named = True  # type: ignore[attr-defined]
     return predict
@@ -197,22 +200,40 @@ def _name_outputs(out, names: Sequence[str]) -> dict[str, np.ndarray]:
     raise ModelLoadError(f"the model returned {type(out).__name__}; return a tensor, a tuple of tensors or a dict of them")
 
 
-def run_program(program, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The lab's Core ML runtime on named inputs: every output by name. A single input
-    goes as an array (the runtime then batches it) when it is float and fits the program's
-    fixed shape; otherwise (int32 token ids, a flexible length) it goes as a dict, like several."""
+def _sample_first(outputs: dict[str, np.ndarray], io) -> dict[str, np.ndarray]:
+    """Named outputs in the model's layout -> sample-first (a declared output's batch_axis moved to the front)."""
+    if io is None or not any(o.batch_axis for o in io.outputs):
+        return outputs
+    from compress_lab.models.io_spec import from_model_layout
+    specs = {o.name: o for o in io.outputs}
+    return {k: from_model_layout(v, specs[k]) if k in specs else v for k, v in outputs.items()}
+
+
+def run_program(program, inputs: dict[str, np.ndarray], io=None) -> dict[str, np.ndarray]:
+    """The lab's Core ML runtime on named sample-first inputs: every output by name, sample-first.
+    A single input goes as an array (the runtime then batches it on axis 0) when it is float, batch
+    first and fits the program's fixed shape; otherwise (int32 token ids, a flexible length) it goes
+    as a dict, like several, which the runtime runs in one call. With the declaration `io`, an input
+    or output whose `batch_axis` is not 0 is moved to and from the model's layout here."""
+    from compress_lab.models.io_spec import to_model_layout
+
+    specs = {s.name: s for s in io.inputs} if io is not None else {}
+    moved = any(s.batch_axis for s in specs.values())
+    if moved:
+        inputs = {k: to_model_layout(v, specs[k]) if k in specs else v for k, v in inputs.items()}
     if len(inputs) == 1:
         (value,) = inputs.values()
         shape = getattr(program, "input_shape", None)
-        if value.dtype.kind == "f" and (shape is None or tuple(shape[1:]) == tuple(value.shape[1:])):
-            return program.predict_all(np.ascontiguousarray(value))
+        if value.dtype.kind == "f" and not moved and (shape is None or tuple(shape[1:]) == tuple(value.shape[1:])):
+            return _sample_first(program.predict_all(np.ascontiguousarray(value)), io)
         names = getattr(program, "input_names", None) or list(inputs)
-        return program.predict_all({names[0]: value})
-    return program.predict_all(dict(inputs))
+        return _sample_first(program.predict_all({names[0]: value}), io)
+    return _sample_first(program.predict_all(dict(inputs)), io)
 
 
 def named_coreml_predictor(path: str | Path, io, compute_precision: str = "fp32") -> NamedPredictor:
     """Predict named inputs -> named outputs with a Core ML `.mlpackage` through the lab's runtime."""
+    from compress_lab.models.io_spec import from_model_layout
     from compress_lab.runtime import load_program
 
     program = load_program(path, compute_precision=compute_precision)
@@ -221,9 +242,9 @@ def named_coreml_predictor(path: str | Path, io, compute_precision: str = "fp32"
     def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = {k: np.ascontiguousarray(v, dtype=np.int32 if v.dtype.kind in "iu" else np.float32)
                   for k, v in inputs.items()}
-        out = run_program(program, arrays)
+        out = run_program(program, arrays, io)
         if len(names) == 1 and names[0] not in out and len(out) >= 1:
-            return {names[0]: np.asarray(next(iter(out.values())))}
+            return {names[0]: np.asarray(from_model_layout(next(iter(out.values())), io.outputs[0]))}
         return {k: np.asarray(v) for k, v in out.items()}
 
     predict.named = True  # type: ignore[attr-defined]

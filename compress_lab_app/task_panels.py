@@ -12,11 +12,12 @@ import streamlit as st
 from compress_lab.models.io_spec import FLEXIBLE, MEANINGS
 
 
-def shape_text(shape: Sequence | None, batch: bool = True) -> str:
-    """A shape for a person: `N × T (flexible) × 24`; null dims are `any (flexible)`."""
+def shape_text(shape: Sequence | None, batch: bool = True, batch_axis: int = 0) -> str:
+    """A shape for a person: `N × T (flexible) × 24`; null dims are `any (flexible)`; the
+    batch N where the model takes it (`batch_axis`: `2 × N × 16` for an LSTM's h0)."""
     if shape is None:
         return "any"
-    dims = ["N"] if batch else []
+    dims = []
     for d in shape:
         if d is None or d == FLEXIBLE:
             dims.append("any (flexible)")
@@ -24,6 +25,8 @@ def shape_text(shape: Sequence | None, batch: bool = True) -> str:
             dims.append(f"{d} (flexible)")
         else:
             dims.append(str(d))
+    if batch:
+        dims.insert(min(int(batch_axis or 0), len(dims)), "N")
     return " × ".join(dims)
 
 
@@ -38,11 +41,13 @@ def io_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
                        f"x {image['scale']:.4g} + [{bias}]")
         else:
             meaning = spec.get("description") or ("token ids / indices" if spec.get("dtype") == "int32" else "tensor")
-        rows.append({"": "input", "name": spec["name"], "shape": shape_text(spec.get("shape")),
+        rows.append({"": "input", "name": spec["name"], "shape": shape_text(spec.get("shape"), True,
+                                                                            spec.get("batch_axis", 0)),
                      "dtype": spec.get("dtype", "float32"), "meaning": meaning})
     for spec in summary.get("outputs") or []:
         meaning = spec.get("meaning", "values")
-        rows.append({"": "output", "name": spec["name"], "shape": shape_text(spec.get("shape")),
+        rows.append({"": "output", "name": spec["name"], "shape": shape_text(spec.get("shape"), True,
+                                                                             spec.get("batch_axis", 0)),
                      "dtype": "float32", "meaning": f"{meaning}: {MEANINGS.get(meaning, '')}".rstrip(": ")})
     return rows
 

@@ -82,14 +82,15 @@ class SubsetEvaluator:
 
     def _evaluate(self, program, reference):
         from compress_lab.evaluate import evaluate, run_program
+        from compress_lab.models.io_spec import from_model_layout
 
         def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             arrays = {k: np.ascontiguousarray(v, dtype=np.int32 if v.dtype.kind in "iu" else np.float32)
                       for k, v in inputs.items()}
-            out = run_program(program, arrays)
+            out = run_program(program, arrays, self.meta.io)
             names = self.meta.io.output_names
             if len(names) == 1 and names[0] not in out and out:
-                return {names[0]: np.asarray(next(iter(out.values())))}
+                return {names[0]: np.asarray(from_model_layout(next(iter(out.values())), self.meta.io.outputs[0]))}
             return {k: np.asarray(v) for k, v in out.items()}
 
         predict.named = True  # type: ignore[attr-defined]

@@ -90,15 +90,15 @@ EXAMPLE_FLEXIBLE = 4   # the size a flexible dimension is traced with
 
 def _convert_declared(module, metadata: ModelMetadata, compute_precision, flexible_batch: bool, pass_pipeline, traced):
     """Convert a model of declared named inputs/outputs (task other than classification):
-    inputs in declared order and dtype, flexible dimensions (and the batch) as ct.RangeDim,
-    outputs named as declared."""
+    inputs in declared order and dtype, flexible dimensions (and the batch, at each input's
+    `batch_axis`) as ct.RangeDim, outputs named as declared."""
     import coremltools as ct
     import numpy as np
 
     io = metadata.io
     dtypes = {"float32": (torch.float32, np.float32), "float16": (torch.float32, np.float16), "int32": (torch.int32, np.int32)}
-    examples = tuple(torch.zeros((1, *[EXAMPLE_FLEXIBLE if isinstance(d, str) else int(d) for d in spec.shape]),
-                                 dtype=dtypes[spec.dtype][0]) for spec in io.inputs)
+    examples = tuple(torch.zeros(_with_batch([EXAMPLE_FLEXIBLE if isinstance(d, str) else int(d) for d in spec.shape],
+                                             1, spec), dtype=dtypes[spec.dtype][0]) for spec in io.inputs)
     if traced is None:
         module = module.eval()
         try:
@@ -112,8 +112,8 @@ def _convert_declared(module, metadata: ModelMetadata, compute_precision, flexib
         types = []
         for spec, example in zip(io.inputs, examples):
             if flexible:
-                shape = (ct.RangeDim(1, MAX_BATCH, 1), *[ct.RangeDim(1, 1 << 16, EXAMPLE_FLEXIBLE) if isinstance(d, str)
-                                                         else int(d) for d in spec.shape])
+                shape = _with_batch([ct.RangeDim(1, 1 << 16, EXAMPLE_FLEXIBLE) if isinstance(d, str) else int(d)
+                                     for d in spec.shape], ct.RangeDim(1, MAX_BATCH, 1), spec)
             else:
                 shape = tuple(example.shape)
             types.append(ct.TensorType(name=spec.name, shape=shape, dtype=dtypes[spec.dtype][1]))
@@ -132,6 +132,13 @@ def _convert_declared(module, metadata: ModelMetadata, compute_precision, flexib
         except Exception as e:  # a program whose shape arithmetic needs static shapes
             last_error = e
     raise ModelLoadError(f"ct.convert failed for model {metadata.name}: {type(last_error).__name__}: {last_error}") from last_error
+
+
+def _with_batch(dims: list, batch, spec) -> tuple:
+    """A declared per-sample shape with the batch dimension put where the model takes it (`batch_axis`)."""
+    dims = list(dims)
+    dims.insert(spec.batch_axis, batch)
+    return tuple(dims)
 
 
 def save_mlmodel(mlmodel, out_path: str | Path) -> Path:

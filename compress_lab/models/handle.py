@@ -307,8 +307,8 @@ def _check_coreml_io(spec, meta: ModelMetadata, path: Path) -> None:
     if meta.task != "classification":
         from compress_lab.tasks import task_for
 
-        task_for(meta).check_io(meta, {i.name: spec_shape(i) for i in inputs},
-                                {o.name: spec_shape(o) for o in spec.description.output}, source=str(path))
+        task_for(meta).check_io(meta, _sample_first_shapes(inputs, meta.io.inputs),
+                                _sample_first_shapes(spec.description.output, meta.io.outputs), source=str(path))
         return
     if len(inputs) != 1:
         raise ModelLoadError(
@@ -331,6 +331,20 @@ def _check_coreml_io(spec, meta: ModelMetadata, path: Path) -> None:
         raise ModelLoadError(
             f"output {outputs[0].name!r} of {path} has shape {out_shape} but its metadata names {meta.num_classes} classes; "
             "make class_names list exactly one name per model output")
+
+
+def _sample_first_shapes(features, declared) -> dict[str, list[int] | None]:
+    """A Core ML spec's input/output shapes (the model's layout) by name, batch first as the
+    declaration's `batch_axis` says (matched by name, else by position)."""
+    from compress_lab.models.io_spec import sample_first_shape
+    from compress_lab.models.package_metadata import spec_shape
+    features = list(features)
+    by_name = {d.name: d for d in declared}
+    shapes = {}
+    for index, feature in enumerate(features):
+        spec = by_name.get(feature.name) or (declared[index] if index < len(declared) else None)
+        shapes[feature.name] = sample_first_shape(spec_shape(feature), spec)
+    return shapes
 
 
 def _hash_files(paths) -> str:

@@ -7,6 +7,12 @@ the same size in every input and output of one sample). An output is a name,
 what it means (`meaning`, which decides the fidelity measures that apply) and an
 optional shape checked the same way.
 
+`batch_axis` (default 0) is where the batch sits in the model's own tensor, for a
+model whose convention is not batch-first: a PyTorch LSTM's h0/c0 are
+(num_layers, batch, hidden), declared `"shape": [2, 16], "batch_axis": 1`. The lab
+keeps samples on the first axis everywhere (.npz arrays, batches, metrics) and moves
+the axis only at the model boundary (`to_model_layout` / `from_model_layout`).
+
     "inputs":  [{"name": "input_ids", "shape": ["T"], "dtype": "int32"},
                 {"name": "attention_mask", "shape": ["T"], "dtype": "int32"}],
     "outputs": [{"name": "embedding", "meaning": "embedding"}]
@@ -32,8 +38,8 @@ MEANINGS = {
     "values": "any numbers (regression values, dense maps, detections, ...)",
     "state": "a recurrent state handed back in as an input on the next step",
 }
-INPUT_KEYS = ("name", "shape", "dtype", "description", "image")
-OUTPUT_KEYS = ("name", "meaning", "shape", "description")
+INPUT_KEYS = ("name", "shape", "dtype", "description", "image", "batch_axis")
+OUTPUT_KEYS = ("name", "meaning", "shape", "description", "batch_axis")
 
 Dim = "int | str"
 
@@ -73,6 +79,17 @@ def _check_shape(value: Any, field: str, *, allow_missing: bool = False) -> tupl
     return tuple(dims)
 
 
+def _check_batch_axis(value: Any, shape: tuple | None, field: str) -> int:
+    rank = None if shape is None else len(shape)
+    allowed = f"0..{rank}" if rank is not None else "0 or more"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (rank is not None and value > rank):
+        where = f"out of range for shape {format_shape(shape)}" if isinstance(value, int) and not isinstance(value, bool) \
+            and rank is not None else "not a position"
+        raise ConfigError(f"{field} = {value!r} is {where}; give an integer {allowed}, the position of the batch in the "
+                          "model's own tensor (0 = batch first; 1 for an LSTM's h0/c0 of shape [layers, batch, hidden])")
+    return value
+
+
 def _reject_unknown(data: Any, allowed: Sequence[str], field: str, example: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{field} = {data!r:.120} must be an object such as {example}")
@@ -91,6 +108,7 @@ class TensorSpec:
     dtype: str = "float32"
     description: str = ""
     image: ImageInput | None = None  # a Core ML image input (ct.ImageType): pixels 0..255, RGB order
+    batch_axis: int = 0              # where the batch sits in the model's tensor (1 for an LSTM's h0/c0)
 
     def __post_init__(self) -> None:
         self.validate("input")
@@ -102,6 +120,7 @@ class TensorSpec:
             raise ConfigError(f"{field}.dtype = {self.dtype!r} is not supported; use one of {list(DTYPES)}")
         if not isinstance(self.description, str):
             raise ConfigError(f"{field}.description = {self.description!r} must be a string")
+        _check_batch_axis(self.batch_axis, self.shape, f"{field}.batch_axis")
         if self.image is not None:
             image = ImageInput.from_dict(self.image, f"{field}.image")
             object.__setattr__(self, "image", image)
@@ -110,6 +129,9 @@ class TensorSpec:
                 raise ConfigError(f"{field} is an image input ({image.color_layout}) but has shape "
                                   f"{format_shape(self.shape)} and dtype {self.dtype}; an image input is float "
                                   f"[{image.channels}, height, width]")
+            if self.batch_axis:
+                raise ConfigError(f"{field}.batch_axis = {self.batch_axis} on an image input; an image input is "
+                                  "batch first (leave batch_axis out)")
 
     @property
     def flexible(self) -> bool:
@@ -122,6 +144,8 @@ class TensorSpec:
             d["description"] = self.description
         if self.image is not None:
             d["image"] = self.image.to_dict()
+        if self.batch_axis:
+            d["batch_axis"] = self.batch_axis
         return d
 
     @classmethod
@@ -133,7 +157,7 @@ class TensorSpec:
                                   f"default float32), e.g. {{\"name\": \"input\", \"shape\": [3, 224, 224]}}")
         spec = cls.__new__(cls)
         for key, default in (("name", None), ("shape", None), ("dtype", "float32"), ("description", ""),
-                             ("image", None)):
+                             ("image", None), ("batch_axis", 0)):
             object.__setattr__(spec, key, data.get(key, default))
         spec.validate(field)
         return spec
@@ -147,6 +171,7 @@ class OutputSpec:
     meaning: str = "values"
     shape: tuple[int | str, ...] | None = None
     description: str = ""
+    batch_axis: int = 0              # where the batch sits in the model's tensor (1 for an LSTM's hn/cn)
 
     def __post_init__(self) -> None:
         self.validate("output")
@@ -159,6 +184,7 @@ class OutputSpec:
         object.__setattr__(self, "shape", _check_shape(self.shape, f"{field}.shape", allow_missing=True))
         if not isinstance(self.description, str):
             raise ConfigError(f"{field}.description = {self.description!r} must be a string")
+        _check_batch_axis(self.batch_axis, self.shape, f"{field}.batch_axis")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "meaning": self.meaning}
@@ -166,6 +192,8 @@ class OutputSpec:
             d["shape"] = [None if s == FLEXIBLE else s for s in self.shape]
         if self.description:
             d["description"] = self.description
+        if self.batch_axis:
+            d["batch_axis"] = self.batch_axis
         return d
 
     @classmethod
@@ -175,7 +203,8 @@ class OutputSpec:
             raise ConfigError(f"{field} lacks 'name'; an output needs a name and a meaning, "
                               f"e.g. {{\"name\": \"embedding\", \"meaning\": \"embedding\"}}")
         spec = cls.__new__(cls)
-        for key, default in (("name", None), ("meaning", "values"), ("shape", None), ("description", "")):
+        for key, default in (("name", None), ("meaning", "values"), ("shape", None), ("description", ""),
+                             ("batch_axis", 0)):
             object.__setattr__(spec, key, data.get(key, default))
         spec.validate(field)
         return spec
@@ -245,3 +274,40 @@ def format_shape(shape: Sequence[int | str] | None) -> str:
     if shape is None:
         return "(any)"
     return "[" + ", ".join("null" if d == FLEXIBLE else (repr(d) if isinstance(d, str) else str(d)) for d in shape) + "]"
+
+
+# ---------------------------------------------------------------- the model boundary
+
+def to_model_layout(value, spec):
+    """A sample-first array or tensor (the lab's convention) as the model takes it: the
+    first axis moved to `spec.batch_axis`. Unchanged (the same object) when that is 0."""
+    axis = int(getattr(spec, "batch_axis", 0) or 0)
+    if not axis:
+        return value
+    return _moveaxis(value, 0, axis)
+
+
+def from_model_layout(value, spec):
+    """A model's array or tensor back in the lab's sample-first convention: the axis
+    `spec.batch_axis` moved to the front. Unchanged (the same object) when that is 0."""
+    axis = int(getattr(spec, "batch_axis", 0) or 0)
+    if not axis or getattr(value, "ndim", 0) <= axis:
+        return value
+    return _moveaxis(value, axis, 0)
+
+
+def sample_first_shape(shape, spec):
+    """A shape with its batch dimension in the model's layout (e.g. a Core ML spec's) as
+    the lab sees it, batch first; None stays None."""
+    axis = int(getattr(spec, "batch_axis", 0) or 0)
+    if shape is None or not axis or len(shape) <= axis:
+        return shape
+    dims = list(shape)
+    return [dims.pop(axis), *dims]
+
+
+def _moveaxis(value, source: int, destination: int):
+    if hasattr(value, "movedim"):   # a torch tensor; kept contiguous so the model and the runtime see a plain tensor
+        return value.movedim(source, destination).contiguous()
+    import numpy as np
+    return np.ascontiguousarray(np.moveaxis(np.asarray(value), source, destination))

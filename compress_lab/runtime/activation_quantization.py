@@ -55,8 +55,8 @@ def calibrate_activations(model, sample_data: Iterable, compute_precision: str =
 
     count = 0
     for batch in sample_data:
-        if isinstance(batch, dict) and len(program.input_names) > 1:
-            program.observe(batch, observe)  # several named inputs (checked by the program)
+        if isinstance(batch, dict) and (len(program.input_names) > 1 or program.input_name in batch):
+            program.observe(batch, observe)  # named inputs, as the program takes them (checked by the program)
             count += 1
             continue
         array = batch.get(program.input_name, batch.get(None)) if isinstance(batch, dict) else batch

@@ -235,9 +235,14 @@ def _mtime(path: Path) -> int:
 
 
 def model_input(meta, name: str, value: torch.Tensor) -> torch.Tensor:
-    """A named input as the model takes it (the calling convention of
-    evaluate.named_torch_predictor): int32 ids as int64 indices, floats as float32."""
+    """A named sample-first input as the model takes it (the calling convention of
+    evaluate.named_torch_predictor): int32 ids as int64 indices, floats as float32,
+    the batch moved to the declared `batch_axis`."""
+    from compress_lab.models.io_spec import to_model_layout
+
     spec = next((s for s in meta.io.inputs if s.name == name), None)
+    if spec is not None:
+        value = to_model_layout(value, spec)
     if (spec is not None and spec.dtype == "int32") or not value.is_floating_point():
         return value.to(torch.int64)
     return value.to(torch.float32)
@@ -253,22 +258,32 @@ def model_args(meta, inputs: dict[str, torch.Tensor], device: torch.device | Non
 
 
 def named_outputs(out: Any, meta) -> dict[str, torch.Tensor]:
-    """The model's outputs by declared name: a tensor is the first output, a tuple or
-    list is named in declared order, a dict keeps its names (a single declared output
-    takes the first value when its name is missing)."""
+    """The model's outputs by declared name, sample-first (a declared `batch_axis` moved
+    to the front): a tensor is the first output, a tuple or list is named in declared
+    order, a dict keeps its names (a single declared output takes the first value when
+    its name is missing)."""
     names = list(meta.io.output_names)
     if isinstance(out, torch.Tensor):
-        return {names[0]: out}
+        return _sample_first({names[0]: out}, meta)
     if isinstance(out, dict):
         found = {str(k): v for k, v in out.items() if isinstance(v, torch.Tensor)}
         if len(names) == 1 and names[0] not in found and found:
             found = {names[0]: next(iter(found.values())), **found}
-        return found
+        return _sample_first(found, meta)
     if isinstance(out, (tuple, list)):
         tensors = [t for t in out if isinstance(t, torch.Tensor)]
-        return {(names[i] if i < len(names) else f"output_{i}"): t for i, t in enumerate(tensors)}
+        return _sample_first({(names[i] if i < len(names) else f"output_{i}"): t for i, t in enumerate(tensors)}, meta)
     raise ConfigError(f"model {meta.name} returned {type(out).__name__} while fine-tuning; return a tensor, a tuple of "
                       "tensors or a dict of them")
+
+
+def _sample_first(outputs: dict[str, torch.Tensor], meta) -> dict[str, torch.Tensor]:
+    from compress_lab.models.io_spec import from_model_layout
+
+    specs = {o.name: o for o in meta.io.outputs if o.batch_axis}
+    if not specs:
+        return outputs
+    return {k: from_model_layout(v, specs[k]) if k in specs else v for k, v in outputs.items()}
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -616,8 +631,9 @@ def measure_step_cost(config: FinetuneConfig, handle: ModelHandle, prepare: Prep
             targets = {k: v.to(device) for k, v in targets.items()}
             loss_fn = train.task.loss(meta)   # None (a user's loss will train): the stand-in below
         else:
-            args = _blank_inputs(meta, config.batch_size, device)
-            example = tuple(a[:1].cpu() for a in args)
+            blank = _blank_inputs(meta, config.batch_size)
+            args = model_args(meta, blank, device)
+            example = tuple(model_args(meta, {k: v[:1] for k, v in blank.items()}))
             targets, loss_fn = {}, None
         with quiet_coremltools():
             prepared = prepare(handle.torch_copy(), example, 100)
@@ -649,14 +665,14 @@ def measure_step_cost(config: FinetuneConfig, handle: ModelHandle, prepare: Prep
 BLANK_LENGTH = 16   # a flexible dimension's length in blank timing inputs
 
 
-def _blank_inputs(meta, batch_size: int, device: torch.device) -> list[torch.Tensor]:
-    """Random float inputs and all-ones int inputs of the declared shapes (flexible dims: BLANK_LENGTH)."""
-    args = []
+def _blank_inputs(meta, batch_size: int) -> dict[str, torch.Tensor]:
+    """Random float inputs and all-ones int inputs of the declared shapes (flexible dims: BLANK_LENGTH),
+    by name, sample-first (model_args puts them as the model takes them)."""
+    inputs = {}
     for spec in meta.io.inputs:
         shape = (batch_size, *[BLANK_LENGTH if isinstance(d, str) else int(d) for d in spec.shape])
-        args.append(torch.ones(shape, dtype=torch.int64, device=device) if spec.dtype == "int32"
-                    else torch.randn(shape, device=device))
-    return args
+        inputs[spec.name] = torch.ones(shape, dtype=torch.int64) if spec.dtype == "int32" else torch.randn(shape)
+    return inputs
 
 
 def estimate_finetune_seconds(config: FinetuneConfig, handle: ModelHandle, train_count: int, prepare: Prepare,

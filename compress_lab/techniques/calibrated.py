@@ -199,16 +199,16 @@ def gptq_model(config: GPTQConfig, ctx: CompressContext) -> nn.Module:
 
     data, units = calibration_batches(config, ctx, labelled=False)
     inputs, _ = data.batch(units)
-    args = _training.model_args(ctx.handle.metadata, inputs)
+    meta = ctx.handle.metadata
     model = ctx.handle.torch_copy()
-    layers = _layers_in_forward_order(model, [a[:1] for a in args])
+    layers = _layers_in_forward_order(model, _training.model_args(meta, {k: v[:1] for k, v in inputs.items()}))
     if not layers:
         raise ConfigError(f"gptq: model {ctx.handle.name} has no Conv2d or Linear layer to quantize")
     module = {"algorithm": "gptq", **_quantizer_module(config), "hessian_dampening": float(config.hessian_dampening)}
     for done, name in enumerate(layers):
         ctx.check_cancelled()
         ctx.report(Progress("compress", done, len(layers), f"GPTQ {name}"))
-        layer_inputs = _layer_inputs(model, model.get_submodule(name), args)
+        layer_inputs = _layer_inputs(model, model.get_submodule(name), meta, inputs)
         compressor = LayerwiseCompressor(model, LayerwiseCompressorConfig.from_dict(
             {"global_config": module, "layers": [name], "calibration_nsamples": len(layer_inputs)}))
         with quiet_coremltools():
@@ -239,15 +239,17 @@ def _layers_in_forward_order(model: nn.Module, example: list[torch.Tensor]) -> l
     return order
 
 
-def _layer_inputs(model: nn.Module, layer: nn.Module, args: list[torch.Tensor], batch: int = 64) -> list[torch.Tensor]:
+def _layer_inputs(model: nn.Module, layer: nn.Module, meta, inputs: dict[str, torch.Tensor],
+                  batch: int = 64) -> list[torch.Tensor]:
     """The inputs `layer` receives for each calibration sample, one tensor per sample
-    (`args`: the model's inputs in declared order, first axis = sample)."""
+    (`inputs`: the model's named inputs, first axis = sample)."""
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_pre_hook(lambda m, a: captured.append(a[0].detach()))
+    count = len(next(iter(inputs.values())))
     try:
         with torch.no_grad():
-            for start in range(0, len(args[0]), batch):
-                model(*[a[start:start + batch] for a in args])
+            for start in range(0, count, batch):
+                model(*_training.model_args(meta, {k: v[start:start + batch] for k, v in inputs.items()}))
     finally:
         handle.remove()
     return [row.unsqueeze(0) for chunk in captured for row in chunk]

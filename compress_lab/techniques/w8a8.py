@@ -154,7 +154,8 @@ def calibration_folder(config: W8A8Config, ctx: CompressContext) -> Path:
 
 def calibration_batches(config: W8A8Config, ctx: CompressContext) -> tuple[list, Path, int]:
     """`calibration_samples` samples of the calibration source (chosen by the seed), read by
-    the model's task, in batches: arrays for a one-input model, {input name: array} otherwise."""
+    the model's task, in batches as the program takes them: arrays for a one-input model
+    (batch first), {input name: array} otherwise (each input's batch at its `batch_axis`)."""
     import torch
 
     from compress_lab.techniques._training import load_training_data
@@ -167,10 +168,18 @@ def calibration_batches(config: W8A8Config, ctx: CompressContext) -> tuple[list,
     arrays = {name: value.numpy() for name, value in inputs.items()}
     arrays = {name: a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.int32) for name, a in arrays.items()}
     count = len(next(iter(arrays.values())))
-    batches = [{name: a[i:i + CALIBRATION_BATCH] for name, a in arrays.items()} for i in range(0, count, CALIBRATION_BATCH)]
-    if len(arrays) == 1:
+    io = ctx.handle.metadata.io
+    specs = {s.name: s for s in io.inputs}
+    batches = [{name: _as_program_takes(a[i:i + CALIBRATION_BATCH], specs.get(name))
+                for name, a in arrays.items()} for i in range(0, count, CALIBRATION_BATCH)]
+    if len(arrays) == 1 and not any(s.batch_axis for s in io.inputs):   # batch first: one array per batch
         batches = [next(iter(b.values())) for b in batches]
     return batches, folder, count
+
+
+def _as_program_takes(array: np.ndarray, spec) -> np.ndarray:
+    from compress_lab.models.io_spec import to_model_layout
+    return array if spec is None else to_model_layout(array, spec)
 
 
 @register(W8A8Config)
