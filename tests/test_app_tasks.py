@@ -203,6 +203,35 @@ def test_results_axes_offer_the_tasks_metrics_and_budget_a_lower_is_better_one(r
     assert {"mae", "rmse"} <= set(frame(at, "label").columns)   # the runs table shows them too
 
 
+def test_results_cli_budgets_a_lower_is_better_metric_both_ways(regression_store, capsys):
+    from compress_lab.cli import main
+
+    assert main(["results", "--store", str(regression_store), "--json", "--budget-metric", "mae=1000%"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    runs = {r["run_id"]: r for r in out["runs"]}
+    reference = next(r for r in out["runs"] if r["technique"] == "baseline" and r["config"].get("format") == "pytorch")
+    compressed = [r for r in out["runs"] if r["workflow"] != "baseline"]
+    # "MAE at most 1000% above the float model": every point fits; the answer is the smallest
+    assert out["answer"]["run"]["run_id"] == min(compressed, key=lambda r: r["size_bytes"])["run_id"]
+    assert "mae at most 1000% above the uncompressed model" in out["answer"]["budget"]
+    # no MAE rise allowed: only a point as good as the float model would do
+    assert main(["results", "--store", str(regression_store), "--json", "--budget-metric", "mae=0"]) == 0
+    strict = json.loads(capsys.readouterr().out)["answer"]["run"]
+    assert strict is None or strict["metrics"]["mae"] <= reference["metrics"]["mae"] + 1e-9
+    # a size budget answers with the lowest MAE that fits, the task's own metric by default
+    largest = max(r["size_bytes"] for r in compressed)
+    assert main(["results", "--store", str(regression_store), "--budget-bytes", str(largest)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    best = min(compressed, key=lambda r: r["metrics"]["mae"])
+    assert line.startswith("most accurate run (mae)") and best["run_id"][:12] in line and "mae " in line
+    assert runs[best["run_id"]]["metrics"]["mae"] <= min(r["metrics"]["mae"] for r in compressed)
+    # a metric the sweep does not have, or a malformed budget, is refused naming what it has
+    assert main(["results", "--store", str(regression_store), "--budget-bytes", "1000000", "--metric", "top1"]) == 2
+    assert "has no metric 'top1'" in capsys.readouterr().err
+    assert main(["results", "--store", str(regression_store), "--budget-metric", "mae"]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
+
+
 def test_an_image_input_package_shows_its_image_input_and_previews_photos(tmp_path, monkeypatch):
     """A Core ML package with a BGR image input and no lab metadata: a tensors model whose Model
     page describes the image input and whose Data page takes a folder of photos."""

@@ -87,6 +87,31 @@ def accuracy_threshold(rows: Sequence[dict[str, Any]], metric: str, *, drop: flo
     return reference[metric] + drop if lower_is_better(metric) else reference[metric] - drop
 
 
+def parse_metric_budget(text: str, option: str = "--budget-metric") -> tuple[str, float, bool]:
+    """`NAME=VALUE` (at most VALUE worse than the uncompressed model, in the metric's unit and
+    direction) or `NAME=VALUE%` (percent of the baseline's value): (name, value, relative)."""
+    name, sep, value = str(text).partition("=")
+    relative = value.strip().endswith("%")
+    try:
+        number = float(value.strip().rstrip("%"))
+    except ValueError:
+        number = None
+    if not sep or not name.strip() or number is None or number < 0:
+        raise ConfigError(f"{option} {text!r} must be NAME=VALUE or NAME=VALUE% with VALUE >= 0, e.g. perplexity=5% "
+                          "(at most 5% above the uncompressed model) or mrr=0.01")
+    return name.strip(), number, relative
+
+
+def metric_threshold(rows: Sequence[dict[str, Any]], metric: str, value: float, relative: bool) -> float | None:
+    """The value a run's `metric` must reach to be at most `value` (percent of the reference's
+    value when `relative`) worse than the uncompressed reference; None without one."""
+    reference = reference_baseline(rows)
+    if reference is None or reference.get(metric) is None:
+        return None
+    drop = abs(reference[metric]) * value / 100 if relative else value
+    return accuracy_threshold(rows, metric, drop=drop)
+
+
 def smallest_within_accuracy(rows: Sequence[dict[str, Any]], metric: str, threshold: float,
                              size_key: str = "bytes") -> dict[str, Any] | None:
     """The smallest compressed run (by size_key) whose metric reaches threshold."""

@@ -1,6 +1,6 @@
 """`compress-lab results [--store DIR] [--sweep ID] [--json]`: one row per run of a sweep, and
-with a budget the answer: `--budget-top1-drop POINTS` / `--budget-agreement FRACTION` (the
-smallest run within that accuracy) or `--budget-bytes N` / `--budget-ratio X` /
+with a budget the answer: `--budget-top1-drop POINTS` / `--budget-agreement FRACTION` /
+`--budget-metric NAME=VALUE[%]` (the smallest run within that accuracy) or `--budget-bytes N` / `--budget-ratio X` /
 `--budget-bits-per-weight B` (the most accurate run within that size)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from compress_lab.analysis.table import run_row
+from compress_lab.analysis.table import metric_columns, run_row
 from compress_lab.errors import ConfigError
 from compress_lab.export import find_mlpackage
 
@@ -90,21 +90,27 @@ def add_arguments(parser) -> None:
                         help="answer: the smallest run at most POINTS of top-1 below the uncompressed model")
     budget.add_argument("--budget-agreement", type=float, metavar="FRACTION",
                         help="answer: the smallest run with at least this top-1 agreement, e.g. 0.99")
+    budget.add_argument("--budget-metric", metavar="NAME=VALUE[%]",
+                        help="answer: the smallest run at most VALUE worse than the uncompressed model on a metric "
+                             "of the sweep (the task's, a user metric's or a fidelity measure), in its own direction "
+                             "and unit; VALUE%% means percent of the baseline, e.g. perplexity=5%% or mae=0.01")
     budget.add_argument("--budget-bytes", type=int, metavar="BYTES",
                         help="answer: the most accurate run of at most BYTES on disk")
     budget.add_argument("--budget-ratio", type=float, metavar="X",
                         help="answer: the most accurate run at least X times smaller than the fp16 package")
     budget.add_argument("--budget-bits-per-weight", type=float, metavar="BITS",
                         help="answer: the most accurate run of at most BITS bits per weight")
-    parser.add_argument("--metric", choices=("top1", "top5", "agreement", "snr_db"),
-                        help="what 'most accurate' means for a size budget (default: top1 when the data is "
-                             "labelled, else agreement)")
+    parser.add_argument("--metric",
+                        help="what 'most accurate' means for a size budget: top1, agreement, snr_db or any metric "
+                             "of the sweep (e.g. mae, raw_pitch_accuracy, cosine; default: top1 when the data "
+                             "is labelled, else the task's first metric, else agreement)")
 
 
 def budget_answer(args, table_rows: list[dict]) -> dict | None:
     """The run that answers the budget given on the command line (None when none was given):
     {"budget": words, "kind": "accuracy" | "size", "run": row or None}."""
-    from compress_lab.analysis.budgets import SizeBudget, accuracy_threshold, best_within_size, smallest_within_accuracy
+    from compress_lab.analysis.budgets import (SizeBudget, accuracy_threshold, best_within_size, lower_is_better,
+                                               metric_threshold, parse_metric_budget, smallest_within_accuracy)
     if args.budget_top1_drop is not None:
         if not 0 <= args.budget_top1_drop <= 100:
             raise ConfigError(f"--budget-top1-drop {args.budget_top1_drop} must be between 0 and 100 points")
@@ -119,15 +125,40 @@ def budget_answer(args, table_rows: list[dict]) -> dict | None:
             raise ConfigError(f"--budget-agreement {args.budget_agreement} must be a fraction in (0, 1], e.g. 0.99")
         best = smallest_within_accuracy(table_rows, "agreement", args.budget_agreement)
         return {"budget": f"agreement >= {args.budget_agreement:g}", "kind": "accuracy", "run": best}
+    if args.budget_metric is not None:
+        name, value, relative = parse_metric_budget(args.budget_metric)
+        _check_metric(name, table_rows, "--budget-metric")
+        threshold = metric_threshold(table_rows, name, value, relative)
+        if threshold is None:
+            raise ConfigError(f"--budget-metric {args.budget_metric}: the sweep has no finished uncompressed baseline "
+                              f"with {name} to measure the budget from; run the sweep's baselines first")
+        worse = "above" if lower_is_better(name) else "below"
+        amount = f"{value:g}%" if relative else f"{value:g}"
+        best = smallest_within_accuracy(table_rows, name, threshold)
+        return {"budget": f"{name} at most {amount} {worse} the uncompressed model ({threshold:.6g})",
+                "kind": "accuracy", "metric": name, "run": best}
     for key, value in (("bytes", args.budget_bytes), ("ratio_fp16", args.budget_ratio),
                        ("bits_per_weight", args.budget_bits_per_weight)):
         if value is not None:
             budget = SizeBudget(key, value)
-            labelled = any(r.get("top1") is not None for r in table_rows if r.get("state") == "COMPLETE")
-            metric = args.metric or ("top1" if labelled else "agreement")
+            metric = args.metric or _default_metric(table_rows)
+            _check_metric(metric, table_rows, "--metric")
             best = best_within_size(table_rows, budget, metric)
             return {"budget": budget.describe(), "kind": "size", "metric": metric, "run": best}
     return None
+
+
+def _default_metric(rows: list[dict]) -> str:
+    if any(r.get("top1") is not None for r in rows if r.get("state") == "COMPLETE"):
+        return "top1"
+    values = [c for r in rows for c in r.get("_value_columns", ())]
+    return values[0] if values else "agreement"  # the task's primary metric, else fidelity to the float model
+
+
+def _check_metric(name: str, rows: list[dict], option: str) -> None:
+    available = metric_columns(rows)
+    if name not in available:
+        raise ConfigError(f"{option}: the sweep has no metric {name!r}; its runs measure {available}")
 
 
 def run(args) -> int:
@@ -163,6 +194,9 @@ def answer_line(answer: dict, by_id: dict) -> str:
         return f"no finished compressed run within {answer['budget']}"
     row = by_id[run["run_id"]]
     what = "smallest run" if answer["kind"] == "accuracy" else f"most accurate run ({answer['metric']})"
-    values = ", ".join(f"{c} {_cell(c, row[c])}" for c in ("top1", "agreement") if row[c] is not None)
+    shown = [(c, row[c]) for c in ("top1", "agreement") if row[c] is not None]
+    if answer.get("metric") not in (None, "top1", "agreement"):
+        shown.insert(0, (answer["metric"], (row.get("metrics") or {}).get(answer["metric"], row.get(answer["metric"]))))
+    values = ", ".join(f"{c} {_cell(c, v)}" for c, v in shown if v is not None)
     return (f"{what} within {answer['budget']}: {row['run_id'][:12]} {row['label']}, {row['size_bytes']:,} bytes, "
             f"{_cell('compression_ratio', row['compression_ratio'])} vs fp16, {values}; artifact {row['artifact']}")
