@@ -43,8 +43,6 @@ def _cell(column: str, value) -> str:
         return "-"
     if column == "run_id":
         return value[:12]
-    if column in ("top1", "top5", "agreement") or isinstance(value, float):
-        return f"{value:.4g}" if abs(value) >= 10 else f"{value:.4f}"
     if column == "size_bytes":
         return f"{value:,}"
     if column == "compression_ratio":
@@ -53,6 +51,8 @@ def _cell(column: str, value) -> str:
         return f"{value:.1f}"
     if column == "artifact":
         return str(value)  # the full path: it is what a user copies
+    if column in ("top1", "top5", "agreement") or isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 10 else f"{value:.4f}"
     return str(value)[:60]
 
 
@@ -70,6 +70,8 @@ def text_table(rows: list[dict]) -> str:
     extra = values[:6] + fidelity
     at = TEXT_COLUMNS.index("agreement") + 1
     columns = TEXT_COLUMNS[:at] + tuple(extra) + TEXT_COLUMNS[at:]
+    unmeasured = {c for c in ("top1", "top5", "agreement") if all(r.get(c) is None for r in rows)}
+    columns = tuple(c for c in columns if c not in unmeasured)  # e.g. no top-1 for a pitch tracker
 
     def value(r, c):
         return (r.get("metrics") or {}).get(c) if c in extra else r.get(c)
