@@ -207,7 +207,9 @@ def with_config_hover(figure, runs: dict):
 def table(rows: list[dict]) -> None:
     measured = [c for c in metric_columns(rows) if c not in TABLE_COLUMNS]
     at = TABLE_COLUMNS.index("bytes")
-    frame = pd.DataFrame(rows, columns=[*TABLE_COLUMNS[:at], *measured, *TABLE_COLUMNS[at:]])
+    unmeasured = {c for c in ("top1", "top5", "agreement", "snr_db") if all(r.get(c) is None for r in rows)}
+    columns = [c for c in (*TABLE_COLUMNS[:at], *measured, *TABLE_COLUMNS[at:]) if c not in unmeasured]
+    frame = pd.DataFrame(rows, columns=columns)
     for column in measured:  # numbers (a measure a run lacks is blank, not "None")
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     st.dataframe(frame, hide_index=True, width="stretch", column_config={

@@ -47,6 +47,7 @@ class EvalResult:
     fidelity: dict[str, dict[str, float | None]] = field(default_factory=dict)  # per output: snr_db, psnr_db, cosine, ...
     values: dict[str, float] = field(default_factory=dict)  # the task's own metrics (mae, perplexity, ...) and a user metric's values
     higher_is_better: dict[str, bool] = field(default_factory=dict)  # the direction of each of `values`
+    value_order: list[str] = field(default_factory=list)  # `values` in the task's order, its primary metric first
     logits: np.ndarray | None = field(default=None, repr=False, compare=False)  # float32 (n, K)
     labels: np.ndarray | None = field(default=None, repr=False, compare=False)  # int64 (n,), -1 unlabelled
     outputs: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)  # other tasks: every output
@@ -54,7 +55,7 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: _json_safe(getattr(self, f.name)) for f in fields(self) if f.name not in _ARRAYS}
-        for key in ("fidelity", "values", "higher_is_better"):  # today's stored metrics keep their keys
+        for key in ("fidelity", "values", "higher_is_better", "value_order"):  # today's stored metrics keep their keys
             if not d[key]:
                 del d[key]
         if d["task"] == "classification":
@@ -350,6 +351,7 @@ def evaluate(predictor, dataset, task=None, reference=None, batch_size: int = 64
     result = EvalResult(elapsed_s=0.0, task=task.name, **fields_)
     result.metric_error = metric_error
     result.higher_is_better = _directions(result.values, task, meta, metric)
+    result.value_order = list(result.values)  # a store sorts a dict's keys: the order is kept here
     if result.logits is None and hasattr(accumulator, "outputs") and task.name != "classification":
         result.outputs = accumulator.outputs()
     result.elapsed_s = time.perf_counter() - started

@@ -3,7 +3,7 @@
 import math
 
 from compress_lab.analysis.pareto import pareto_front, smallest_within_budget
-from compress_lab.analysis.table import run_row, runs_table
+from compress_lab.analysis.table import metric_columns, run_row, runs_table
 from compress_lab.plots import bar_data, confusion_data, confusion_figure, tradeoff_data, tradeoff_figure
 from compress_lab.store.base import Run, baseline_format, compressed_runs, is_baseline, reference_baseline
 
@@ -103,3 +103,18 @@ def test_smallest_meeting_budget_uses_the_uncompressed_reference():
     assert smallest_meeting_budget(rows, "top1_drop", 1.0)["run_id"] == "d"
     assert smallest_meeting_budget(rows, "top1_drop", 0.1) is None
     assert smallest_meeting_budget(rows, "agreement", 0.95)["run_id"] == "d"
+
+
+def test_a_tasks_primary_metric_stays_first_through_the_stores_sorted_json():
+    from compress_lab.evaluate import EvalResult
+    from compress_lab.store.base import dumps, loads
+
+    result = EvalResult(n=3, task="pitch", values={"raw_pitch_accuracy": 0.99, "median_cents_error": 3.7},
+                        higher_is_better={"raw_pitch_accuracy": True, "median_cents_error": False},
+                        value_order=["raw_pitch_accuracy", "median_cents_error"])
+    stored = loads(dumps(result.to_dict()))  # the store writes keys sorted: median_... would come first
+    assert list(stored["values"]) == ["median_cents_error", "raw_pitch_accuracy"]
+    assert EvalResult.from_dict(stored).value_order == ["raw_pitch_accuracy", "median_cents_error"]
+    row = run_row({"run_id": "r1", "family": "post_training", "state": "COMPLETE", "metrics": stored})
+    assert row["_value_columns"] == ["raw_pitch_accuracy", "median_cents_error"]
+    assert metric_columns([row])[0] == "raw_pitch_accuracy"

@@ -3,7 +3,9 @@ two sample models give the metrics and sizes recorded on main before the seam
 was built (tests/data/pinned_sweeps.json, written by running this file with
 COMPRESS_LAB_WRITE_PINS=1 on main's code). Sizes must match to the byte, counts
 exactly, float metrics to 1e-6 relative (the runtime is deterministic on one
-machine; the tolerance absorbs summation order only)."""
+machine; the tolerance absorbs summation order only), SNR and loss to 1e-4 / 1e-5
+relative (a program's sums differ in their last digits between CPU models), and
+an SNR at fp32's rounding floor (over 100 dB) only as being there."""
 
 from __future__ import annotations
 
@@ -80,18 +82,36 @@ def _sweep(folder: Path, sample: str, grid: str) -> dict:
                       "sizes": {k: r.sizes.get(k) for k in SIZE_KEYS}} for r in result.runs}
 
 
+# Programs sum in a CPU's own SIMD order: SNR and loss move in their last digits from one CPU
+# model to another (0.002 dB at 75 dB for an fp16 program between two x86 machines); above
+# SNR_FLOOR_DB (an fp32 program against PyTorch) the SNR measures rounding alone and moves by a
+# dB or so. Counts-based metrics do not move.
+TOLERANCE = {"snr_db": dict(rel=1e-4, abs=1e-6), "loss": dict(rel=1e-5, abs=1e-9)}
+SNR_FLOOR_DB = 100.0
+
+
 def _compare(found: dict, pinned: dict) -> None:
     assert sorted(found) == sorted(pinned)
+    mismatches = []
     for label, want in pinned.items():
         got = found[label]
-        assert got["sizes"] == want["sizes"], label
+        if got["sizes"] != want["sizes"]:
+            mismatches.append((label, "sizes", got["sizes"], want["sizes"]))
         for key in EXACT_KEYS:
-            assert got["metrics"][key] == want["metrics"][key], (label, key)
+            if got["metrics"][key] != want["metrics"][key]:
+                mismatches.append((label, key, got["metrics"][key], want["metrics"][key]))
         for key in FLOAT_KEYS + ("per_class",):
             if want["metrics"][key] is None:
-                assert got["metrics"][key] is None, (label, key)
+                same = got["metrics"][key] is None
+            elif key == "snr_db" and got["metrics"][key] is not None and min(got["metrics"][key],
+                                                                           want["metrics"][key]) >= SNR_FLOOR_DB:
+                same = True
             else:
-                assert got["metrics"][key] == pytest.approx(want["metrics"][key], rel=1e-6, abs=1e-9), (label, key)
+                same = got["metrics"][key] == pytest.approx(want["metrics"][key],
+                                                            **TOLERANCE.get(key, dict(rel=1e-6, abs=1e-9)))
+            if not same:
+                mismatches.append((label, key, got["metrics"][key], want["metrics"][key]))
+    assert not mismatches, "\n".join(f"{label} {key}: got {g!r}, pinned {w!r}" for label, key, g, w in mismatches)
 
 
 @pytest.mark.slow

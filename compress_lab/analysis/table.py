@@ -139,7 +139,10 @@ def _task_columns(metrics: dict, row: dict) -> list[str]:
     `OUTPUT.snr_db`, ... for several) as columns of `row`; their names, in order."""
     columns = []
     directions = metrics.get("higher_is_better") or {}
-    for name, value in (metrics.get("values") or {}).items():
+    values = metrics.get("values") or {}
+    ordered = [n for n in metrics.get("value_order") or () if n in values] + sorted(values)
+    for name in dict.fromkeys(ordered):  # the task's primary metric first
+        value = values[name]
         column = f"value.{name}" if name in COLUMNS or name in row else name
         row[column] = _number(value)
         columns.append(column)
