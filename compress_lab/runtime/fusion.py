@@ -244,14 +244,13 @@ def _fuse_in_place(steps: list, fusable: set[str], constants: dict) -> list:
     for step in steps:
         op = step[5]
         merged = _merge_in_place(out, fresh_at, step, fusable, constants) if op is not None else None
-        if merged is not None:
-            out[merged[0]] = merged[1]
-            fresh_at[step[3][0]] = merged[0]
-            continue
+        if merged is not None:  # the producer moves to the consumer's place, after its other operands
+            out[merged[0]] = None
+            step = merged[1]
         out.append(step)
-        if op is not None and len(step[3]) == 1 and op.op_type in FRESH_PRODUCERS:
+        if op is not None and len(step[3]) == 1 and (merged is not None or op.op_type in FRESH_PRODUCERS):
             fresh_at[step[3][0]] = len(out) - 1
-    return out
+    return [step for step in out if step is not None]
 
 
 def _merge_in_place(out: list, fresh_at: dict, step, fusable: set, constants: dict):

@@ -75,7 +75,7 @@ def _conv(ctx: OpContext) -> Kernel:
     static, pairs_for = _padding(ctx, kernel, strides, dilations)
     args = [ctx.operand("x"), ctx.operand("weight"), ctx.operand("bias", None)]
     if n == 2 and kernel[1] == 1 and static is not None and static[1] == (0, 0):
-        return Kernel(_width_one_conv(static[0], strides[0], dilations[0], groups), args)
+        return Kernel(_width_one_conv(static[0], strides, dilations, groups), args)
     if static is not None and _symmetric(static):
         padding = tuple(b for b, _ in static)
         return Kernel(lambda x, w, b: conv(x, w, b, strides, padding, dilations, groups), args)
@@ -93,21 +93,22 @@ def _rows(x):
     return x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
 
 
-def _width_one_conv(pad_pair, stride: int, dilation: int, groups: int):
+def _width_one_conv(pad_pair, strides: tuple, dilations: tuple, groups: int):
     """A 2-D convolution with a (k, 1) kernel and no padding across the width. On a one-wide
     input (CREPE's frames) it runs as the same convolution of the input read as one row with
     the (1, k) kernel: the same sums in the same order, but PyTorch's CPU kernels are several
     times faster for (1, k) kernels than for (k, 1)."""
     top, bottom = pad_pair
     padding = (0, top) if top == bottom else (0, 0)
+    row_strides, row_dilations = (1, strides[0]), (1, dilations[0])
 
     def run(x, w, b):
         if x.shape[-1] != 1:
-            return F.conv2d(F.pad(x, (0, 0, top, bottom)), w, b, (stride, 1), 0, (dilation, 1), groups)
+            return F.conv2d(F.pad(x, (0, 0, top, bottom)), w, b, strides, 0, dilations, groups)
         rows = _rows(x)
         if top != bottom:
             rows = F.pad(rows, (top, bottom))
-        y = F.conv2d(rows, _rows(w), b, (1, stride), padding, (1, dilation), groups)
+        y = F.conv2d(rows, _rows(w), b, row_strides, padding, row_dilations, groups)
         return y.reshape(y.shape[0], y.shape[1], y.shape[3], 1)
     return run
 
