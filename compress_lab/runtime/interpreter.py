@@ -3,7 +3,9 @@
 At load time: constants are decompressed once and turned into torch tensors,
 each op becomes a `Kernel` with its constant arguments resolved, ops whose
 inputs are all constant are evaluated once (folded), and every op the runtime
-cannot run is collected and reported together as UnsupportedOpError."""
+cannot run is collected and reported together as UnsupportedOpError. A plain run (nothing
+observed, fp32 compute) takes a fused copy of the steps (fusion.py); a run that observes every
+value, and fp16 compute mode, keep one step per op."""
 
 from __future__ import annotations
 
