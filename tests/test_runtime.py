@@ -134,9 +134,48 @@ class FusedAttentionDecoder(nn.Module):
         return self.head(attended.mean(1)) + energy + F.silu(upsampled).sum(1, keepdim=True)
 
 
+class ColumnConvNet(nn.Module):
+    """CREPE's layout: (k, 1) kernels over a one-wide input, asymmetric padding, (2, 1) max-pools."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(1, 8, (8, 1), (2, 1)), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 6, (5, 1), padding=(2, 0)), nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6 * 4, 5)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.b1(F.relu(self.c1(F.pad(x, (0, 0, 3, 4))))), (2, 1), (2, 1))
+        x = F.max_pool2d(self.b2(F.relu(self.c2(x))), (2, 1), (2, 1))
+        return self.fc(x.flatten(1))
+
+
+class MaskedEncoder(nn.Module):
+    """BERT's layer, written out: an additive key mask, matmul-softmax-matmul attention,
+    residual adds, layer norms and exact GELU (the runtime fuses the attention)."""
+
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.heads, self.q, self.k, self.v = heads, nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out, self.ln1, self.ln2 = nn.Linear(dim, dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.up, self.down, self.head = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim), nn.Linear(dim, 5)
+
+    def split(self, x):
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def forward(self, x):
+        x = x[:, 0]
+        mask = (x.mean(-1) < 0.5).float()[:, None, None, :] * -10000.0
+        scores = self.split(self.q(x)) @ self.split(self.k(x)).transpose(-1, -2) * 0.35 + mask
+        context = (scores.softmax(-1) @ self.split(self.v(x))).transpose(1, 2).flatten(2)
+        x = self.ln1(self.out(context) + x)
+        x = self.ln2(self.down(F.gelu(self.up(x))) + x)
+        return self.head(x.mean(1))
+
+
 FAMILIES = {"mlp": (MLP, (1, 8, 8)), "resnet": (SmallResNet, (3, 16, 16)),
             "mobilenet": (SmallMobileNet, (3, 16, 16)), "vit": (TinyViT, (3, 16, 16)),
-            "attention_decoder": (FusedAttentionDecoder, (3, 16, 16))}
+            "attention_decoder": (FusedAttentionDecoder, (3, 16, 16)),
+            "column_conv": (ColumnConvNet, (1, 38, 1)), "masked_encoder": (MaskedEncoder, (1, 8, 16))}
 
 
 def _metadata(name, shape) -> ModelMetadata:
@@ -216,6 +255,31 @@ def test_fp16_compute_mode_rounds_like_device(converted, family):
     _assert_close(out, _eager(module, x), FP16_TOLERANCE)
     assert np.abs(out - fp32).max() > 0, "fp16 compute mode gave exactly the fp32 result"
     assert np.array_equal(out.astype(np.float16).astype(np.float32), out), "fp16 mode outputs are not fp16 values"
+
+
+@pytest.mark.parametrize("mask_shape", [(1, 1, 1, 4), (3, 1, 4, 4)])
+def test_attention_pattern_runs_fused_or_as_its_ops(tmp_path, mask_shape):
+    """matmul-softmax-matmul with an additive mask gives softmax(Q K^T * s + mask) V, whether the
+    mask fits one scaled_dot_product_attention call or broadcasts the scores to a larger batch;
+    an observed run (calibration) still sees the scores."""
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 2, 4, 8)), mb.TensorSpec(shape=mask_shape)],
+                opset_version=ct.target.iOS17)
+    def prog(x, mask):
+        scores = mb.mul(x=mb.matmul(x=x, y=x, transpose_y=True), y=np.float32(0.35))
+        scores = mb.add(x=scores, y=mask, name="scores")
+        return mb.matmul(x=mb.softmax(x=scores, axis=-1), y=x, name="context")
+    mlmodel = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                         compute_precision=ct.precision.FLOAT32)
+    program = load_program(save_mlmodel(mlmodel, tmp_path / "attention.mlpackage"))
+    rng = np.random.default_rng(0)
+    inputs = {"x": rng.standard_normal((1, 2, 4, 8)).astype(np.float32),
+              "mask": np.where(rng.random(mask_shape) < 0.3, -10000.0, 0.0).astype(np.float32)}
+    x, mask = torch.from_numpy(inputs["x"]), torch.from_numpy(inputs["mask"])
+    expected = torch.softmax(x @ x.transpose(-1, -2) * 0.35 + mask, -1) @ x
+    _assert_close(program.predict_all(inputs)[program.output_names[0]], expected.numpy(), FP32_TOLERANCE)
+    seen = []
+    program.observe(inputs, lambda name, value: seen.append(name))
+    assert "scores" in seen
 
 
 def test_inputs_as_numpy_or_torch_give_the_same_outputs(converted):

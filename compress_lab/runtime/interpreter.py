@@ -3,7 +3,9 @@
 At load time: constants are decompressed once and turned into torch tensors,
 each op becomes a `Kernel` with its constant arguments resolved, ops whose
 inputs are all constant are evaluated once (folded), and every op the runtime
-cannot run is collected and reported together as UnsupportedOpError."""
+cannot run is collected and reported together as UnsupportedOpError. A plain run (nothing
+observed, fp32 compute) takes a fused copy of the steps (fusion.py); a run that observes every
+value, and fp16 compute mode, keep one step per op."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 from compress_lab.errors import UnsupportedOpError
 from compress_lab.mil import is_constexpr
 from compress_lab.runtime.constants import decompress_constants
+from compress_lab.runtime.fusion import fuse_steps
 from compress_lab.runtime.milprogram import MilSource
 from compress_lab.runtime.ops import Kernel, OpContext, Ref, builder_for
 
@@ -37,7 +40,7 @@ class Interpreter:
         self._unfolded = (dict(self.constants), dict(self._tensors))  # before folding, for with_constants
         self._input_name = self.source.input_name
         self._output_names = [v.name for v in self.source.function.outputs]
-        self._steps = self._compile()
+        self._steps, self._plain_steps = self._compile()
 
     def with_constants(self, overrides: dict[str, Any]) -> "Interpreter":
         """A new interpreter of the same program with some constants replaced (same
@@ -84,7 +87,8 @@ class Interpreter:
         missing = [n for n in self._output_names if n not in self.constants and not any(n in s[3] for s in steps)]
         if missing:
             raise UnsupportedOpError(f"outputs {missing} of {self.source.origin} are not produced by any op")
-        return self._plan_frees(steps)
+        plain = steps if self.round_fp16 else fuse_steps(steps, set(self._output_names), self.constants)
+        return self._plan_frees(steps), self._plan_frees(plain)
 
     def _compile_ops(self, operations, where: str, problems: list[str]) -> list:
         """The steps of one block's ops; every op that cannot run is added to `problems`."""
@@ -121,7 +125,7 @@ class Interpreter:
             if not refs:
                 self._fold(fn, kernel.args, outs)
                 continue
-            steps.append([fn, list(kernel.args), refs, outs, ()])
+            steps.append([fn, list(kernel.args), refs, outs, (), op])
         return steps
 
     def _while_loop(self, op, location: str, problems: list[str]):
@@ -150,7 +154,7 @@ class Interpreter:
         count = len(loop_vars)
         operands = [self._tensors[v.name] if v.name in self._tensors else Ref(v.name) for v in loop_vars]
         tensors = self._tensors
-        cond_steps, body_steps = [tuple(s) for s in cond_steps], [tuple(s) for s in body_steps]
+        cond_steps, body_steps = [tuple(s[:5]) for s in cond_steps], [tuple(s[:5]) for s in body_steps]
 
         def lookup(env, name):
             return env[name] if name in env else tensors[name]
@@ -183,19 +187,18 @@ class Interpreter:
             self.constants[name] = value.numpy() if isinstance(value, torch.Tensor) else value
 
     def _plan_frees(self, steps):
-        """Drop each intermediate right after its last use, as eager PyTorch does."""
+        """The run-time steps `(fn, args, refs, outs, frees)`: each intermediate dropped right
+        after its last use, as eager PyTorch does."""
         last_use: dict[str, int] = {}
-        for i, (_, _, refs, _, _) in enumerate(steps):
-            for _, name in refs:
+        for i, step in enumerate(steps):
+            for _, name in step[2]:
                 last_use[name] = i
         keep = set(self._output_names)
         frees: dict[int, list[str]] = {}
         for name, i in last_use.items():
             if name not in keep:
                 frees.setdefault(i, []).append(name)
-        for i, step in enumerate(steps):
-            step[4] = tuple(frees.get(i, ()))
-        return [tuple(s) for s in steps]
+        return [(*step[:4], tuple(frees.get(i, ()))) for i, step in enumerate(steps)]
 
     # --- run time -------------------------------------------------------------------------
     def run(self, x, observe=None) -> dict[str, torch.Tensor]:
@@ -211,7 +214,7 @@ class Interpreter:
             if observe is not None:
                 observe(name, value)
         with torch.inference_mode():
-            _run_steps(self._steps, env, observe)
+            _run_steps(self._steps if observe is not None else self._plain_steps, env, observe)
         return {name: env[name] if name in env else self._tensors[name] for name in self._output_names}
 
 

@@ -74,6 +74,8 @@ def _conv(ctx: OpContext) -> Kernel:
     conv = _CONV[n]
     static, pairs_for = _padding(ctx, kernel, strides, dilations)
     args = [ctx.operand("x"), ctx.operand("weight"), ctx.operand("bias", None)]
+    if n == 2 and kernel[1] == 1 and static is not None and static[1] == (0, 0):
+        return Kernel(_width_one_conv(static[0], strides, dilations, groups), args)
     if static is not None and _symmetric(static):
         padding = tuple(b for b, _ in static)
         return Kernel(lambda x, w, b: conv(x, w, b, strides, padding, dilations, groups), args)
@@ -84,6 +86,31 @@ def _conv(ctx: OpContext) -> Kernel:
     def dynamic(x, w, b):
         return conv(F.pad(x, _torch_pad(pairs_for(x.shape[2:]))), w, b, strides, 0, dilations, groups)
     return Kernel(dynamic, args)
+
+
+def _rows(x):
+    """(N, C, H, 1) -> (N, C, 1, H): the same memory, read as one row."""
+    return x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
+
+
+def _width_one_conv(pad_pair, strides: tuple, dilations: tuple, groups: int):
+    """A 2-D convolution with a (k, 1) kernel and no padding across the width. On a one-wide
+    input (CREPE's frames) it runs as the same convolution of the input read as one row with
+    the (1, k) kernel: the same sums in the same order, but PyTorch's CPU kernels are several
+    times faster for (1, k) kernels than for (k, 1)."""
+    top, bottom = pad_pair
+    padding = (0, top) if top == bottom else (0, 0)
+    row_strides, row_dilations = (1, strides[0]), (1, dilations[0])
+
+    def run(x, w, b):
+        if x.shape[-1] != 1:
+            return F.conv2d(F.pad(x, (0, 0, top, bottom)), w, b, strides, 0, dilations, groups)
+        rows = _rows(x)
+        if top != bottom:
+            rows = F.pad(rows, (top, bottom))
+        y = F.conv2d(rows, _rows(w), b, row_strides, padding, row_dilations, groups)
+        return y.reshape(y.shape[0], y.shape[1], y.shape[3], 1)
+    return run
 
 
 @register("conv_transpose")
@@ -152,9 +179,31 @@ def _pool(ctx: OpContext) -> Kernel:
         ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype)
         return summed / pool(F.pad(ones, flat), kernel, strides, 0, ceil_mode=ceil_mode)
 
+    if is_max and static is not None and all(p == (0, 0) for p in static) and kernel == strides and not ceil_mode:
+        return Kernel(lambda x: _tiled_max(x, kernel), [ctx.operand("x")])
     if static is not None:
         return Kernel(lambda x: pooled(x, static), [ctx.operand("x")])
     return Kernel(lambda x: pooled(x, pairs_for(x.shape[2:])), [ctx.operand("x")])
+
+
+def _tiled_max(x, kernel):
+    """Max pooling over windows that tile the input (stride = kernel, no padding, the remainder
+    dropped): a reshape and amax. The same values as max_pool, several times faster for
+    windows such as CREPE's (2, 1)."""
+    spatial = x.shape[2:]
+    outs = [size // k for size, k in zip(spatial, kernel)]
+    if any(o * k != size for o, k, size in zip(outs, kernel, spatial)):
+        x = x[(slice(None), slice(None), *[slice(0, o * k) for o, k in zip(outs, kernel)])]
+    shape, dims = [x.shape[0], x.shape[1]], []
+    for o, k in zip(outs, kernel):
+        if k == 1:
+            shape.append(o)
+        else:
+            shape += [o, k]
+            dims.append(len(shape) - 1)
+    if not dims:
+        return x
+    return x.reshape(shape).amax(dim=dims)
 
 
 # --- dense ------------------------------------------------------------------------------
