@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from compress_lab.analysis.compressors import AGGRESSIVE, SEARCH_FAMILIES
+from compress_lab.analysis.compressors import AGGRESSIVE, SEARCH_COMPRESSIONS
 from compress_lab.plots import bar_data, bar_figure
 from compress_lab_app import cached
 from compress_lab_app.edge import error_edge
@@ -53,13 +53,13 @@ def sensitivity_section(handle, validation: str, max_images: int) -> None:
     st.caption("Each compressible layer is compressed alone at an aggressive setting (all others stay uncompressed) "
                "and the model is measured on a fixed, evenly spaced subset of the validation folder.")
     left, right = st.columns(2)
-    family = left.selectbox("Technique family", SEARCH_FAMILIES, key="sensitivity.family")
-    setting = AGGRESSIVE[family]
+    compression = left.selectbox("Compression", SEARCH_COMPRESSIONS, key="sensitivity.compression")
+    setting = AGGRESSIVE[compression]
     right.markdown(f"Setting per layer  \n`{setting}`")
     if st.button("Measure sensitivity", type="primary", key="sensitivity.run"):
         from compress_lab.analysis.sensitivity import record_sensitivity
         from compress_lab.analysis.sensitivity import sensitivity_for_model
-        result = sensitivity_for_model(handle, validation, family, setting, workdir=store_folder() / "work",
+        result = sensitivity_for_model(handle, validation, compression, setting, workdir=store_folder() / "work",
                                        max_images=int(max_images), progress=progress_bar("Measuring"),
                                        preprocessing_overrides=current_data().preprocessing or None)
         record_sensitivity(store_folder(), handle, result)
@@ -75,7 +75,7 @@ def sensitivity_section(handle, validation: str, max_images: int) -> None:
                            else l.drop * (100 if points else 1), "agreement": l.agreement, "SNR (dB)": l.snr_db,
                            "bytes saved": int(l.bits_saved / 8)} for l in result.ranking()])
     st.dataframe(frame, hide_index=True, width="stretch")
-    st.caption(f"{result.family} {result.settings} · {result.images} images · {human_seconds(result.elapsed_s)} · "
+    st.caption(f"{result.compression} {result.settings} · {result.images} images · {human_seconds(result.elapsed_s)} · "
                "stored in the results store as its own sweep")
 
 
@@ -89,7 +89,7 @@ def mixed_section(handle, validation: str, max_images: int) -> None:
     sweep = choose_sweep("sensitivity.sweep", label="Add the answer to sweep",
                          empty="Run a sweep first (Sweep page): the mixed point is added to it.")
     left, middle, right = st.columns(3)
-    family = left.selectbox("Family", SEARCH_FAMILIES, key="mixed.family")
+    compression = left.selectbox("Compression", SEARCH_COMPRESSIONS, key="mixed.compression")
     kinds = budget_kinds(handle)
     kind = middle.selectbox("Budget", tuple(kinds), key="mixed.kind")
     metric, default, step = kinds[kind]
@@ -103,14 +103,14 @@ def mixed_section(handle, validation: str, max_images: int) -> None:
 
     budget = Budget(metric.rstrip("%"), float(value) * (1000 if metric == "bytes" else 1), relative=metric.endswith("%"))
     update = progress_bar("Searching")
-    config, result = search_config(handle, validation, family, budget, workdir=store_folder() / "work",
+    config, result = search_config(handle, validation, compression, budget, workdir=store_folder() / "work",
                                    max_images=max_images, preprocessing_overrides=current_data().preprocessing or None,
                                    progress=lambda stage, done, total: update(done, total, stage))
     with st.spinner("Compressing the answer for real and measuring it on the whole validation folder…"):
         spec = SweepSpec.from_dict({k: v for k, v in sweep.spec.items() if k in ("model", "data", "run", "grid")})
         run = add_point(spec, open_lab_store().folder, config,
                         family="mixed" if result.chosen == "mixed" else "post_training",
-                        label=f"mixed {family} ({budget.describe()})")
+                        label=f"mixed {compression} ({budget.describe()})")
     if run.state == "COMPLETE":
         metrics, sizes = run.metrics or {}, run.sizes or {}
         st.success(f"Added **{run.label}**: {human_bytes(sizes.get('bytes'))}"

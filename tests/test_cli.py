@@ -46,11 +46,21 @@ def test_bad_technique_and_setting_are_clear(tmp_path, capsys):
 
 
 def test_sensitivity_command(tmp_path, capsys, mnist_dir):
-    assert main(["sensitivity", "mnist_cnn", "--data", str(mnist_dir / "val"), "--family", "quantize",
+    import argparse
+    from compress_lab.cli import sensitivity as sensitivity_cli
+    from compress_lab.store import open_store
+
+    assert main(["sensitivity", "mnist_cnn", "--data", str(mnist_dir / "val"), "--compression", "quantize",
                  "--max-images", "40", "--workdir", str(tmp_path / "work"), "--store", str(tmp_path / "store"),
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["images"] == 40 and len(result["layers"]) == 4
+    assert result["images"] == 40 and len(result["layers"]) == 4 and result["compression"] == "quantize"
+    store = open_store(tmp_path / "store")
+    (sweep,) = store.list_sweeps()
+    assert {r.config["compression"] for r in store.list_runs(sweep.sweep_id)} == {"quantize"}
+    parser = argparse.ArgumentParser()
+    sensitivity_cli.add_arguments(parser)  # the option's name before the rename still works
+    assert parser.parse_args(["m", "--data", "d", "--family", "prune"]).compression == "prune"
     assert main(["sensitivity", "no_such_model", "--data", str(mnist_dir / "val")]) == 2
 
 

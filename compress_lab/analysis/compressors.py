@@ -12,9 +12,12 @@ import numpy as np
 
 from compress_lab.errors import ConfigError
 
-SEARCH_FAMILIES = ("palettize", "quantize", "prune")
+# What a sensitivity analysis or mixed-precision search compresses each op with (a "compression";
+# "family" in the lab means the workflow: post-training or training-time).
+SEARCH_COMPRESSIONS = ("palettize", "quantize", "prune")
+SEARCH_FAMILIES = SEARCH_COMPRESSIONS  # the name before the rename; kept for callers and stored code
 
-# Candidate levels per family, least to most aggressive. Each is the settings of the
+# Candidate levels per compression, least to most aggressive. Each is the settings of the
 # lab's technique config for that op (see techniques/palettize.py etc.).
 DEFAULT_LEVELS: dict[str, list[dict[str, Any]]] = {
     "palettize": [{"nbits": 8}, {"nbits": 6}, {"nbits": 4}, {"nbits": 3}, {"nbits": 2}, {"nbits": 1}],
@@ -30,24 +33,27 @@ AGGRESSIVE: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Level:
-    family: str
+    compression: str
     settings: dict[str, Any]
 
     def label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.settings.items())
 
 
-def check_family(family: str) -> None:
-    if family not in SEARCH_FAMILIES:
-        raise ConfigError(f"family {family!r} is not searchable; use one of {list(SEARCH_FAMILIES)}")
+def check_compression(compression: str) -> None:
+    if compression not in SEARCH_COMPRESSIONS:
+        raise ConfigError(f"compression {compression!r} is not searchable; use one of {list(SEARCH_COMPRESSIONS)}")
 
 
-def compressed_bits(family: str, settings: dict[str, Any], numel: int, out_channels: int) -> float:
+check_family = check_compression  # the name before the rename
+
+
+def compressed_bits(compression: str, settings: dict[str, Any], numel: int, out_channels: int) -> float:
     """Storage of one weight tensor in bits under `settings` (the payload coremltools writes)."""
-    if family == "palettize":
+    if compression == "palettize":
         nbits = settings["nbits"]
         return numel * nbits + (2 ** nbits) * 16
-    if family == "quantize":
+    if compression == "quantize":
         nbits = 4 if "4" in settings.get("dtype", "int8") else 8
         block = settings.get("block_size") or 0
         scales = out_channels * (max(numel // out_channels // block, 1) if block else 1)
@@ -56,14 +62,14 @@ def compressed_bits(family: str, settings: dict[str, Any], numel: int, out_chann
     return numel * (1 - sparsity) * 16 + numel  # non-zeros at fp16 + a 1-bit mask
 
 
-def simulate(weight: np.ndarray, family: str, settings: dict[str, Any]) -> np.ndarray:
+def simulate(weight: np.ndarray, compression: str, settings: dict[str, Any]) -> np.ndarray:
     """`weight` (Cout, ...) compressed and decompressed with coremltools' own functions."""
     from coremltools.optimize.coreml._quantization_passes import (
         linear_quantize_weights, palettize_weights, prune_weights,
     )
     w = np.asarray(weight)
     rank = w.ndim
-    if family == "palettize":
+    if compression == "palettize":
         block_sizes = [0] * rank
         if settings.get("granularity") == "per_grouped_channel":
             block_sizes[0] = int(settings.get("group_size", 16))
@@ -77,7 +83,7 @@ def simulate(weight: np.ndarray, family: str, settings: dict[str, Any]) -> np.nd
         if params is None:
             return w
         return palettize_weights.decompress(params).astype(w.dtype)
-    if family == "quantize":
+    if compression == "quantize":
         dtype = settings.get("dtype", "int8")
         block_sizes = [1] + [0] * (rank - 1)
         if settings.get("granularity") == "per_block" and rank >= 2:

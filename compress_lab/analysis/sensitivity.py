@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from compress_lab.analysis.compressors import AGGRESSIVE, check_family, compressed_bits, simulate
+from compress_lab.analysis.compressors import AGGRESSIVE, check_compression, compressed_bits, simulate
 from compress_lab.analysis.subset import SubsetEvaluator
 
 DEFAULT_WEIGHT_THRESHOLD = 2048
@@ -41,7 +41,7 @@ class LayerSensitivity:
 
 @dataclass
 class SensitivityResult:
-    family: str
+    compression: str                          # palettize, quantize or prune (SEARCH_COMPRESSIONS)
     settings: dict[str, Any]
     images: int
     baseline_top1: float | None
@@ -71,16 +71,16 @@ def compressible_weights(weights: dict[str, np.ndarray], weight_threshold: int =
     return sorted(ops, key=lambda op: op.name)
 
 
-def measure_sensitivity(evaluator: SubsetEvaluator, family: str, settings: dict[str, Any] | None = None,
+def measure_sensitivity(evaluator: SubsetEvaluator, compression: str, settings: dict[str, Any] | None = None,
                         weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD,
                         progress: Callable[[int, int, str], None] | None = None) -> SensitivityResult:
-    check_family(family)
-    settings = dict(settings or AGGRESSIVE[family])
+    check_compression(compression)
+    settings = dict(settings or AGGRESSIVE[compression])
     started = time.perf_counter()
     weights = evaluator.base.weights()
     ops = compressible_weights(weights, weight_threshold)
     primary = evaluator.primary
-    result = SensitivityResult(family=family, settings=settings, images=evaluator.count,
+    result = SensitivityResult(compression=compression, settings=settings, images=evaluator.count,
                                baseline_top1=evaluator.baseline.top1, metric=primary.name, metric_label=primary.label,
                                higher_is_better=primary.higher_is_better,
                                baseline_value=evaluator.baseline.values.get(primary.name))
@@ -88,10 +88,10 @@ def measure_sensitivity(evaluator: SubsetEvaluator, family: str, settings: dict[
         if progress:
             progress(i, len(ops), op.name)
         original = np.asarray(weights[op.name])
-        measured = evaluator.measure({op.name: simulate(original, family, settings)})
+        measured = evaluator.measure({op.name: simulate(original, compression, settings)})
         drop = None if measured.top1 is None else evaluator.baseline.top1 - measured.top1
         worse = measured.worsening(primary.name, evaluator.baseline) if primary.name in measured.values else None
-        saved = original.size * 16 - compressed_bits(family, settings, original.size, original.shape[0])
+        saved = original.size * 16 - compressed_bits(compression, settings, original.size, original.shape[0])
         result.layers.append(LayerSensitivity(
             name=op.name, shape=list(op.shape), numel=op.numel, top1=measured.top1, top1_drop=drop,
             agreement=measured.agreement, snr_db=measured.snr_db, bits_saved=float(saved), drop=worse,
@@ -102,14 +102,14 @@ def measure_sensitivity(evaluator: SubsetEvaluator, family: str, settings: dict[
     return result
 
 
-def sensitivity_for_model(handle, data_dir: str | Path, family: str, settings: dict[str, Any] | None = None, *,
+def sensitivity_for_model(handle, data_dir: str | Path, compression: str, settings: dict[str, Any] | None = None, *,
                           workdir: str | Path, max_images: int = 512, precision: str = "fp16",
                           progress=None, preprocessing_overrides: dict | None = None) -> SensitivityResult:
     from compress_lab.techniques.base import CompressContext
     float_package = CompressContext(handle=handle, workdir=Path(workdir)).float_package(precision)
     evaluator = SubsetEvaluator(float_package, data_dir, handle.metadata, max_images=max_images,
                                 preprocessing_overrides=preprocessing_overrides)
-    return measure_sensitivity(evaluator, family, settings, progress=progress)
+    return measure_sensitivity(evaluator, compression, settings, progress=progress)
 
 
 def record_sensitivity(store_folder, handle, result) -> str:
@@ -120,15 +120,16 @@ def record_sensitivity(store_folder, handle, result) -> str:
     import json
 
     store = open_store(store_folder)
-    key = json.dumps([handle.fingerprint, result.family, result.settings, result.images], sort_keys=True)
+    key = json.dumps([handle.fingerprint, result.compression, result.settings, result.images], sort_keys=True)
     sweep_id = "sens-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-    store.create_sweep(sweep_id, f"sensitivity {handle.name} {result.family} {result.settings}",
-                       {"kind": "sensitivity", "family": result.family, "settings": result.settings}, handle.fingerprint)
+    store.create_sweep(sweep_id, f"sensitivity {handle.name} {result.compression} {result.settings}",
+                       {"kind": "sensitivity", "compression": result.compression, "settings": result.settings}, handle.fingerprint)
     specs = []
     for layer in result.layers:
-        config = {"technique": "sensitivity", "family": result.family, "settings": result.settings, "op": layer.name}
+        config = {"technique": "sensitivity", "compression": result.compression, "settings": result.settings,
+                  "op": layer.name}  # run ids hash the values only: a store written before the rename keeps its runs
         run_id = hashlib.sha256((key + layer.name).encode()).hexdigest()[:32]
-        specs.append(RunSpec(run_id, "sensitivity", "post_training", config, f"{layer.name} {result.family}"))
+        specs.append(RunSpec(run_id, "sensitivity", "post_training", config, f"{layer.name} {result.compression}"))
     store.add_runs(sweep_id, specs)
     for spec, layer in zip(specs, result.layers):
         if store.claim_run(spec.run_id, "sensitivity"):

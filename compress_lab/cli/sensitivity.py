@@ -1,4 +1,4 @@
-"""`compress-lab sensitivity MODEL --data DIR --family palettize [--set nbits=2]`"""
+"""`compress-lab sensitivity MODEL --data DIR --compression palettize [--set nbits=2]`"""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-from compress_lab.analysis.compressors import AGGRESSIVE, SEARCH_FAMILIES
+from compress_lab.analysis.compressors import AGGRESSIVE, SEARCH_COMPRESSIONS
 
 
 def add_arguments(parser) -> None:
     from compress_lab.cli import add_model_arguments
     add_model_arguments(parser)
     parser.add_argument("--data", type=Path, required=True, help="validation data: what the model's task reads (an image folder, an .npz source)")
-    parser.add_argument("--family", choices=SEARCH_FAMILIES, default="palettize")
+    parser.add_argument("--compression", "--family", dest="compression", choices=SEARCH_COMPRESSIONS,
+                        default="palettize", help="how each op is compressed (--family: the name before 2026-12)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="the aggressive setting to apply to one op at a time (default: "
                              + "; ".join(f"{k}: {v}" for k, v in AGGRESSIVE.items()) + ")")
@@ -29,7 +30,7 @@ def run(args) -> int:
 
     handle = load_model_from_args(args)
     settings = parse_settings(args.set) or None
-    result = sensitivity_for_model(handle, args.data, args.family, settings, workdir=args.workdir,
+    result = sensitivity_for_model(handle, args.data, args.compression, settings, workdir=args.workdir,
                                    max_images=args.max_images, progress=_progress)
     if args.store:
         from compress_lab.analysis.sensitivity import record_sensitivity
@@ -38,7 +39,7 @@ def run(args) -> int:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     direction = "higher" if result.higher_is_better else "lower"
-    print(f"\n{args.family} {result.settings} on one op at a time, {result.images} samples, "
+    print(f"\n{args.compression} {result.settings} on one op at a time, {result.images} samples, "
           f"baseline {result.metric} {result.baseline_value} ({direction} is better); {result.elapsed_s:.1f}s")
     worse = f"{result.metric} worse"
     print(f"{'op':48s} {'elements':>10s} {worse:>16s} {'agreement':>9s} {'SNR dB':>7s}")
