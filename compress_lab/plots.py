@@ -144,7 +144,10 @@ def payoff_table(payoff: dict[str, Any]) -> list[dict[str, str]]:
     """The read-out's rows as text: size, each workflow's best within it, and the gap."""
     x, y, first, second = payoff["x"], payoff["y"], payoff["first"], payoff["second"]
     a, b = FAMILY_NAMES.get(first, first), FAMILY_NAMES.get(second, second)
-    return [{"within size": format_value(x, row["size"]),
+    def size(value):  # bytes exactly: two packages a few bytes apart must not read as the same size
+        return f"{int(value):,} B" if x == "bytes" else format_value(x, value)
+
+    return [{"within size": size(row["size"]),
              a: f"{format_value(y, row[first][y])} ({row[first]['label']})",
              b: f"{format_value(y, row[second][y])} ({row[second]['label']})",
              f"{b} better by": format_gap(y, row["second_better_by"])} for row in payoff["rows"]]
