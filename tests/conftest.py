@@ -32,3 +32,14 @@ def dog_handle():
         import runpy
         runpy.run_path(str(SAMPLES / "build.py"), run_name="build")["build_all"]()
     return load_model("dog_mobilenetv2")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models step far faster on one thread than on several of a shared machine's cores.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -62,6 +62,8 @@ IOU = textwrap.dedent('''
         return {"iou": float((predicted & true).sum() / max((predicted | true).sum(), 1))}
 ''')
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def digits(mnist_dir: Path, split: str, per_class: int) -> np.ndarray:
     images = []
@@ -73,14 +75,6 @@ def digits(mnist_dir: Path, split: str, per_class: int) -> np.ndarray:
 
 def write_source(path: Path, images: np.ndarray) -> None:
     np.savez(path, image=images, mask=(images > 0.5).astype(np.float32))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -188,26 +182,10 @@ def test_results_offer_both_metrics_and_budget_the_mae_and_the_cli_budgets_the_i
                                                                                    capsys):
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from streamlit.testing.v1 import AppTest
-
-    from compress_lab.analysis.table import axis_label
     from compress_lab.cli import main
-    from tests.test_app_tasks import TIMEOUT, frame, no_errors
+    from tests.test_app_tasks import results_budget_a_lower_is_better_metric
 
-    monkeypatch.setenv("COMPRESS_LAB_STORE", str(segmenter_store))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).switch_page("app_pages/4_results.py").run()
-    no_errors(at)
-    y = at.selectbox(key="results.y")
-    assert {axis_label("mae"), axis_label("iou")} <= set(y.options) and y.value == "mae"
-    kinds = at.selectbox(key="results.budget_kind").options
-    (relative,) = [k for k in kinds if "% worse than the uncompressed" in k]
-    at.selectbox(key="results.budget_kind").set_value(relative).run()
-    budget = at.number_input(key="results.budget_relative")
-    assert "mean absolute error up" in budget.label
-    budget.set_value(1000.0).run()
-    no_errors(at)
-    assert any("Smallest within budget" in s.value and axis_label("mae") in s.value for s in at.success)
-    assert {"mae", "iou"} <= set(frame(at, "label").columns)
+    results_budget_a_lower_is_better_metric(segmenter_store, monkeypatch, "mae", "mean absolute error", also=("iou",))
 
     assert main(["results", "--store", str(segmenter_store), "--json", "--budget-metric", "iou=0.1"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -65,6 +65,8 @@ METRIC = textwrap.dedent('''
         return {"state_drift": float(np.abs(hn - targets["h_start"]).mean())}
 ''')
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def sequences(path: Path, n: int, seed: int) -> dict[str, np.ndarray]:
     """n sine sequences: x = 8 channels (the signal and 7 harmonics of its phase), y = the signal's
@@ -79,14 +81,6 @@ def sequences(path: Path, n: int, seed: int) -> dict[str, np.ndarray]:
               "y": signal[:, 1:].astype(np.float32), "h_start": h0}
     np.savez(path, **arrays)
     return arrays
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -293,26 +287,10 @@ def test_a_sweep_palettizes_and_prunes_while_fine_tuning_with_a_user_metric_on_t
 def test_results_budget_the_lstms_mae_lower_is_better(lstm_store, monkeypatch):
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from streamlit.testing.v1 import AppTest
+    from tests.test_app_tasks import results_budget_a_lower_is_better_metric
 
-    from compress_lab.analysis.table import axis_label
-    from tests.test_app_tasks import TIMEOUT, frame, no_errors
-
-    monkeypatch.setenv("COMPRESS_LAB_STORE", str(lstm_store))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).switch_page("app_pages/4_results.py").run()
-    no_errors(at)
-    y = at.selectbox(key="results.y")
-    assert {axis_label("mae"), axis_label("rmse"), axis_label("state_drift")} <= set(y.options)
-    assert y.value == "mae"
-    kinds = at.selectbox(key="results.budget_kind").options
-    (relative,) = [k for k in kinds if "% worse than the uncompressed" in k]
-    at.selectbox(key="results.budget_kind").set_value(relative).run()
-    budget = at.number_input(key="results.budget_relative")
-    assert "mean absolute error up" in budget.label
-    budget.set_value(1000.0).run()
-    no_errors(at)
-    assert any("Smallest within budget" in s.value and axis_label("mae") in s.value for s in at.success)
-    assert {"mae", "state_drift"} <= set(frame(at, "label").columns)
+    results_budget_a_lower_is_better_metric(lstm_store, monkeypatch, "mae", "mean absolute error",
+                                            also=("rmse", "state_drift"))
 
 
 def test_a_state_array_of_the_wrong_per_sample_shape_is_refused_naming_the_file_and_input(lstm, tmp_path):

@@ -64,6 +64,8 @@ ENCODER_META = {"name": "tiny_encoder", "task": "embedding",
                 "outputs": [{"name": "embedding", "meaning": "embedding", "shape": [32]}]}
 FINETUNE = {"steps": 24, "batch_size": 16, "learning_rate": 0.01}
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def regression_arrays(path, n, seed):
     rng = np.random.default_rng(seed)
@@ -80,15 +82,6 @@ def pair_arrays(path, n=32, length=8, seed=0):
     queries[:, :3] = rng.integers(0, 64, (n, 3))
     ids = np.concatenate([queries, keys]).astype(np.int32)
     np.savez(path, input_ids=ids, attention_mask=np.ones_like(ids), pair=np.concatenate([n + np.arange(n), np.full(n, -1)]))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models step far faster on one thread than on several of a shared machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
