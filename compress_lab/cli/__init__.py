@@ -121,15 +121,19 @@ def cmd_info(args) -> int:
     else:
         print(f"task {summary['task']}, {summary['parameters']:,} parameters")
         for spec in summary["inputs"]:
-            print(f"input  {spec['name']}: {spec['dtype']} {spec['shape']} (per sample; null = flexible)")
+            print(f"input  {spec['name']}: {spec['dtype']} {_dims(spec['shape'])} (per sample; a named or null dimension is flexible)")
         for spec in summary["outputs"]:
-            print(f"output {spec['name']}: {spec['meaning']}" + (f" {spec['shape']}" if spec.get("shape") else ""))
+            print(f"output {spec['name']}: {spec['meaning']}" + (f" {_dims(spec['shape'])}" if spec.get("shape") else ""))
     width = max([40, *(len(layer["name"]) for layer in summary["layers"])])
     print(f"{'layer':{width}s} {'type':12s} {'params':>10s}  post-training  training-time")
     for layer in summary["layers"]:
         print(f"{layer['name']:{width}s} {layer['type'][:12]:12s} {layer['parameters']:>10,}  "
               f"{'yes' if layer['touched_post_training'] else '-':13s}  {'yes' if layer['touched_training_time'] else '-'}")
     return 0
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join("null" if d is None else str(d) for d in shape) + "]"
 
 
 def cmd_compress(args) -> int:
