@@ -143,17 +143,16 @@ def test_a_kept_metric_error_leaves_the_rest_of_the_evaluation_standing(setup):
     assert result.n == N and "BrokenUpdate raised KeyError" in result.metric_error and "dense_mae" not in result.values
 
 
-def test_a_sweep_with_an_accumulating_metric_records_its_values_with_every_run(setup, tmp_path):
+def _sweep(folder, model, tmp_path, name):
     from compress_lab.sweep.runner import run_sweep
     from compress_lab.sweep.spec import load_spec
-    folder, model = setup
     spec = tmp_path / "spec.toml"
     spec.write_text(textwrap.dedent(f"""
         [model]
         source = "{model}"
         [data]
         validation = "{folder / 'val.npz'}"
-        metric = "{folder / 'metric.py'}:Streamed"
+        metric = "{folder / 'metric.py'}:{name}"
         batch_size = {BATCH}
         [run]
         name = "accumulating"
@@ -162,7 +161,12 @@ def test_a_sweep_with_an_accumulating_metric_records_its_values_with_every_run(s
         technique = "palettize"
         nbits = [2, 8]
     """))
-    result = run_sweep(load_spec(spec), tmp_path / "store")
+    return run_sweep(load_spec(spec), tmp_path / "store")
+
+
+def test_a_sweep_with_an_accumulating_metric_records_its_values_with_every_run(setup, tmp_path):
+    folder, model = setup
+    result = _sweep(folder, model, tmp_path, "Streamed")
     assert result.ok, [(r.label, r.error) for r in result.runs]
     runs = {r.label: r for r in result.runs}
     assert {"baseline PyTorch", "palettize nbits=2", "palettize nbits=8"} <= set(runs)
@@ -171,3 +175,13 @@ def test_a_sweep_with_an_accumulating_metric_records_its_values_with_every_run(s
         assert run.metrics["values"]["samples"] == N and np.isfinite(run.metrics["values"]["dense_mae"]), run.label
     assert runs["baseline PyTorch"].metrics["values"]["dense_mae"] == pytest.approx(whole["dense_mae"], rel=1e-6)
     assert runs["palettize nbits=2"].metrics["values"]["dense_mae"] != whole["dense_mae"]
+
+
+def test_a_sweep_whose_accumulating_metric_raises_in_update_fails_each_run_with_the_line_and_goes_on(setup, tmp_path):
+    folder, model = setup
+    result = _sweep(folder, model, tmp_path, "BrokenUpdate")
+    assert result.status == "done" and result.counts["PENDING"] == 0 and len(result.runs) >= 3
+    assert {r.state for r in result.runs} == {"FAILED"}
+    for run in result.runs:
+        assert "metric.py:BrokenUpdate raised KeyError" in run.error, run.error
+        assert f"line {LINE_OF_THE_BAD_UPDATE}" in run.error, run.error
