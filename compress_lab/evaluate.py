@@ -307,7 +307,9 @@ def evaluate(predictor, dataset, task=None, reference=None, batch_size: int = 64
 
     `predictor` takes one array (single-input models) or, marked `named = True`, a
     dict of named arrays, and returns one array or a dict of named outputs. `metric` is a
-    user metric (or its "path.py[:function]"); its failure raises a MetricError, or with
+    user metric (or its "path.py[:name]"): a function gets the whole source's outputs at the
+    end, an accumulating metric each batch's (nothing is kept for it), with a fresh state
+    for each call of evaluate (compress_lab.metrics). Its failure raises a MetricError, or with
     `metric_errors="keep"` is kept in `result.metric_error` (the rest of the result stands)."""
     from compress_lab.tasks import get_task
     from compress_lab.tasks.base import Task
@@ -327,23 +329,21 @@ def evaluate(predictor, dataset, task=None, reference=None, batch_size: int = 64
     io = meta.io if meta is not None else None
     named = as_named(predictor, io.input_names if io else (getattr(dataset, "input_name", "input"),),
                      io.output_names if io else (getattr(dataset, "output_name", "logits"),))
-    kept_outputs: dict[str, list] = {}
-    kept_targets: dict[str, list] = {}
+    measuring = metric.start() if metric is not None else None  # a fresh state per evaluation
     for batch in dataset:
         outputs = named(batch.inputs)
         accumulator.add(batch, outputs)
-        if metric is not None:
-            for store, values in ((kept_outputs, outputs), (kept_targets, batch.targets)):
-                for key, value in values.items():
-                    store.setdefault(key, []).append(np.asarray(value))
+        if measuring is not None:  # a function metric keeps every batch; an accumulating one keeps nothing
+            measuring.update(outputs, batch.targets)
+            if measuring.error is not None and metric_errors != "keep":
+                raise measuring.error
     fields_ = accumulator.result()
     metric_error = None
-    if metric is not None:  # a user metric sees every output and target of the whole source, in sample order
+    if measuring is not None:  # a function metric sees every output and target of the whole source, in sample order
         from compress_lab.metrics import MetricError
         try:
             fields_["values"] = {**fields_.get("values", {}),  # the task's own metrics stay beside the user's
-                                 **metric({k: np.concatenate(v) for k, v in kept_outputs.items()},
-                                          {k: np.concatenate(v) for k, v in kept_targets.items()})}
+                                 **measuring.result()}
         except MetricError as e:
             if metric_errors != "keep":
                 raise
