@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 BUDGETS = {"mnist_cnn": ("top1_drop", 1.0), "dog_mobilenetv2": ("agreement", 0.99)}
+MAX_IMAGES = {"mnist_cnn": 300, "dog_mobilenetv2": 2000}  # dog's val folder holds 75 images: all of them
 
 
 def _bytes_on_disk(path: Path) -> int:
@@ -73,6 +74,9 @@ def bench(model: str, max_images: int, with_again: bool = True) -> dict:
             runs[name] = {"seconds": round(seconds, 2), "evaluations": result.evaluations, "chosen": result.chosen,
                           "search": result.search, "reused_single_op": result.reused_single_op,
                           "bytes": _bytes_on_disk(package), "subset_meets_budget": result.subset["meets_budget"],
+                          "subset_images": result.subset["images"],
+                          "single_op_images": result.subset.get("single_op_images"),
+                          "part_evaluations": result.subset.get("part_evaluations", 0),
                           "subset_measured": {k: result.subset["measured"][k] for k in ("top1", "agreement", "snr_db")},
                           "full_top1": measured.top1, "full_agreement": measured.agreement,
                           "full_meets_budget": budget.met(full.measurement(measured), full_baseline),
@@ -92,7 +96,8 @@ def bench(model: str, max_images: int, with_again: bool = True) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mnist_cnn,dog_mobilenetv2")
-    parser.add_argument("--max-images", type=int, default=2000, help="search subset (compress-lab mixed's default)")
+    parser.add_argument("--max-images", type=int, help="search subset (default: mnist_cnn 300, dog_mobilenetv2 2000, "
+                                                       "i.e. all its 75 images)")
     parser.add_argument("--quick", action="store_true", help="mnist_cnn only, 300 images")
     parser.add_argument("--no-again", action="store_true", help="skip the fast re-run reading the stored stage")
     parser.add_argument("--out", type=Path, default=RESULTS / "mixed_speed.json")
@@ -101,7 +106,8 @@ def main(argv=None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = []
     for m in models:
-        results.append(bench(m, 300 if args.quick else args.max_images, with_again=not args.no_again))
+        images = 300 if args.quick else (args.max_images or MAX_IMAGES.get(m, 2000))
+        results.append(bench(m, images, with_again=not args.no_again))
         args.out.parent.mkdir(parents=True, exist_ok=True)  # written after each model, so a long run keeps its rows
         args.out.write_text(json.dumps({"command": " ".join(sys.argv), "started": started,
                                         "platform": platform.platform(), "cpus": os.cpu_count(),

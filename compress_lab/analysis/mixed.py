@@ -42,7 +42,8 @@ from compress_lab.errors import ConfigError
 
 UNCOMPRESSED = -1
 SEARCHES = ("fast", "exact")
-FAST_REFINE_TRIES = 8  # fast search: candidates tried per refinement round (exact: all of them)
+FAST_REFINE_TRIES = 6  # fast search: refinement candidates measured in all (exact: every one, every round)
+FAST_SINGLE_OP_FRACTION = 0.25  # fast search: single ops measured on this part of the subset (>= 16 samples)
 CALIBRATION_OPS = 8    # fast search: ops also measured at a second level, to fit how noise grows with error
 EXPONENT_RANGE = (0.5, 4.0)
 
@@ -221,12 +222,12 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
                               "bytes; raise the budget or add a more aggressive level")
 
     # (1) each op alone at each level: relative output noise power (adds up across ops, roughly)
-    probe_evaluations = 0
+    probe = None  # fast search: the part of the subset single ops are measured on
     if noise is not None and set(noise) == {op.name for op in ops} and all(len(v) == len(levels) for v in noise.values()):
         noise = {name: list(values) for name, values in noise.items()}
     elif search == "fast":
-        noise, probe_evaluations = _predicted_noise(evaluator, ops, originals, variants, len(levels),
-                                                    single_op_samples, progress)
+        probe = _probe(evaluator, single_op_samples)
+        noise = _predicted_noise(probe, ops, originals, variants, len(levels), progress)
     else:
         noise = {}
         total_single = len(ops) * len(levels)
@@ -269,7 +270,7 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
     if budget.is_size:
         result = _within_size(evaluator, family, budget, levels, ops, sequence, noise, bits, float_bits, overrides,
                               total_bits, margin_bytes, started)
-        result.evaluations += probe_evaluations
+        result.evaluations += _part_evaluations(evaluator, probe)
         result.search = search
         return result
 
@@ -283,7 +284,37 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
                 progress("search", len(cache), max(1, int(np.log2(len(sequence) + 1)) + 1))
         return cache[k]
 
+    def passes(k: int) -> bool:
+        return budget.met(measure_prefix(k), baseline)
+
     lo, hi = 0, len(sequence)
+    if search == "fast" and probe is not None and probe is not evaluator and sequence:
+        # a first guess from the same binary search on the (cheaper) part, then galloping from it on the
+        # whole subset to a bracket [lo, hi] (passes(lo), everything above hi assumed failing)
+        plo, phi = 0, len(sequence)
+        while plo < phi:
+            mid = (plo + phi + 1) // 2
+            if budget.met(probe.measure(overrides(sequence[mid - 1])), probe.baseline):
+                plo = mid
+            else:
+                phi = mid - 1
+        step = 1
+        if passes(plo):
+            lo = plo
+            while lo < hi:
+                k = min(lo + step, hi)
+                if not passes(k):
+                    hi = k - 1
+                    break
+                lo, step = k, step * 2
+        else:
+            hi = plo - 1
+            while True:
+                k = max(plo - step, 0)
+                if passes(k):
+                    lo = k
+                    break
+                hi, step = k - 1, step * 2
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if budget.met(measure_prefix(mid), baseline):
@@ -298,6 +329,12 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
     uniform = []
     for lvl, level in enumerate(levels):
         assignment = {op.name: lvl for op in ops}
+        if search == "fast" and (total_bits(assignment) >= total_bits(best_assignment)
+                                 or any(u["meets_budget"] is False for u in uniform)):
+            # cannot be smaller than the answer, or a less aggressive uniform level already failed (passing
+            # is close to monotone in the level): not measured by the fast search
+            uniform.append({"level": level, "weight_bits": total_bits(assignment), "meets_budget": None})
+            continue
         measured = evaluator.measure(overrides(assignment))
         ok = budget.met(measured, baseline)
         uniform.append({"level": level, "weight_bits": total_bits(assignment), "meets_budget": ok, **asdict(measured)})
@@ -308,7 +345,8 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
 
     # (5) local refinement: from the best answer, push single ops one level further while the budget holds
     improved = True
-    while improved:
+    refine_left = FAST_REFINE_TRIES if search == "fast" else None
+    while improved and refine_left != 0:
         improved = False
         candidates = []
         for name, level in best_assignment.items():
@@ -318,9 +356,11 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
                 if saved > 0:
                     cost = noise[name][level + 1] - (0.0 if level == UNCOMPRESSED else noise[name][level])
                     candidates.append((cost / saved, name))
-        for _, name in sorted(candidates)[:FAST_REFINE_TRIES if search == "fast" else None]:
+        for _, name in sorted(candidates)[:refine_left]:
             trial = dict(best_assignment, **{name: best_assignment[name] + 1})
             measured = evaluator.measure(overrides(trial))
+            if refine_left is not None:
+                refine_left -= 1
             if progress:
                 progress("refine", evaluator.evaluations, evaluator.evaluations)
             if budget.met(measured, baseline):
@@ -334,8 +374,10 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
         family=family, levels=levels, budget=asdict(budget), assignment=best_assignment, chosen=chosen,
         weight_bits=total_bits(best_assignment),
         subset={"images": evaluator.count, "baseline": asdict(baseline), "measured": asdict(best_measured),
-                "meets_budget": budget.met(best_measured, baseline)},
-        uniform=uniform, evaluations=evaluator.evaluations + probe_evaluations,
+                "meets_budget": budget.met(best_measured, baseline),
+                "single_op_images": probe.count if probe is not None else evaluator.count,
+                "part_evaluations": _part_evaluations(evaluator, probe)},
+        uniform=uniform, evaluations=evaluator.evaluations + _part_evaluations(evaluator, probe),
         elapsed_s=time.perf_counter() - started, noise=noise, search=search)
 
 
@@ -387,17 +429,28 @@ def noise_exponent(noise_ref: float, noise_other: float, error_ref: float, error
     return float(np.clip(np.log(noise_other / noise_ref) / np.log(error_other / error_ref), *EXPONENT_RANGE))
 
 
-def _predicted_noise(evaluator: SubsetEvaluator, ops, originals, variants, n_levels: int,
-                     single_op_samples: int | None, progress) -> tuple[dict[str, list[float]], int]:
+def _probe(evaluator: SubsetEvaluator, single_op_samples: int | None) -> SubsetEvaluator:
+    """The part of the subset the fast search measures single ops on: `single_op_samples`
+    samples, by default FAST_SINGLE_OP_FRACTION of the subset but at least 16."""
+    if single_op_samples is None:
+        single_op_samples = max(16, int(np.ceil(evaluator.count * FAST_SINGLE_OP_FRACTION)))
+    return evaluator.part(single_op_samples)
+
+
+def _part_evaluations(evaluator: SubsetEvaluator, probe: SubsetEvaluator | None) -> int:
+    """Runs on a part of the subset (its baseline too), which `evaluator` does not count."""
+    return 0 if probe is None or probe is evaluator else probe.evaluations + 1
+
+
+def _predicted_noise(probe: SubsetEvaluator, ops, originals, variants, n_levels: int,
+                     progress) -> dict[str, list[float]]:
     """The fast single-op stage. Each op is measured alone once, at its reference level, and
     its noise at the other levels predicted from their weight error power e: noise(l) =
     noise(ref) * (e(l) / e(ref)) ** p. A few ops (CALIBRATION_OPS, spread over the model's
     order) are measured at a second level too, giving their own p (output noise grows a little
     faster than linearly with weight error at low bits: p ~ 1.5-2 on the sample CNNs); the other
     ops take the median of those; less aggressive levels than the reference scale linearly.
-    Returns (noise per op and level, runs taken on a part of the
-    subset, which `evaluator` does not count)."""
-    probe = evaluator.part(single_op_samples) if single_op_samples else evaluator
+    Measured on `probe` (a part of the subset). Returns noise per op and level."""
     calibrating = {ops[i].name for i in np.unique(np.linspace(0, len(ops) - 1, min(CALIBRATION_OPS, len(ops))).round()
                                                   .astype(int))}
     total = len(ops) + len(calibrating)
@@ -431,7 +484,7 @@ def _predicted_noise(evaluator: SubsetEvaluator, ops, originals, variants, n_lev
         # other noise flattens the curve); above it, with the fitted exponent
         noise[name] = list(np.maximum.accumulate([at_ref * (e / errors[ref]) ** (p if lvl > ref else 1.0)
                                                   for lvl, e in enumerate(errors)]))
-    return noise, (0 if probe is evaluator else probe.evaluations + 1)  # a part's own runs, its baseline too
+    return noise
 
 
 def size_target_bits(evaluator: SubsetEvaluator, budget: Budget, float_bits_total: float,
