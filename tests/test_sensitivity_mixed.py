@@ -1,5 +1,7 @@
 """Per-layer sensitivity and mixed precision under a budget, on the real mnist_cnn."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -187,6 +189,7 @@ def test_a_second_search_reuses_the_stored_single_op_stage(mnist_handle, mnist_d
     from compress_lab.analysis.mixed_run import search_config
     kwargs = dict(workdir=tmp_path / "work", max_images=100)
     budget = Budget("agreement", 0.98)
+    kwargs["search"] = "exact"
     first_config, first = search_config(mnist_handle, mnist_dir / "val", "palettize", budget, levels=UNIFORM_LEVELS,
                                         **kwargs)
     assert not first.reused_single_op and list((tmp_path / "work" / "mixed-single-op").glob("*.json"))
@@ -216,3 +219,72 @@ def test_fast_kmeans_simulation_matches_the_lab_fast_palettizer(evaluator, tmp_p
     ours = simulate(original, "palettize", {"nbits": 3, "mode": "fast_kmeans"})
     match = [v for v in real.values() if v.shape == original.shape and not np.array_equal(v, original)]
     assert match and np.array_equal(match[0], ours) and len(np.unique(ours)) <= 8
+
+
+def test_fast_search_is_the_default_and_meets_the_budget_on_the_real_package(mnist_handle, mnist_dir, tmp_path):
+    """The default (fast) search: exact k-means levels, one measurement per op (a few at two
+    levels) on a part of the subset; its answer, compressed for real, is within the budget on the
+    whole folder and smaller on disk than the float package."""
+    from compress_lab.analysis.mixed_run import run_mixed
+    from compress_lab.analysis.mixed import CALIBRATION_OPS
+    budget = Budget("top1_drop", 1.0)
+    out = run_mixed(mnist_handle, mnist_dir / "val", "palettize", budget, tmp_path / "fast.mlpackage",
+                    workdir=tmp_path / "work", max_images=200)
+    search = out["search"]
+    assert search["search"] == "fast" and search["subset"]["meets_budget"]
+    assert all(level["mode"] == "fast_kmeans" for level in search["levels"])
+    assert out["config"]["mode"] == "fast_kmeans"
+    # every op measured alone once (calibrating ops twice) on a part of the subset, not at every level
+    assert search["subset"]["single_op_images"] < search["subset"]["images"] == 200
+    assert search["subset"]["part_evaluations"] >= 4 + min(CALIBRATION_OPS, 4)
+    assert search["evaluations"] < 4 * len(search["levels"])
+    verified = out["verified"]
+    assert verified["meets_budget"] and verified["images"] == 1000
+    assert verified["top1"] >= verified["baseline_top1"] - 0.01
+    assert _bytes_on_disk(tmp_path / "fast.mlpackage") == verified["bytes"]
+    float_bytes = _bytes_on_disk(Path(CompressContext(mnist_handle, tmp_path / "work").float_package("fp16")))
+    assert verified["bytes"] < float_bytes / 2
+    # every op's noise grows with the level, as measured at the reference level
+    assert all(np.all(np.diff(levels) >= 0) and levels[-1] > 0 for levels in search["noise"].values())
+
+
+def test_exact_search_stays_reachable_from_the_cli(mnist_dir, tmp_path, capsys):
+    """`compress-lab mixed --search exact`: today's algorithm (coremltools' k-means levels, every
+    op measured alone at every level); its package is within the budget on the whole folder."""
+    import json
+    import shutil
+    from compress_lab import cli
+    val = tmp_path / "val"
+    for class_dir in sorted((mnist_dir / "val").iterdir()):
+        (val / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:4]:
+            shutil.copy2(image, val / class_dir.name / image.name)
+    out = tmp_path / "exact.mlpackage"
+    assert cli.main(["mixed", "mnist_cnn", "--data", str(val), "--budget-agreement", "0.95", "--search", "exact",
+                     "--out", str(out), "--workdir", str(tmp_path / "work"), "--json"]) == 0
+    outcome = json.loads(capsys.readouterr().out)
+    search = outcome["search"]
+    assert search["search"] == "exact" and all("mode" not in level for level in search["levels"])
+    assert outcome["config"].get("mode", "kmeans") == "kmeans"
+    assert search["subset"]["part_evaluations"] == 0
+    assert search["evaluations"] >= 4 * len(search["levels"])  # 4 ops x every level, then the search itself
+    assert outcome["verified"]["meets_budget"] and _bytes_on_disk(out) == outcome["verified"]["bytes"]
+
+
+def test_search_option_validation():
+    from compress_lab.analysis.mixed import search_levels
+    with pytest.raises(ConfigError, match="'fast'.*'exact'"):
+        search_mixed(None, "palettize", Budget("agreement", 0.99), search="quick")
+    assert [l["mode"] for l in search_levels("palettize", None, "fast")] == ["fast_kmeans"] * 6
+    assert all("mode" not in l for l in search_levels("palettize", None, "exact"))
+    assert search_levels("palettize", UNIFORM_LEVELS, "fast") == UNIFORM_LEVELS  # only k-means levels change
+
+
+def test_a_part_of_the_subset_measures_like_the_subset(evaluator):
+    part = evaluator.part(50)
+    assert part.count == 50 and evaluator.count == 200 and part.base is evaluator.base
+    assert part.baseline.agreement == 1.0 and part.evaluations == 0
+    name = "fc_layers_0_weight_to_fp16"
+    weight = simulate(evaluator.base.weights()[name], "palettize", {"nbits": 1, "mode": "uniform"})
+    assert 0 < part.measure({name: weight}).snr_db < 100 and part.evaluations == 1
+    assert evaluator.part(500) is evaluator

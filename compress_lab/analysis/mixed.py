@@ -42,9 +42,9 @@ from compress_lab.errors import ConfigError
 
 UNCOMPRESSED = -1
 SEARCHES = ("fast", "exact")
-FAST_REFINE_TRIES = 6  # fast search: refinement candidates measured in all (exact: every one, every round)
+FAST_REFINE_FAILS = 4  # fast search: refinement stops after this many failed tries (exact: when a round finds none)
 FAST_SINGLE_OP_FRACTION = 0.25  # fast search: single ops measured on this part of the subset (>= 16 samples)
-CALIBRATION_OPS = 8    # fast search: ops also measured at a second level, to fit how noise grows with error
+CALIBRATION_OPS = 4    # fast search: ops also measured at a second level, to fit how noise grows with error
 EXPONENT_RANGE = (0.5, 4.0)
 
 
@@ -345,7 +345,7 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
 
     # (5) local refinement: from the best answer, push single ops one level further while the budget holds
     improved = True
-    refine_left = FAST_REFINE_TRIES if search == "fast" else None
+    refine_left = FAST_REFINE_FAILS if search == "fast" else None
     while improved and refine_left != 0:
         improved = False
         candidates = []
@@ -359,13 +359,15 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
         for _, name in sorted(candidates)[:refine_left]:
             trial = dict(best_assignment, **{name: best_assignment[name] + 1})
             measured = evaluator.measure(overrides(trial))
-            if refine_left is not None:
-                refine_left -= 1
             if progress:
                 progress("refine", evaluator.evaluations, evaluator.evaluations)
             if budget.met(measured, baseline):
                 best_assignment, best_measured, chosen, improved = trial, measured, "mixed", True
                 break
+            if refine_left is not None:
+                refine_left -= 1
+                if refine_left == 0:
+                    break
 
     levels_used = set(best_assignment.values())
     if chosen == "mixed" and len(levels_used) == 1 and UNCOMPRESSED not in levels_used:
@@ -451,6 +453,10 @@ def _predicted_noise(probe: SubsetEvaluator, ops, originals, variants, n_levels:
     faster than linearly with weight error at low bits: p ~ 1.5-2 on the sample CNNs); the other
     ops take the median of those; less aggressive levels than the reference scale linearly.
     Measured on `probe` (a part of the subset). Returns noise per op and level."""
+
+    def run(name: str, weight: np.ndarray) -> float:
+        return 10 ** (-probe.measure({name: weight}).snr_db / 10)
+
     calibrating = {ops[i].name for i in np.unique(np.linspace(0, len(ops) - 1, min(CALIBRATION_OPS, len(ops))).round()
                                                   .astype(int))}
     total = len(ops) + len(calibrating)
@@ -462,10 +468,10 @@ def _predicted_noise(probe: SubsetEvaluator, ops, originals, variants, n_levels:
         ref = reference_level(errors)
         at_ref, exponent = 0.0, None
         if ref is not None:
-            at_ref = 10 ** (-probe.measure({op.name: variants[op.name][ref]}).snr_db / 10)
+            at_ref = run(op.name, variants[op.name][ref])
             second = calibration_level(errors, ref) if op.name in calibrating else None
             if second is not None:
-                at_second = 10 ** (-probe.measure({op.name: variants[op.name][second]}).snr_db / 10)
+                at_second = run(op.name, variants[op.name][second])
                 exponent = noise_exponent(at_ref, at_second, errors[ref], errors[second])
                 done += 1
         done += 1
