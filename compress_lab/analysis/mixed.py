@@ -184,8 +184,9 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
     real package came out larger than estimated). `variants`: a dict of each op's weight
     compressed + decompressed at each level; used when it holds them all (an earlier search's),
     else filled in (so a caller can store it beside `noise`). `search`: "fast" (default) or
-    "exact" (see the module docstring). `single_op_samples`: the fast search's single-op
-    measurements on at most this many evenly spaced samples of the subset (default: all)."""
+    "exact" (see the module docstring). `single_op_samples`: the fast search measures single
+    ops, and takes its first guess of the longest passing prefix, on at most this many evenly
+    spaced samples of the subset (default: a quarter of it, at least 16)."""
     check_family(family)
     check_search(search)
     levels = search_levels(family, levels, search)
@@ -222,11 +223,13 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
                               "bytes; raise the budget or add a more aggressive level")
 
     # (1) each op alone at each level: relative output noise power (adds up across ops, roughly)
-    probe = None  # fast search: the part of the subset single ops are measured on
-    if noise is not None and set(noise) == {op.name for op in ops} and all(len(v) == len(levels) for v in noise.values()):
+    reused = noise is not None and set(noise) == {op.name for op in ops} and all(len(v) == len(levels)
+                                                                               for v in noise.values())
+    # fast search: the part of the subset single ops (and the first guess of stage 3) are measured on
+    probe = _probe(evaluator, single_op_samples) if search == "fast" and not (reused and budget.is_size) else None
+    if reused:
         noise = {name: list(values) for name, values in noise.items()}
     elif search == "fast":
-        probe = _probe(evaluator, single_op_samples)
         noise = _predicted_noise(probe, ops, originals, variants, len(levels), progress)
     else:
         noise = {}
