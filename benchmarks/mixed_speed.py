@@ -66,7 +66,7 @@ def bench(model: str, max_images: int, with_again: bool = True) -> dict:
             load = os.getloadavg()[0]
             t = time.perf_counter()
             config, result = search_config(handle, data, "palettize", budget, workdir=work, max_images=max_images,
-                                           reuse=name == "fast_again", search=search)
+                                           reuse=search == "fast", search=search)  # the cold one stores its stage
             seconds = time.perf_counter() - t
             package = tmp / f"{name}.mlpackage"
             compress(handle, config_from_dict(config), package, context=CompressContext(handle=handle, workdir=work))
