@@ -293,5 +293,5 @@ def test_a_part_of_the_subset_measures_like_the_subset(evaluator):
     assert part.baseline.agreement == 1.0 and part.evaluations == 0
     name = "fc_layers_0_weight_to_fp16"
     weight = simulate(evaluator.base.weights()[name], "palettize", {"nbits": 1, "mode": "uniform"})
-    assert 0 < part.measure({name: weight}).snr_db < 100 and part.evaluations == 1
+    assert part.measure({name: weight}).snr_db < 100 and part.evaluations == 1  # 1-bit: far from the float outputs
     assert evaluator.part(500) is evaluator
