@@ -229,7 +229,7 @@ def test_fast_kmeans_simulation_matches_the_lab_fast_palettizer(evaluator, tmp_p
 
 
 def test_fast_search_is_the_default_and_meets_the_budget_on_the_real_package(mnist_handle, mnist_dir, tmp_path):
-    """The default (fast) search: exact k-means levels, one measurement per op (a few at two
+    """The default (fast) search: levels simulated with the exact k-means, one measurement per op (a few at two
     levels) on a part of the subset; its answer, compressed for real, is within the budget on the
     whole folder (the search's subset here) and smaller on disk than the float package."""
     from compress_lab.analysis.mixed_run import run_mixed
@@ -239,8 +239,8 @@ def test_fast_search_is_the_default_and_meets_the_budget_on_the_real_package(mni
                     workdir=tmp_path / "work", max_images=1000)
     search = out["search"]
     assert search["search"] == "fast" and search["subset"]["meets_budget"]
-    assert all(level["mode"] == "fast_kmeans" for level in search["levels"])
-    assert out["config"]["mode"] == "fast_kmeans"
+    assert all("mode" not in level for level in search["levels"])  # simulated with the exact k-means, kept as given
+    assert out["config"].get("mode", "kmeans") == "kmeans"
     # every op measured alone once (calibrating ops twice) on a part of the subset, not at every level
     assert search["subset"]["single_op_images"] < search["subset"]["images"] == 1000
     assert search["subset"]["part_evaluations"] >= 4 + min(CALIBRATION_OPS, 4)

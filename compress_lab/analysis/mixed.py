@@ -17,9 +17,9 @@ the most accurate wins, and mixed_run checks the real package against the budget
 
 Two searches (`search=`): "exact" (the algorithm above as first written: every op measured
 alone at every level, palettize k-means levels simulated with coremltools' k-means) and
-"fast", the default: k-means levels are served by the lab's exact 1-D k-means (mode
-"fast_kmeans", the same LUT sizes, weight error never above coremltools'; the answer is
-compressed with it too), and the single-op stage measures each op once, at one reference
+"fast", the default: k-means levels are simulated with the lab's exact 1-D k-means (mode
+"fast_kmeans", the same LUT sizes, weight error never above coremltools'; the answer keeps
+the levels as given and is compressed with them), and the single-op stage measures each op once, at one reference
 level, predicting its other levels from their weight error: one op's output noise power
 grows as a power of its weight error power, noise(level) = noise(reference) *
 (error(level) / error(reference)) ** p, p fitted on a few ops measured at a second level
@@ -189,7 +189,8 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
     spaced samples of the subset (default: a quarter of it, at least 16)."""
     check_family(family)
     check_search(search)
-    levels = search_levels(family, levels, search)
+    levels = [dict(l) for l in (levels or DEFAULT_LEVELS[family])]
+    simulated = search_levels(family, levels, search)  # how each level's weights are simulated
     started = time.perf_counter()
     weights = evaluator.base.weights()
     ops = compressible_weights(weights, weight_threshold)
@@ -204,7 +205,7 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
         len(variants[op.name]) == len(levels) and all(v.shape == tuple(op.shape) for v in variants[op.name]) for op in ops)
     if not complete:
         variants.clear()
-        variants.update({op.name: [simulate(originals[op.name], family, l) for l in levels] for op in ops})
+        variants.update({op.name: [simulate(originals[op.name], family, l) for l in simulated] for op in ops})
     bits = {op.name: [compressed_bits(family, l, op.numel, op.shape[0]) for l in levels] for op in ops}
     float_bits = {op.name: op.numel * 16.0 for op in ops}
 
@@ -393,9 +394,10 @@ def check_search(search: str) -> None:
 
 
 def search_levels(family: str, levels: list[dict[str, Any]] | None, search: str = "fast") -> list[dict[str, Any]]:
-    """The levels a search uses: copies of `levels` (default: the family's); the fast search
-    serves palettize k-means levels (mode "kmeans" or unset, scalar LUTs) with the lab's exact
-    k-means (mode "fast_kmeans") when every level is one of them (a model cannot mix the two)."""
+    """How a search simulates `levels` (default: the family's): copies of them; the fast search
+    simulates palettize k-means levels (mode "kmeans" or unset, scalar LUTs) with the lab's exact
+    k-means (mode "fast_kmeans", weight error never above coremltools') when every level is one of
+    them. The answer keeps the levels as given (its exported coremltools config reproduces it)."""
     import importlib.util
     levels = [dict(l) for l in (levels or DEFAULT_LEVELS[family])]
     if search != "fast" or family != "palettize":
