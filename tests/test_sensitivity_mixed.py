@@ -1,5 +1,7 @@
 """Per-layer sensitivity and mixed precision under a budget, on the real mnist_cnn."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -59,14 +61,21 @@ def test_sensitivity_one_row_per_compressible_op(evaluator, tmp_path, mnist_hand
     assert len(runs) == 4 and all(r.state == "COMPLETE" for r in runs)
 
 
-def test_mixed_search_honours_budget_and_beats_uniform(evaluator):
+@pytest.mark.parametrize("search", ["fast", "exact"])
+def test_mixed_search_honours_budget_and_beats_uniform(evaluator, search):
     budget = Budget("agreement", 0.99)
-    result = search_mixed(evaluator, "palettize", budget,
+    result = search_mixed(evaluator, "palettize", budget, search=search,
                           levels=[{"nbits": 8, "mode": "uniform"}, {"nbits": 4, "mode": "uniform"},
                                   {"nbits": 2, "mode": "uniform"}, {"nbits": 1, "mode": "uniform"}])
+    assert result.search == search
     assert result.subset["meets_budget"] and result.subset["measured"]["agreement"] >= 0.99
     passing_uniform = [u["weight_bits"] for u in result.uniform if u["meets_budget"]]
-    assert passing_uniform and result.weight_bits <= min(passing_uniform)
+    assert all(result.weight_bits <= bits for bits in passing_uniform)
+    if search == "exact":  # every uniform level measured
+        assert passing_uniform and None not in [u["meets_budget"] for u in result.uniform]
+    else:  # only the ones smaller than the answer could win; none of those measured passes
+        smaller = [u for u in result.uniform if u["weight_bits"] < result.weight_bits]
+        assert not any(u["meets_budget"] for u in smaller)
     config = config_from_dict(result.technique_config({"precision": "fp16"}))
     assert config.name == "palettize"
     # a mixed assignment really mixes: not every op at the same level
@@ -187,6 +196,7 @@ def test_a_second_search_reuses_the_stored_single_op_stage(mnist_handle, mnist_d
     from compress_lab.analysis.mixed_run import search_config
     kwargs = dict(workdir=tmp_path / "work", max_images=100)
     budget = Budget("agreement", 0.98)
+    kwargs["search"] = "exact"
     first_config, first = search_config(mnist_handle, mnist_dir / "val", "palettize", budget, levels=UNIFORM_LEVELS,
                                         **kwargs)
     assert not first.reused_single_op and list((tmp_path / "work" / "mixed-single-op").glob("*.json"))
@@ -216,3 +226,72 @@ def test_fast_kmeans_simulation_matches_the_lab_fast_palettizer(evaluator, tmp_p
     ours = simulate(original, "palettize", {"nbits": 3, "mode": "fast_kmeans"})
     match = [v for v in real.values() if v.shape == original.shape and not np.array_equal(v, original)]
     assert match and np.array_equal(match[0], ours) and len(np.unique(ours)) <= 8
+
+
+def test_fast_search_is_the_default_and_meets_the_budget_on_the_real_package(mnist_handle, mnist_dir, tmp_path):
+    """The default (fast) search: levels simulated with the exact k-means, one measurement per op (a few at two
+    levels) on a part of the subset; its answer, compressed for real, is within the budget on the
+    whole folder (the search's subset here) and smaller on disk than the float package."""
+    from compress_lab.analysis.mixed_run import run_mixed
+    from compress_lab.analysis.mixed import CALIBRATION_OPS
+    budget = Budget("top1_drop", 1.0)
+    out = run_mixed(mnist_handle, mnist_dir / "val", "palettize", budget, tmp_path / "fast.mlpackage",
+                    workdir=tmp_path / "work", max_images=1000)
+    search = out["search"]
+    assert search["search"] == "fast" and search["subset"]["meets_budget"]
+    assert all("mode" not in level for level in search["levels"])  # simulated with the exact k-means, kept as given
+    assert out["config"].get("mode", "kmeans") == "kmeans"
+    # every op measured alone once (calibrating ops twice) on a part of the subset, not at every level
+    assert search["subset"]["single_op_images"] < search["subset"]["images"] == 1000
+    assert search["subset"]["part_evaluations"] >= 4 + min(CALIBRATION_OPS, 4)
+    assert search["evaluations"] - search["subset"]["part_evaluations"] < 4 * len(search["levels"])
+    verified = out["verified"]
+    assert verified["meets_budget"] and verified["images"] == 1000
+    assert verified["top1"] >= verified["baseline_top1"] - 0.01
+    assert _bytes_on_disk(tmp_path / "fast.mlpackage") == verified["bytes"]
+    float_bytes = _bytes_on_disk(Path(CompressContext(mnist_handle, tmp_path / "work").float_package("fp16")))
+    assert verified["bytes"] < float_bytes / 2
+    # every op's noise grows with the level, as measured at the reference level
+    assert all(np.all(np.diff(levels) >= 0) and levels[-1] > 0 for levels in search["noise"].values())
+
+
+def test_exact_search_stays_reachable_from_the_cli(mnist_dir, tmp_path, capsys):
+    """`compress-lab mixed --search exact`: today's algorithm (coremltools' k-means levels, every
+    op measured alone at every level); its package is within the budget on the whole folder."""
+    import json
+    import shutil
+    from compress_lab import cli
+    val = tmp_path / "val"
+    for class_dir in sorted((mnist_dir / "val").iterdir()):
+        (val / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:4]:
+            shutil.copy2(image, val / class_dir.name / image.name)
+    out = tmp_path / "exact.mlpackage"
+    assert cli.main(["mixed", "mnist_cnn", "--data", str(val), "--budget-agreement", "0.95", "--search", "exact",
+                     "--out", str(out), "--workdir", str(tmp_path / "work"), "--json"]) == 0
+    outcome = json.loads(capsys.readouterr().out)
+    search = outcome["search"]
+    assert search["search"] == "exact" and all("mode" not in level for level in search["levels"])
+    assert outcome["config"].get("mode", "kmeans") == "kmeans"
+    assert search["subset"]["part_evaluations"] == 0
+    assert search["evaluations"] >= 4 * len(search["levels"])  # 4 ops x every level, then the search itself
+    assert outcome["verified"]["meets_budget"] and _bytes_on_disk(out) == outcome["verified"]["bytes"]
+
+
+def test_search_option_validation():
+    from compress_lab.analysis.mixed import search_levels
+    with pytest.raises(ConfigError, match="'fast'.*'exact'"):
+        search_mixed(None, "palettize", Budget("agreement", 0.99), search="quick")
+    assert [l["mode"] for l in search_levels("palettize", None, "fast")] == ["fast_kmeans"] * 6
+    assert all("mode" not in l for l in search_levels("palettize", None, "exact"))
+    assert search_levels("palettize", UNIFORM_LEVELS, "fast") == UNIFORM_LEVELS  # only k-means levels change
+
+
+def test_a_part_of_the_subset_measures_like_the_subset(evaluator):
+    part = evaluator.part(50)
+    assert part.count == 50 and evaluator.count == 200 and part.base is evaluator.base
+    assert part.baseline.agreement == 1.0 and part.evaluations == 0
+    name = "fc_layers_0_weight_to_fp16"
+    weight = simulate(evaluator.base.weights()[name], "palettize", {"nbits": 1, "mode": "uniform"})
+    assert part.measure({name: weight}).snr_db < 100 and part.evaluations == 1  # 1-bit: far from the float outputs
+    assert evaluator.part(500) is evaluator

@@ -13,7 +13,18 @@ chosen assignment is then compressed for real and evaluated on the whole folder.
 Under a size budget (bytes on disk, or bits per weight) the dual: the first prefix of
 the same sequence whose estimated payload fits, its slack given back to the ops whose
 noise falls most per bit, measured beside the least aggressive uniform level that fits;
-the most accurate wins, and mixed_run checks the real package against the budget."""
+the most accurate wins, and mixed_run checks the real package against the budget.
+
+Two searches (`search=`): "exact" (the algorithm above as first written: every op measured
+alone at every level, palettize k-means levels simulated with coremltools' k-means) and
+"fast", the default: k-means levels are simulated with the lab's exact 1-D k-means (mode
+"fast_kmeans", the same LUT sizes, weight error never above coremltools'; the answer keeps
+the levels as given and is compressed with them), and the single-op stage measures each op once, at one reference
+level, predicting its other levels from their weight error: one op's output noise power
+grows as a power of its weight error power, noise(level) = noise(reference) *
+(error(level) / error(reference)) ** p, p fitted on a few ops measured at a second level
+(see _predicted_noise). Stages (2)-(5) are unchanged and measure real assignments
+on the whole subset, so the answer is within the budget on the subset either way."""
 
 from __future__ import annotations
 
@@ -30,6 +41,11 @@ from compress_lab.analysis.subset import Measurement, SubsetEvaluator
 from compress_lab.errors import ConfigError
 
 UNCOMPRESSED = -1
+SEARCHES = ("fast", "exact")
+FAST_REFINE_FAILS = 4  # fast search: refinement stops after this many failed tries (exact: when a round finds none)
+FAST_SINGLE_OP_FRACTION = 0.25  # fast search: single ops measured on this part of the subset (>= 16 samples)
+CALIBRATION_OPS = 4    # fast search: ops also measured at a second level, to fit how noise grows with error
+EXPONENT_RANGE = (0.5, 4.0)
 
 
 ACCURACY_BUDGETS = ("top1_drop", "agreement")
@@ -133,6 +149,7 @@ class MixedResult:
     noise: dict[str, list[float]] = field(default_factory=dict)  # op -> relative output noise per level, alone
     size_target: dict[str, Any] = field(default_factory=dict)   # size budgets: the weight bits aimed at
     reused_single_op: bool = False                               # the single-op stage came from an earlier search
+    search: str = "exact"                                        # "fast" or "exact" (see the module docstring)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,15 +176,21 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
                  weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD,
                  progress: Callable[[str, int, int], None] | None = None,
                  noise: dict[str, list[float]] | None = None, margin_bytes: float = 0.0,
-                 variants: dict[str, list[np.ndarray]] | None = None) -> MixedResult:
+                 variants: dict[str, list[np.ndarray]] | None = None, search: str = "fast",
+                 single_op_samples: int | None = None) -> MixedResult:
     """The search (see the module docstring). `noise`: the single-op stage of an earlier search
     on the same package, subset and levels (MixedResult.noise), reused instead of measured.
     Size budgets: `margin_bytes` is kept free below the budget (the caller raises it when the
     real package came out larger than estimated). `variants`: a dict of each op's weight
     compressed + decompressed at each level; used when it holds them all (an earlier search's),
-    else filled in (so a caller can store it beside `noise`)."""
+    else filled in (so a caller can store it beside `noise`). `search`: "fast" (default) or
+    "exact" (see the module docstring). `single_op_samples`: the fast search measures single
+    ops, and takes its first guess of the longest passing prefix, on at most this many evenly
+    spaced samples of the subset (default: a quarter of it, at least 16)."""
     check_family(family)
+    check_search(search)
     levels = [dict(l) for l in (levels or DEFAULT_LEVELS[family])]
+    simulated = search_levels(family, levels, search)  # how each level's weights are simulated
     started = time.perf_counter()
     weights = evaluator.base.weights()
     ops = compressible_weights(weights, weight_threshold)
@@ -182,7 +205,7 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
         len(variants[op.name]) == len(levels) and all(v.shape == tuple(op.shape) for v in variants[op.name]) for op in ops)
     if not complete:
         variants.clear()
-        variants.update({op.name: [simulate(originals[op.name], family, l) for l in levels] for op in ops})
+        variants.update({op.name: [simulate(originals[op.name], family, l) for l in simulated] for op in ops})
     bits = {op.name: [compressed_bits(family, l, op.numel, op.shape[0]) for l in levels] for op in ops}
     float_bits = {op.name: op.numel * 16.0 for op in ops}
 
@@ -201,8 +224,14 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
                               "bytes; raise the budget or add a more aggressive level")
 
     # (1) each op alone at each level: relative output noise power (adds up across ops, roughly)
-    if noise is not None and set(noise) == {op.name for op in ops} and all(len(v) == len(levels) for v in noise.values()):
+    reused = noise is not None and set(noise) == {op.name for op in ops} and all(len(v) == len(levels)
+                                                                               for v in noise.values())
+    # fast search: the part of the subset single ops (and the first guess of stage 3) are measured on
+    probe = _probe(evaluator, single_op_samples) if search == "fast" and not (reused and budget.is_size) else None
+    if reused:
         noise = {name: list(values) for name, values in noise.items()}
+    elif search == "fast":
+        noise = _predicted_noise(probe, ops, originals, variants, len(levels), progress)
     else:
         noise = {}
         total_single = len(ops) * len(levels)
@@ -243,8 +272,11 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
         push(name)
 
     if budget.is_size:
-        return _within_size(evaluator, family, budget, levels, ops, sequence, noise, bits, float_bits, overrides,
-                            total_bits, margin_bytes, started)
+        result = _within_size(evaluator, family, budget, levels, ops, sequence, noise, bits, float_bits, overrides,
+                              total_bits, margin_bytes, started)
+        result.evaluations += _part_evaluations(evaluator, probe)
+        result.search = search
+        return result
 
     # (3) longest passing prefix (binary search; passing is close to monotone along the sequence)
     cache: dict[int, Measurement] = {}
@@ -256,7 +288,37 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
                 progress("search", len(cache), max(1, int(np.log2(len(sequence) + 1)) + 1))
         return cache[k]
 
+    def passes(k: int) -> bool:
+        return budget.met(measure_prefix(k), baseline)
+
     lo, hi = 0, len(sequence)
+    if search == "fast" and probe is not None and probe is not evaluator and sequence:
+        # a first guess from the same binary search on the (cheaper) part, then galloping from it on the
+        # whole subset to a bracket [lo, hi] (passes(lo), everything above hi assumed failing)
+        plo, phi = 0, len(sequence)
+        while plo < phi:
+            mid = (plo + phi + 1) // 2
+            if budget.met(probe.measure(overrides(sequence[mid - 1])), probe.baseline):
+                plo = mid
+            else:
+                phi = mid - 1
+        step = 1
+        if passes(plo):
+            lo = plo
+            while lo < hi:
+                k = min(lo + step, hi)
+                if not passes(k):
+                    hi = k - 1
+                    break
+                lo, step = k, step * 2
+        else:
+            hi = plo - 1
+            while True:
+                k = max(plo - step, 0)
+                if passes(k):
+                    lo = k
+                    break
+                hi, step = k - 1, step * 2
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if budget.met(measure_prefix(mid), baseline):
@@ -271,6 +333,12 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
     uniform = []
     for lvl, level in enumerate(levels):
         assignment = {op.name: lvl for op in ops}
+        if search == "fast" and (total_bits(assignment) >= total_bits(best_assignment)
+                                 or any(u["meets_budget"] is False for u in uniform)):
+            # cannot be smaller than the answer, or a less aggressive uniform level already failed (passing
+            # is close to monotone in the level): not measured by the fast search
+            uniform.append({"level": level, "weight_bits": total_bits(assignment), "meets_budget": None})
+            continue
         measured = evaluator.measure(overrides(assignment))
         ok = budget.met(measured, baseline)
         uniform.append({"level": level, "weight_bits": total_bits(assignment), "meets_budget": ok, **asdict(measured)})
@@ -281,7 +349,8 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
 
     # (5) local refinement: from the best answer, push single ops one level further while the budget holds
     improved = True
-    while improved:
+    refine_left = FAST_REFINE_FAILS if search == "fast" else None
+    while improved and refine_left != 0:
         improved = False
         candidates = []
         for name, level in best_assignment.items():
@@ -291,7 +360,7 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
                 if saved > 0:
                     cost = noise[name][level + 1] - (0.0 if level == UNCOMPRESSED else noise[name][level])
                     candidates.append((cost / saved, name))
-        for _, name in sorted(candidates):
+        for _, name in sorted(candidates)[:refine_left]:
             trial = dict(best_assignment, **{name: best_assignment[name] + 1})
             measured = evaluator.measure(overrides(trial))
             if progress:
@@ -299,6 +368,10 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
             if budget.met(measured, baseline):
                 best_assignment, best_measured, chosen, improved = trial, measured, "mixed", True
                 break
+            if refine_left is not None:
+                refine_left -= 1
+                if refine_left == 0:
+                    break
 
     levels_used = set(best_assignment.values())
     if chosen == "mixed" and len(levels_used) == 1 and UNCOMPRESSED not in levels_used:
@@ -307,8 +380,122 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
         family=family, levels=levels, budget=asdict(budget), assignment=best_assignment, chosen=chosen,
         weight_bits=total_bits(best_assignment),
         subset={"images": evaluator.count, "baseline": asdict(baseline), "measured": asdict(best_measured),
-                "meets_budget": budget.met(best_measured, baseline)},
-        uniform=uniform, evaluations=evaluator.evaluations, elapsed_s=time.perf_counter() - started, noise=noise)
+                "meets_budget": budget.met(best_measured, baseline),
+                "single_op_images": probe.count if probe is not None else evaluator.count,
+                "part_evaluations": _part_evaluations(evaluator, probe)},
+        uniform=uniform, evaluations=evaluator.evaluations + _part_evaluations(evaluator, probe),
+        elapsed_s=time.perf_counter() - started, noise=noise, search=search)
+
+
+def check_search(search: str) -> None:
+    if search not in SEARCHES:
+        raise ConfigError(f"search {search!r} is not known; use 'fast' (the default: exact k-means, one measurement "
+                          "per op) or 'exact' (every op measured at every level, coremltools' k-means)")
+
+
+def search_levels(family: str, levels: list[dict[str, Any]] | None, search: str = "fast") -> list[dict[str, Any]]:
+    """How a search simulates `levels` (default: the family's): copies of them; the fast search
+    simulates palettize k-means levels (mode "kmeans" or unset, scalar LUTs) with the lab's exact
+    k-means (mode "fast_kmeans", weight error never above coremltools') when every level is one of
+    them. The answer keeps the levels as given (its exported coremltools config reproduces it)."""
+    import importlib.util
+    levels = [dict(l) for l in (levels or DEFAULT_LEVELS[family])]
+    if search != "fast" or family != "palettize":
+        return levels
+    kmeans = all(l.get("mode", "kmeans") in ("kmeans", "fast_kmeans") and l.get("cluster_dim", 1) == 1 for l in levels)
+    if not kmeans or importlib.util.find_spec("compress_lab.techniques.fast_palettize") is None:
+        return levels
+    return [dict(l, mode="fast_kmeans") for l in levels]
+
+
+def reference_level(errors: list[float]) -> int | None:
+    """The level a fast single-op stage measures an op at: the middle level (e.g. 4 bits of
+    8/6/4/3/2/1), else the nearest more aggressive one, else less aggressive, whose weight error
+    is not zero; None when every level leaves the weight as it is."""
+    middle = (len(errors) - 1) // 2
+    for lvl in list(range(middle, len(errors))) + list(range(middle - 1, -1, -1)):
+        if errors[lvl] > 0:
+            return lvl
+    return None
+
+
+def calibration_level(errors: list[float], ref: int) -> int | None:
+    """The second level a calibrating op is measured at: two levels more aggressive than the
+    reference (2 bits of 8/6/4/3/2/1; the last is often past where the budget lies), else the
+    most aggressive, with a larger weight error than the reference's; None if there is none."""
+    for lvl in [ref + 2] + list(range(len(errors) - 1, ref, -1)):
+        if lvl < len(errors) and errors[lvl] > errors[ref]:
+            return lvl
+    return None
+
+
+def noise_exponent(noise_ref: float, noise_other: float, error_ref: float, error_other: float) -> float | None:
+    """p of noise ~ error**p through two measurements of one op (None when they cannot tell)."""
+    if not (noise_ref > 0 and noise_other > noise_ref and error_other > error_ref > 0):
+        return None
+    return float(np.clip(np.log(noise_other / noise_ref) / np.log(error_other / error_ref), *EXPONENT_RANGE))
+
+
+def _probe(evaluator: SubsetEvaluator, single_op_samples: int | None) -> SubsetEvaluator:
+    """The part of the subset the fast search measures single ops on: `single_op_samples`
+    samples, by default FAST_SINGLE_OP_FRACTION of the subset but at least 16."""
+    if single_op_samples is None:
+        single_op_samples = max(16, int(np.ceil(evaluator.count * FAST_SINGLE_OP_FRACTION)))
+    return evaluator.part(single_op_samples)
+
+
+def _part_evaluations(evaluator: SubsetEvaluator, probe: SubsetEvaluator | None) -> int:
+    """Runs on a part of the subset (its baseline too), which `evaluator` does not count."""
+    return 0 if probe is None or probe is evaluator else probe.evaluations + 1
+
+
+def _predicted_noise(probe: SubsetEvaluator, ops, originals, variants, n_levels: int,
+                     progress) -> dict[str, list[float]]:
+    """The fast single-op stage. Each op is measured alone once, at its reference level, and
+    its noise at the other levels predicted from their weight error power e: noise(l) =
+    noise(ref) * (e(l) / e(ref)) ** p. A few ops (CALIBRATION_OPS, spread over the model's
+    order) are measured at a second level too, giving their own p (output noise grows a little
+    faster than linearly with weight error at low bits: p ~ 1.5-2 on the sample CNNs); the other
+    ops take the median of those; less aggressive levels than the reference scale linearly.
+    Measured on `probe` (a part of the subset). Returns noise per op and level."""
+
+    def run(name: str, weight: np.ndarray) -> float:
+        return 10 ** (-probe.measure({name: weight}).snr_db / 10)
+
+    calibrating = {ops[i].name for i in np.unique(np.linspace(0, len(ops) - 1, min(CALIBRATION_OPS, len(ops))).round()
+                                                  .astype(int))}
+    total = len(ops) + len(calibrating)
+    done = 0
+    measured: dict[str, tuple[list[float], int | None, float, float | None]] = {}
+    for op in ops:
+        original = originals[op.name].astype(np.float64)
+        errors = [float(np.sum((np.asarray(v, dtype=np.float64) - original) ** 2)) for v in variants[op.name]]
+        ref = reference_level(errors)
+        at_ref, exponent = 0.0, None
+        if ref is not None:
+            at_ref = run(op.name, variants[op.name][ref])
+            second = calibration_level(errors, ref) if op.name in calibrating else None
+            if second is not None:
+                at_second = run(op.name, variants[op.name][second])
+                exponent = noise_exponent(at_ref, at_second, errors[ref], errors[second])
+                done += 1
+        done += 1
+        if progress:
+            progress("single-op", done, total)
+        measured[op.name] = (errors, ref, at_ref, exponent)
+    exponents = [e for _, _, _, e in measured.values() if e is not None]
+    common = float(np.median(exponents)) if exponents else 1.0
+    noise: dict[str, list[float]] = {}
+    for name, (errors, ref, at_ref, exponent) in measured.items():
+        if ref is None:
+            noise[name] = [0.0] * n_levels
+            continue
+        p = exponent if exponent is not None else common
+        # below the reference, linearly (p = 1: a little above what is measured there, where a floor of
+        # other noise flattens the curve); above it, with the fitted exponent
+        noise[name] = list(np.maximum.accumulate([at_ref * (e / errors[ref]) ** (p if lvl > ref else 1.0)
+                                                  for lvl, e in enumerate(errors)]))
+    return noise
 
 
 def size_target_bits(evaluator: SubsetEvaluator, budget: Budget, float_bits_total: float,

@@ -7,19 +7,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compress_lab.analysis.mixed import Budget, search_mixed
+from compress_lab.analysis.mixed import Budget, search_levels, search_mixed
 from compress_lab.analysis.subset import Measurement, SubsetEvaluator
 
 
-def single_op_key(evaluator: SubsetEvaluator, family: str, levels: list[dict[str, Any]] | None) -> str:
+def single_op_key(evaluator: SubsetEvaluator, family: str, levels: list[dict[str, Any]] | None,
+                  search: str = "exact", single_op_samples: int | None = None) -> str:
     """What the single-op stage depends on: the float program (its files), the subset (its input
-    arrays and targets), the family and its levels."""
+    arrays and targets), the family and its levels, and how the stage was taken (the fast
+    search's predicted noise is never read as an exact search's measured one)."""
     import hashlib
     import json
 
     import numpy as np
 
-    from compress_lab.analysis.compressors import DEFAULT_LEVELS
     digest = hashlib.sha256()
     package = Path(evaluator.base.origin)
     for path in sorted(p for p in package.rglob("*") if p.is_file() and p.name != "Manifest.json"):
@@ -29,7 +30,9 @@ def single_op_key(evaluator: SubsetEvaluator, family: str, levels: list[dict[str
         for name in sorted(arrays):
             digest.update(name.encode())
             digest.update(np.ascontiguousarray(arrays[name]).tobytes())
-    digest.update(json.dumps([family, levels or DEFAULT_LEVELS[family]], sort_keys=True).encode())
+    digest.update(json.dumps([family, search_levels(family, levels, search)], sort_keys=True).encode())
+    if search != "exact":
+        digest.update(json.dumps([search, single_op_samples]).encode())
     return digest.hexdigest()[:32]
 
 
@@ -74,8 +77,11 @@ SINGLE_OP_DIR = "mixed-single-op"
 
 def search_config(handle, data_dir: str | Path, family: str, budget: Budget, *, workdir: str | Path,
                   max_images: int = 2000, precision: str = "fp16", progress=None, levels=None, reuse: bool = True,
-                  preprocessing_overrides: dict | None = None):
+                  preprocessing_overrides: dict | None = None, search: str = "fast",
+                  single_op_samples: int | None = None):
     """The mixed-precision search on a validation subset: (technique config dict, MixedResult).
+    `search`: "fast" (default) or "exact" (today's first algorithm: every op measured at every
+    level, coremltools' k-means); see compress_lab.analysis.mixed.
     With `reuse`, the single-op stage (each op alone at each level: most of the search's
     evaluations, and every op's weight compressed at every level) of an earlier search on the
     same float program, subset and levels is read from WORKDIR/mixed-single-op/ instead of
@@ -85,9 +91,12 @@ def search_config(handle, data_dir: str | Path, family: str, budget: Budget, *, 
     ctx = CompressContext(handle=handle, workdir=Path(workdir))
     evaluator = SubsetEvaluator(ctx.float_package(precision), data_dir, handle.metadata, max_images=max_images,
                                 preprocessing_overrides=preprocessing_overrides)
-    key = single_op_key(evaluator, family, levels) if reuse else None
+    from compress_lab.analysis.mixed import check_search
+    check_search(search)
+    key = single_op_key(evaluator, family, levels, search, single_op_samples) if reuse else None
     noise, variants = stored_single_op(workdir, key) if reuse else (None, {})
-    result = search_mixed(evaluator, family, budget, levels=levels, progress=progress, noise=noise, variants=variants)
+    result = search_mixed(evaluator, family, budget, levels=levels, progress=progress, noise=noise, variants=variants,
+                          search=search, single_op_samples=single_op_samples)
     result.reused_single_op = noise is not None and result.noise == noise
     if reuse and not result.reused_single_op:
         store_single_op(workdir, key, result.noise, variants)
@@ -120,7 +129,7 @@ def _fit_size(ctx, evaluator, family, budget, result, config, precision, progres
         excess = (real - budget.value) if budget.metric == "bytes" else (real - budget.value) * sizes["n_weights"] / 8
         margin += excess + 64
         result = search_mixed(evaluator, family, budget, levels=result.levels, noise=result.noise, variants=variants,
-                              margin_bytes=margin, progress=progress)
+                              margin_bytes=margin, progress=progress, search=result.search)
         config = config_from_dict(result.technique_config({"precision": precision})).to_dict()
     raise ConfigError(f"the mixed answer stays above {budget.describe()} after {attempts} tries "
                       f"({real:,} measured); raise the budget")
@@ -128,15 +137,18 @@ def _fit_size(ctx, evaluator, family, budget, result, config, precision, progres
 
 def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_path: str | Path, *,
               workdir: str | Path, max_images: int = 2000, precision: str = "fp16", progress=None,
-              reuse: bool = True, preprocessing_overrides: dict | None = None) -> dict[str, Any]:
-    """Search, then compress the chosen config for real and measure it on the whole folder."""
+              reuse: bool = True, preprocessing_overrides: dict | None = None, search: str = "fast",
+              single_op_samples: int | None = None) -> dict[str, Any]:
+    """Search (`search`: "fast" or "exact", see search_config), then compress the chosen config
+    for real and measure it on the whole folder."""
     from compress_lab.models.size import package_size
     from compress_lab.techniques import CompressContext, compress, config_from_dict
 
     started = time.perf_counter()
     config, result = search_config(handle, data_dir, family, budget, workdir=workdir, max_images=max_images,
                                    precision=precision, progress=progress, reuse=reuse,
-                                   preprocessing_overrides=preprocessing_overrides)
+                                   preprocessing_overrides=preprocessing_overrides, search=search,
+                                   single_op_samples=single_op_samples)
     ctx = CompressContext(handle=handle, workdir=Path(workdir))
     outcome = compress(handle, config_from_dict(config), out_path, context=ctx)
 

@@ -130,6 +130,25 @@ class SubsetEvaluator:
         program = self.base.with_constants(overrides) if overrides else self.base
         return self._measurement(self._evaluate(program, self.reference))
 
+    def part(self, max_samples: int) -> "SubsetEvaluator":
+        """An evaluator of the same program on at most `max_samples` evenly spaced samples of this
+        subset (itself when it holds no more), with the uncompressed outputs on them measured
+        again (one run of the part): a cheaper probe for many single-op measurements."""
+        from compress_lab.arrays import evenly_spaced, take
+        if int(max_samples) >= self.count:
+            return self
+        if int(max_samples) < 1:
+            raise DataError(f"a part of the subset needs at least 1 sample, not {max_samples!r}")
+        part = object.__new__(SubsetEvaluator)
+        part.__dict__.update(self.__dict__)
+        part.source = take(self.source, evenly_spaced(self.count, int(max_samples)))
+        part.count = part.source.n
+        reference = part._evaluate(part.base, None)
+        part.reference = reference.reference_outputs()
+        part.baseline = part._measurement(reference, baseline=True)
+        part.evaluations = 0
+        return part
+
     def score(self, measured: Measurement) -> tuple:
         """Better is larger: the task's primary metric in its direction, then agreement, then SNR."""
         primary = measured.values.get(self.primary.name)

@@ -31,6 +31,12 @@ def add_arguments(parser) -> None:
     budget.add_argument("--budget-bits-per-weight", type=float, metavar="BITS",
                         help="size budget: the most accurate mix of at most BITS bits per weight (weights file)")
     parser.add_argument("--max-images", type=int, default=2000, help="samples used by the search (evenly spaced)")
+    parser.add_argument("--search", choices=("fast", "exact"), default="fast",
+                        help="fast (default): the lab's exact k-means and one measurement per op, its other levels "
+                             "predicted from their weight error; exact: every op measured alone at every level with "
+                             "coremltools' k-means (the first algorithm, ~10x slower)")
+    parser.add_argument("--single-op-samples", type=int, metavar="N",
+                        help="fast search: measure single ops on at most N of the search's samples (default: all)")
     parser.add_argument("--out", type=Path, help="where to write the chosen .mlpackage (default: WORKDIR/mixed.mlpackage)")
     parser.add_argument("--workdir", type=Path, default=Path(".lab-work"))
     parser.add_argument("--sweep", type=Path, metavar="SPEC.toml",
@@ -77,7 +83,8 @@ def run(args) -> int:
         return _add_to_sweep(args, handle, budget)
     out = args.out or args.workdir / "mixed.mlpackage"
     outcome = run_mixed(handle, args.data, args.family, budget, out, workdir=args.workdir, max_images=args.max_images,
-                        progress=_progress, reuse=not args.no_reuse)
+                        progress=_progress, reuse=not args.no_reuse, search=args.search,
+                        single_op_samples=args.single_op_samples)
     if args.export_config:
         _write_config(outcome["coreml_config"], args.export_config)
     if args.json:
@@ -86,7 +93,8 @@ def run(args) -> int:
     print()
     verified = outcome["verified"]
     print(f"budget: {budget.describe()}; search chose {outcome['search']['chosen']} "
-          f"({outcome['search']['evaluations']} evaluations, {outcome['search']['elapsed_s']:.1f}s"
+          f"({outcome['search']['search']} search, {outcome['search']['evaluations']} evaluations, "
+          f"{outcome['search']['elapsed_s']:.1f}s"
           + (", single-op stage reused from an earlier search" if outcome['search']['reused_single_op'] else "") + ")")
     print(f"config: {json.dumps(outcome['config'])}")
     print(f"wrote {outcome['path']}: {verified['bytes']:,} bytes, {verified['bits_per_weight']:.2f} bits per weight; "
@@ -109,7 +117,8 @@ def _add_to_sweep(args, handle, budget) -> int:
     spec = load_spec(args.sweep)
     store = args.store or default_store_folder(args.sweep, spec)
     config, result = search_config(handle, args.data, args.family, budget, workdir=args.workdir,
-                                   max_images=args.max_images, progress=_progress, reuse=not args.no_reuse)
+                                   max_images=args.max_images, progress=_progress, reuse=not args.no_reuse,
+                                   search=args.search, single_op_samples=args.single_op_samples)
     if args.export_config:
         from compress_lab.analysis.mixed_run import coreml_config_of
         _write_config(coreml_config_of(handle, config, workdir=args.workdir), args.export_config)
