@@ -89,7 +89,8 @@ def build() -> None:
     is_torch = handle.kind == "torch"
     subset = f"at most {data.max_val_images} images of " if data.max_val_images else ""
     st.caption(f"Model **{handle.name}** · validation: {subset}`{data.validation or 'not set'}` · "
-               f"training: `{data.train or 'none'}` (change them on the Model and Data pages)")
+               f"training: `{data.train or 'none'}`" + (f" · your metric: `{data.metric}`" if data.metric else "")
+               + " (change them on the Model and Data pages)")
     grid: list[dict] = []
     for family, title, blurb in GROUPS:
         with st.container(border=True):
