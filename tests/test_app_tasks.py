@@ -372,3 +372,15 @@ def test_a_sweep_from_the_app_stores_the_users_metric_with_every_run(tmp_path, r
     gone = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).switch_page("app_pages/2_data.py").run()
     assert gone.session_state["lab.data"].metric is None
     assert any("metric file" in w.value and "no longer exists" in w.value for w in gone.warning)
+
+
+def test_an_uploaded_metric_file_is_saved_in_the_stores_uploads_and_used(tmp_path, regressor, monkeypatch):
+    store = tmp_path / "store"
+    at = open_model(store, regressor, monkeypatch)
+    at.switch_page("app_pages/2_data.py").run()
+    at.file_uploader(key="data.metric.upload").set_value(("../../evil name.py", USER_METRIC.encode(), "text/x-python"))
+    use_metric(at, "")
+    no_errors(at)
+    saved = Path(at.session_state["lab.data"].metric)
+    assert saved.is_relative_to(store.resolve() / "uploads") and saved.read_text() == USER_METRIC
+    assert any("**max_error**: lower is better" in s.value for s in at.success)
