@@ -49,6 +49,7 @@ def choose_folders() -> None:
 
 
 METRIC_ERROR_KEY = "data.metric.error"
+METRIC_SHOWN_KEY = "data.metric.shown"   # the metric the text field was last filled with
 CODE_WARNING = ("A metric file is code: using it runs it with your user's rights, exactly like `import` (and like a "
                 "model definition). Only use files you trust.")
 
@@ -63,7 +64,10 @@ def choose_metric() -> None:
                    "offers them as axes and budgets.")
         st.warning(CODE_WARNING, icon=":material/warning:")
         with st.form("data.metric"):
-            st.session_state.setdefault("data.metric.path", data.metric or "")
+            if ("data.metric.path" not in st.session_state   # first visit, back from another page, restored
+                    or st.session_state.get(METRIC_SHOWN_KEY, "unset") != data.metric):   # set, or reset by a new model
+                st.session_state["data.metric.path"] = data.metric or ""
+                st.session_state[METRIC_SHOWN_KEY] = data.metric
             text = st.text_input("Metric file (path/to/metric.py, or path/to/metric.py:function)",
                                  key="data.metric.path")
             upload = st.file_uploader("…or upload a metric .py file", type=["py"], key="data.metric.upload")
@@ -73,7 +77,6 @@ def choose_metric() -> None:
         if clear:
             st.session_state.pop(METRIC_ERROR_KEY, None)
             set_data(metric=None)
-            st.session_state.pop("data.metric.path", None)
             st.rerun()
         if use:
             spec = text.strip()
@@ -84,7 +87,6 @@ def choose_metric() -> None:
             if not spec:
                 set_data(metric=None)
                 st.session_state.pop(METRIC_ERROR_KEY, None)
-                st.session_state.pop("data.metric.path", None)
                 st.rerun()
             spec = _absolute(spec)
             try:
@@ -95,7 +97,6 @@ def choose_metric() -> None:
             else:
                 st.session_state.pop(METRIC_ERROR_KEY, None)
                 set_data(metric=spec)
-                st.session_state.pop("data.metric.path", None)   # shown again as the absolute path
                 st.rerun()
         if METRIC_ERROR_KEY in st.session_state:
             st.error(f"Your metric: {st.session_state[METRIC_ERROR_KEY]}", icon=":material/error:")

@@ -384,3 +384,18 @@ def test_an_uploaded_metric_file_is_saved_in_the_stores_uploads_and_used(tmp_pat
     saved = Path(at.session_state["lab.data"].metric)
     assert saved.is_relative_to(store.resolve() / "uploads") and saved.read_text() == USER_METRIC
     assert any("**max_error**: lower is better" in s.value for s in at.success)
+
+
+def test_the_metric_field_shows_the_metric_again_after_another_page_and_no_metric_clears_it(tmp_path, regressor, monkeypatch):
+    metric = tmp_path / "metric.py"
+    metric.write_text(USER_METRIC)
+    at = open_model(tmp_path / "store", regressor, monkeypatch)
+    at.switch_page("app_pages/2_data.py").run()
+    use_metric(at, str(metric))
+    at.switch_page("app_pages/3_sweep.py").run()
+    at.switch_page("app_pages/2_data.py").run()
+    no_errors(at)
+    assert at.text_input(key="data.metric.path").value == str(metric.resolve())
+    next(b for b in at.button if b.label == "No metric").click().run()
+    no_errors(at)
+    assert at.session_state["lab.data"].metric is None and at.text_input(key="data.metric.path").value == ""
