@@ -62,7 +62,7 @@ def choose_metric() -> None:
         st.caption("A Python file with `def metric(outputs, targets) -> dict of numbers` and `DIRECTIONS = "
                    "{\"name\": \"higher\" or \"lower\"}`; sweeps store its values with every run, and Results "
                    "offers them as axes and budgets.")
-        st.warning(CODE_WARNING, icon=":material/warning:")
+        st.info(CODE_WARNING, icon=":material/warning:")   # a box, not st.warning: warnings are for what went wrong
         with st.form("data.metric"):
             if ("data.metric.path" not in st.session_state   # first visit, back from another page, restored
                     or st.session_state.get(METRIC_SHOWN_KEY, "unset") != data.metric):   # set, or reset by a new model

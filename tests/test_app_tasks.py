@@ -304,7 +304,7 @@ def test_data_page_takes_the_users_metric_file_and_names_a_broken_one(tmp_path, 
     at.switch_page("app_pages/2_data.py").run()
     no_errors(at)
     assert at.session_state["lab.data"].metric is None
-    assert any("runs it with your user's rights" in w.value for w in at.warning)
+    assert any("runs it with your user's rights" in i.value for i in at.info)
 
     use_metric(at, str(good))
     no_errors(at)
