@@ -16,9 +16,10 @@ from compress_lab.errors import DataError
 from compress_lab.models.metadata import COLOR_MODES
 from compress_lab.plots import bar_figure
 from compress_lab_app import cached
-from compress_lab_app.edge import error_edge
+from compress_lab_app.edge import describe, error_edge
 from compress_lab_app.pages_index import page_setup
-from compress_lab_app.session import current_data, current_model, default_data, set_data
+from compress_lab_app.session import current_data, current_model, default_data, metric_file, session_id, set_data, store_folder
+from compress_lab_app.uploads import save_files, upload_folder
 from compress_lab_app.task_panels import shape_text, show_array_source
 
 SAMPLES_SHOWN = 20
@@ -45,6 +46,78 @@ def choose_folders() -> None:
         set_data(validation=defaults.validation, train=defaults.train, max_val_images=None, preprocessing={})
     if submitted or reset:
         st.rerun()
+
+
+METRIC_ERROR_KEY = "data.metric.error"
+METRIC_SHOWN_KEY = "data.metric.shown"   # the metric the text field was last filled with
+CODE_WARNING = ("A metric file is code: using it runs it with your user's rights, exactly like `import` (and like a "
+                "model definition). Only use files you trust.")
+
+
+def choose_metric() -> None:
+    """The user's metric file (`path/to/metric.py[:function]`): its values are stored with every run of a sweep."""
+    data = current_data()
+    with st.expander("Your metric (optional)" + (f": `{data.metric}`" if data.metric else ""),
+                     expanded=bool(data.metric) or METRIC_ERROR_KEY in st.session_state):
+        st.caption("A Python file with `def metric(outputs, targets) -> dict of numbers` and `DIRECTIONS = "
+                   "{\"name\": \"higher\" or \"lower\"}`; sweeps store its values with every run, and Results "
+                   "offers them as axes and budgets.")
+        st.info(CODE_WARNING, icon=":material/warning:")   # a box, not st.warning: warnings are for what went wrong
+        with st.form("data.metric"):
+            if ("data.metric.path" not in st.session_state   # first visit, back from another page, restored
+                    or st.session_state.get(METRIC_SHOWN_KEY, "unset") != data.metric):   # set, or reset by a new model
+                st.session_state["data.metric.path"] = data.metric or ""
+                st.session_state[METRIC_SHOWN_KEY] = data.metric
+            text = st.text_input("Metric file (path/to/metric.py, or path/to/metric.py:function)",
+                                 key="data.metric.path")
+            upload = st.file_uploader("…or upload a metric .py file", type=["py"], key="data.metric.upload")
+            left, right = st.columns([1, 4])
+            use = left.form_submit_button("Use metric", type="primary")
+            clear = right.form_submit_button("No metric", disabled=not data.metric)
+        if clear:
+            st.session_state.pop(METRIC_ERROR_KEY, None)
+            set_data(metric=None)
+            st.rerun()
+        if use:
+            spec = text.strip()
+            if upload is not None:
+                folder = upload_folder(store_folder() / "uploads", session_id())
+                (saved,) = save_files(folder, [(upload.name, upload.getvalue())])
+                spec = str(saved) + (f":{spec.rsplit(':', 1)[1]}" if ":" in Path(spec).name else "")
+            if not spec:
+                set_data(metric=None)
+                st.session_state.pop(METRIC_ERROR_KEY, None)
+                st.rerun()
+            spec = _absolute(spec)
+            try:
+                cached.metric_directions(spec)
+            except Exception as e:  # noqa: BLE001 - the user's file may raise anything; shown, not set
+                st.session_state[METRIC_ERROR_KEY] = f"{describe(e)} Fix the file and press Use metric again, " \
+                                                     "or clear the field to use no metric."
+            else:
+                st.session_state.pop(METRIC_ERROR_KEY, None)
+                set_data(metric=spec)
+                st.rerun()
+        if METRIC_ERROR_KEY in st.session_state:
+            st.error(f"Your metric: {st.session_state[METRIC_ERROR_KEY]}", icon=":material/error:")
+        elif data.metric:
+            try:
+                directions = cached.metric_directions(data.metric)
+            except Exception as e:  # noqa: BLE001 - it loaded before; the file has changed since
+                st.error(f"Your metric {data.metric}: {describe(e)} Fix the file, or press No metric.",
+                         icon=":material/error:")
+                return
+            st.success(f"Metric `{data.metric}` gives: " + "; ".join(
+                f"**{name}**: {'higher' if higher else 'lower'} is better" for name, higher in directions))
+
+
+def _absolute(spec: str) -> str:
+    """The spec with its file made absolute (a sweep runs in another process and folder)."""
+    path = Path(spec).expanduser()
+    if path.is_file() or ":" not in path.name:
+        return str(path.resolve())
+    file, name = spec.rsplit(":", 1)
+    return f"{Path(file).expanduser().resolve()}:{name}"
 
 
 def adjust_preprocessing(metadata) -> None:
@@ -164,6 +237,8 @@ def model_caption(metadata) -> str:
 page_setup("Data")
 with error_edge("Choosing folders"):
     choose_folders()
+with error_edge("Your metric"):
+    choose_metric()
 with error_edge("Reading the model"):
     handle = cached.load_handle(current_model())
     metadata = handle.metadata

@@ -81,6 +81,15 @@ def progress_panel(sweep_id: str, live: bool) -> None:
 
 # ----------------------------------------------------------------------------- building
 
+def training_count(path: str, metadata) -> int:
+    """Samples in the training source: an array source (.npz) or an image folder."""
+    from compress_lab.arrays import read_arrays
+    from compress_lab.arrays_preview import is_array_source
+    if is_array_source(path):
+        return read_arrays(path, metadata.io).n
+    return len(cached.scan_folder_cached(path, metadata.class_names))
+
+
 def build() -> None:
     st.subheader("New sweep")
     model, data = current_model(), current_data()
@@ -89,7 +98,8 @@ def build() -> None:
     is_torch = handle.kind == "torch"
     subset = f"at most {data.max_val_images} images of " if data.max_val_images else ""
     st.caption(f"Model **{handle.name}** · validation: {subset}`{data.validation or 'not set'}` · "
-               f"training: `{data.train or 'none'}` (change them on the Model and Data pages)")
+               f"training: `{data.train or 'none'}`" + (f" · your metric: `{data.metric}`" if data.metric else "")
+               + " (change them on the Model and Data pages)")
     grid: list[dict] = []
     for family, title, blurb in GROUPS:
         with st.container(border=True):
@@ -123,7 +133,7 @@ def build() -> None:
     plan, refused = sweep_control.plan(spec, has_train=bool(data.train), is_torch=is_torch)
     runs = len(plan.points) - len(refused)
     baselines = sweep_control.baseline_count(is_torch)
-    train_count = len(cached.scan_folder_cached(data.train, handle.metadata.class_names)) if data.train else 0
+    train_count = training_count(data.train, handle.metadata) if data.train else 0
     with st.spinner("Estimating the time (measuring a few training steps)…"):
         seconds = sweep_control.estimate(plan, int(workers), handle, train_count)
     cols = st.columns(3)

@@ -85,3 +85,16 @@ def scan_folder_cached(path: str, class_names) -> Any:
 def store(folder: str):
     from compress_lab.store import open_store
     return open_store(folder)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _metric_directions(spec: str, mtime: float) -> list[tuple[str, bool]]:
+    from compress_lab.metrics import load_metric
+    return [(m.name, m.higher_is_better) for m in load_metric(spec).descriptions()]
+
+
+def metric_directions(spec: str) -> list[tuple[str, bool]]:
+    """The user metric's value names and whether higher is better; loading runs the file
+    (once per file version). A file that does not load raises its ConfigError (not cached)."""
+    from compress_lab_app.session import metric_file
+    return _metric_directions(spec, _mtime(str(metric_file(spec))))

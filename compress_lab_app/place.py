@@ -2,7 +2,7 @@
 
 Kept: the model choice (sample name; or path, weights and metadata; or the folder of the uploaded
 files), the validation and training folders, the validation subset size, the preprocessing
-overrides, the results store, the sweep, and the selections in REMEMBERED_WIDGETS /
+overrides, the user's metric file, the results store, the sweep, and the selections in REMEMBERED_WIDGETS /
 REMEMBERED_PREFIXES (results axes, accuracy budget and chosen run, the export run, the grid being
 built and its number of workers; not the sweep name, which follows the model). Not kept: files
 picked in an upload box but not yet used, measurements shown on a page (convert and measure, a
@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import streamlit as st
 
 from compress_lab_app.session import (DATA_KEY, DEFAULT_SAMPLE, MODEL_KEY, STORE_KEY, SWEEP_KEY, DataChoice,
-                                      ModelChoice, default_data, default_store_folder, store_folder)
+                                      ModelChoice, default_data, default_store_folder, metric_file, store_folder)
 
 log = logging.getLogger("compress_lab_app")
 
@@ -188,7 +188,8 @@ def _missing_model_paths(choice: ModelChoice, samples: list[str]) -> str | None:
 
 def _data(data: dict, choice: ModelChoice, notes: list[str]) -> DataChoice:
     restored = DataChoice(data.get("validation"), data.get("train"), dict(data.get("preprocessing") or {}),
-                          int(data["max_val_images"]) if data.get("max_val_images") else None)
+                          int(data["max_val_images"]) if data.get("max_val_images") else None,
+                          data.get("metric") or None)
     defaults = default_data(choice)
     for name, title in (("validation", "validation"), ("train", "training")):
         folder = getattr(restored, name)
@@ -198,7 +199,12 @@ def _data(data: dict, choice: ModelChoice, notes: list[str]) -> DataChoice:
                          + (f"using the model's {fallback} instead." if fallback else "none is set now.")
                          + " Set it again on the Data page.")
             restored = replace(restored, **{name: fallback})
+    if restored.metric and not metric_file(restored.metric).is_file():
+        notes.append(f"Your last metric file, {metric_file(restored.metric)}, no longer exists; no metric is set now. "
+                     "Set it again on the Data page.")
+        restored = replace(restored, metric=None)
     return restored
+
 
 
 def current() -> dict:
@@ -210,7 +216,7 @@ def current() -> dict:
         "version": VERSION,
         "model": {"source": model.source, "weights": model.weights, "metadata": model.metadata, "origin": model.origin},
         "data": {"validation": data.validation, "train": data.train, "preprocessing": dict(data.preprocessing),
-                 "max_val_images": data.max_val_images},
+                 "max_val_images": data.max_val_images, "metric": data.metric},
         "store": str(store_folder()),
         "sweep_id": current_sweep_id(),
         "widgets": dict(sorted(state["widgets"].items())),

@@ -66,6 +66,13 @@ class DataChoice:
     train: str | None = None
     preprocessing: dict = field(default_factory=dict)  # overrides of the model's preprocessing
     max_val_images: int | None = None
+    metric: str | None = None   # the user's metric file, "path/to/metric.py[:function]" (compress_lab.metrics)
+
+
+def metric_file(spec: str) -> Path:
+    """The file of a metric spec `path/to/metric.py[:function]`."""
+    path = Path(spec).expanduser()
+    return path if path.is_file() or ":" not in path.name else path.with_name(path.name.rsplit(":", 1)[0])
 
 
 def default_store_folder() -> Path:

@@ -29,7 +29,7 @@ def build_spec(model: ModelChoice, data: DataChoice, grid: list[dict], name: str
     return SweepSpec(
         model=ModelSpec.from_dict(model.spec_dict(), REPO_ROOT),
         data=DataSpec(validation.resolve(), Path(data.train).expanduser().resolve() if data.train else None,
-                      dict(data.preprocessing), batch_size),
+                      dict(data.preprocessing), batch_size, metric=data.metric),
         grid=tuple(grid),
         run=RunOptions(name=name, workers=workers),
         base_dir=Path(store_folder))

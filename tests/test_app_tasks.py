@@ -277,3 +277,125 @@ def test_an_image_input_package_shows_its_image_input_and_previews_photos(tmp_pa
     captions = " ".join(c.value for c in at.caption)
     assert "image BGR" in captions and "resized to 32x32" in captions and "75 images" in captions
     assert len(at.get("image")) >= 10   # the samples, as the model is fed them
+
+
+USER_METRIC = textwrap.dedent('''
+    import numpy as np
+
+    DIRECTIONS = {"max_error": "lower", "within_half": "higher"}
+
+    def metric(outputs, targets):
+        error = np.abs(outputs["value"] - targets["value"])
+        return {"max_error": float(error.max()), "within_half": float((error < 0.5).mean())}
+''')
+
+
+def use_metric(at: AppTest, text: str) -> AppTest:
+    """Type `text` into the Data page's metric field and press Use metric."""
+    at.text_input(key="data.metric.path").set_value(text)
+    return next(b for b in at.button if b.label == "Use metric").click().run()
+
+
+def test_data_page_takes_the_users_metric_file_and_names_a_broken_one(tmp_path, regressor, monkeypatch):
+    good = tmp_path / "my_metric.py"
+    good.write_text(USER_METRIC)
+    (tmp_path / "raises.py").write_text("import numpy as np\nDIRECTIONS = {'x': 'higher'}\nscale = 1 / 0\n")
+    at = open_model(tmp_path / "store", regressor, monkeypatch)
+    at.switch_page("app_pages/2_data.py").run()
+    no_errors(at)
+    assert at.session_state["lab.data"].metric is None
+    assert any("runs it with your user's rights" in i.value for i in at.info)
+
+    use_metric(at, str(good))
+    no_errors(at)
+    assert at.session_state["lab.data"].metric == str(good.resolve())
+    (shown,) = [s.value for s in at.success if "Metric" in s.value]
+    assert "**max_error**: lower is better" in shown and "**within_half**: higher is better" in shown
+
+    use_metric(at, f"{good}:missing")   # no such function: an error naming the file and its functions
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert str(good) in error and "no function 'missing'" in error and "metric" in error and "Fix the file" in error
+    assert at.session_state["lab.data"].metric == str(good.resolve())   # the last good metric stays
+
+    use_metric(at, str(tmp_path / "raises.py"))   # raises when imported: the file, the error and the line
+    (error,) = [e.value for e in at.error]
+    assert str(tmp_path / "raises.py") in error and "ZeroDivisionError when loaded (line 3)" in error
+
+    use_metric(at, str(tmp_path / "nowhere.py"))
+    (error,) = [e.value for e in at.error]
+    assert "nowhere.py does not exist" in error
+
+    use_metric(at, "")   # clearing the field removes the metric
+    no_errors(at)
+    assert at.session_state["lab.data"].metric is None
+    assert not [s for s in at.success if "Metric" in s.value]
+
+
+def test_a_sweep_from_the_app_stores_the_users_metric_with_every_run(tmp_path, regressor, monkeypatch):
+    from compress_lab.analysis.table import axis_label
+    from compress_lab.sweep.runner import run_sweep
+    from compress_lab.sweep.spec import SweepSpec
+    from compress_lab_app import sweep_control
+
+    metric = tmp_path / "metric.py"
+    metric.write_text(USER_METRIC)
+    store = tmp_path / "store"
+    at = open_model(store, regressor, monkeypatch)
+    at.switch_page("app_pages/2_data.py").run()
+    use_metric(at, f"{metric}:metric")
+    no_errors(at)
+    assert at.session_state["lab.data"].metric == f"{metric.resolve()}:metric"
+
+    at.switch_page("app_pages/3_sweep.py").run()
+    no_errors(at)
+    assert any(f"your metric: `{metric.resolve()}:metric`" in c.value for c in at.caption)
+    # the spec the page builds (and "Start the sweep" launches) carries it as [data] metric
+    spec = sweep_control.build_spec(at.session_state["lab.model"], at.session_state["lab.data"],
+                                    [{"technique": "palettize", "nbits": 4, "weight_threshold": 0}], "metric", 1, store)
+    assert spec.data.metric == f"{metric.resolve()}:metric"
+    assert SweepSpec.from_dict(spec.to_dict(), tmp_path).data.metric == spec.data.metric
+    result = run_sweep(spec, store, workers=1)
+    assert result.ok, [(r.label, r.error) for r in result.runs]
+    for run in result.runs:
+        values = run.metrics["values"]
+        assert set(values) >= {"max_error", "within_half"} and 0.0 <= values["within_half"] <= 1.0
+
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).switch_page("app_pages/2_data.py").run()
+    no_errors(again)   # a new tab starts from the saved place: the metric is kept
+    assert again.session_state["lab.data"].metric == f"{metric.resolve()}:metric"
+    again.switch_page("app_pages/4_results.py").run()
+    no_errors(again)
+    assert {axis_label("max_error"), axis_label("within_half")} <= set(again.selectbox(key="results.y").options)
+
+    metric.unlink()   # a restored metric whose file is gone is dropped, with a note
+    gone = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).switch_page("app_pages/2_data.py").run()
+    assert gone.session_state["lab.data"].metric is None
+    assert any("metric file" in w.value and "no longer exists" in w.value for w in gone.warning)
+
+
+def test_an_uploaded_metric_file_is_saved_in_the_stores_uploads_and_used(tmp_path, regressor, monkeypatch):
+    store = tmp_path / "store"
+    at = open_model(store, regressor, monkeypatch)
+    at.switch_page("app_pages/2_data.py").run()
+    at.file_uploader(key="data.metric.upload").set_value(("../../evil name.py", USER_METRIC.encode(), "text/x-python"))
+    use_metric(at, "")
+    no_errors(at)
+    saved = Path(at.session_state["lab.data"].metric)
+    assert saved.is_relative_to(store.resolve() / "uploads") and saved.read_text() == USER_METRIC
+    assert any("**max_error**: lower is better" in s.value for s in at.success)
+
+
+def test_the_metric_field_shows_the_metric_again_after_another_page_and_no_metric_clears_it(tmp_path, regressor, monkeypatch):
+    metric = tmp_path / "metric.py"
+    metric.write_text(USER_METRIC)
+    at = open_model(tmp_path / "store", regressor, monkeypatch)
+    at.switch_page("app_pages/2_data.py").run()
+    use_metric(at, str(metric))
+    at.switch_page("app_pages/3_sweep.py").run()
+    at.switch_page("app_pages/2_data.py").run()
+    no_errors(at)
+    assert at.text_input(key="data.metric.path").value == str(metric.resolve())
+    next(b for b in at.button if b.label == "No metric").click().run()
+    no_errors(at)
+    assert at.session_state["lab.data"].metric is None and at.text_input(key="data.metric.path").value == ""
