@@ -180,7 +180,7 @@ def test_mixed_cli_size_budget_writes_a_package_within_it(mnist_dir, tmp_path, c
             shutil.copy2(image, val / class_dir.name / image.name)
     for flag, value in (("--budget-bytes", "120000"), ("--budget-bits-per-weight", "2.5")):
         out = tmp_path / f"mixed{flag}.mlpackage"
-        assert cli.main(["mixed", "mnist_cnn", "--data", str(val), "--family", "palettize", flag, value,
+        assert cli.main(["mixed", "mnist_cnn", "--data", str(val), "--compression", "palettize", flag, value,
                          "--out", str(out), "--workdir", str(tmp_path / "work"), "--json"]) == 0
         outcome = json.loads(capsys.readouterr().out)
         assert outcome["verified"]["meets_budget"] and outcome["verified"]["images"] == 40

@@ -15,7 +15,6 @@ from compress_lab.errors import ConfigError
 # What a sensitivity analysis or mixed-precision search compresses each op with (a "compression";
 # "family" in the lab means the workflow: post-training or training-time).
 SEARCH_COMPRESSIONS = ("palettize", "quantize", "prune")
-SEARCH_FAMILIES = SEARCH_COMPRESSIONS  # the name before the rename; kept for callers and stored code
 
 # Candidate levels per compression, least to most aggressive. Each is the settings of the
 # lab's technique config for that op (see techniques/palettize.py etc.).
@@ -44,8 +43,6 @@ def check_compression(compression: str) -> None:
     if compression not in SEARCH_COMPRESSIONS:
         raise ConfigError(f"compression {compression!r} is not searchable; use one of {list(SEARCH_COMPRESSIONS)}")
 
-
-check_family = check_compression  # the name before the rename
 
 
 def compressed_bits(compression: str, settings: dict[str, Any], numel: int, out_channels: int) -> float:

@@ -1,5 +1,5 @@
 """Mixed precision under an accuracy budget: the smallest per-op assignment of
-settings (from a family's levels, or uncompressed) that meets the budget.
+settings (from a compression's levels, or uncompressed) that meets the budget.
 
 Search: (1) each op alone at each level is measured on a fixed validation subset,
 giving its output noise; (2) a greedy sequence of moves (one op one level more
@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from compress_lab.analysis.compressors import DEFAULT_LEVELS, check_family, compressed_bits, simulate
+from compress_lab.analysis.compressors import DEFAULT_LEVELS, check_compression, compressed_bits, simulate
 from compress_lab.analysis.sensitivity import DEFAULT_WEIGHT_THRESHOLD, compressible_weights
 from compress_lab.analysis.subset import Measurement, SubsetEvaluator
 from compress_lab.errors import ConfigError
@@ -136,7 +136,7 @@ class Budget:
 
 @dataclass
 class MixedResult:
-    family: str
+    compression: str
     levels: list[dict[str, Any]]
     budget: dict[str, Any]
     assignment: dict[str, int]            # op name -> level index (-1 = uncompressed)
@@ -161,7 +161,7 @@ class MixedResult:
             counts[level] = counts.get(level, 0) + 1
         compressed_levels = [l for l in counts if l != UNCOMPRESSED] or [0]
         global_level = max(compressed_levels, key=lambda l: (counts.get(l, 0), l))
-        config = {"technique": self.family, **(base or {}), **self.levels[global_level]}
+        config = {"technique": self.compression, **(base or {}), **self.levels[global_level]}
         overrides = {}
         for op, level in sorted(self.assignment.items()):
             if level == UNCOMPRESSED:
@@ -172,7 +172,7 @@ class MixedResult:
         return config
 
 
-def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels: list[dict[str, Any]] | None = None,
+def search_mixed(evaluator: SubsetEvaluator, compression: str, budget: Budget, levels: list[dict[str, Any]] | None = None,
                  weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD,
                  progress: Callable[[str, int, int], None] | None = None,
                  noise: dict[str, list[float]] | None = None, margin_bytes: float = 0.0,
@@ -187,10 +187,10 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
     "exact" (see the module docstring). `single_op_samples`: the fast search measures single
     ops, and takes its first guess of the longest passing prefix, on at most this many evenly
     spaced samples of the subset (default: a quarter of it, at least 16)."""
-    check_family(family)
+    check_compression(compression)
     check_search(search)
-    levels = [dict(l) for l in (levels or DEFAULT_LEVELS[family])]
-    simulated = search_levels(family, levels, search)  # how each level's weights are simulated
+    levels = [dict(l) for l in (levels or DEFAULT_LEVELS[compression])]
+    simulated = search_levels(compression, levels, search)  # how each level's weights are simulated
     started = time.perf_counter()
     weights = evaluator.base.weights()
     ops = compressible_weights(weights, weight_threshold)
@@ -205,8 +205,8 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
         len(variants[op.name]) == len(levels) and all(v.shape == tuple(op.shape) for v in variants[op.name]) for op in ops)
     if not complete:
         variants.clear()
-        variants.update({op.name: [simulate(originals[op.name], family, l) for l in simulated] for op in ops})
-    bits = {op.name: [compressed_bits(family, l, op.numel, op.shape[0]) for l in levels] for op in ops}
+        variants.update({op.name: [simulate(originals[op.name], compression, l) for l in simulated] for op in ops})
+    bits = {op.name: [compressed_bits(compression, l, op.numel, op.shape[0]) for l in levels] for op in ops}
     float_bits = {op.name: op.numel * 16.0 for op in ops}
 
     def overrides(assignment: dict[str, int]) -> dict[str, np.ndarray]:
@@ -272,7 +272,7 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
         push(name)
 
     if budget.is_size:
-        result = _within_size(evaluator, family, budget, levels, ops, sequence, noise, bits, float_bits, overrides,
+        result = _within_size(evaluator, compression, budget, levels, ops, sequence, noise, bits, float_bits, overrides,
                               total_bits, margin_bytes, started)
         result.evaluations += _part_evaluations(evaluator, probe)
         result.search = search
@@ -377,7 +377,7 @@ def search_mixed(evaluator: SubsetEvaluator, family: str, budget: Budget, levels
     if chosen == "mixed" and len(levels_used) == 1 and UNCOMPRESSED not in levels_used:
         chosen = f"uniform {levels[levels_used.pop()]}"
     return MixedResult(
-        family=family, levels=levels, budget=asdict(budget), assignment=best_assignment, chosen=chosen,
+        compression=compression, levels=levels, budget=asdict(budget), assignment=best_assignment, chosen=chosen,
         weight_bits=total_bits(best_assignment),
         subset={"images": evaluator.count, "baseline": asdict(baseline), "measured": asdict(best_measured),
                 "meets_budget": budget.met(best_measured, baseline),
@@ -393,14 +393,14 @@ def check_search(search: str) -> None:
                           "per op) or 'exact' (every op measured at every level, coremltools' k-means)")
 
 
-def search_levels(family: str, levels: list[dict[str, Any]] | None, search: str = "fast") -> list[dict[str, Any]]:
-    """How a search simulates `levels` (default: the family's): copies of them; the fast search
+def search_levels(compression: str, levels: list[dict[str, Any]] | None, search: str = "fast") -> list[dict[str, Any]]:
+    """How a search simulates `levels` (default: the compression's): copies of them; the fast search
     simulates palettize k-means levels (mode "kmeans" or unset, scalar LUTs) with the lab's exact
     k-means (mode "fast_kmeans", weight error never above coremltools') when every level is one of
     them. The answer keeps the levels as given (its exported coremltools config reproduces it)."""
     import importlib.util
-    levels = [dict(l) for l in (levels or DEFAULT_LEVELS[family])]
-    if search != "fast" or family != "palettize":
+    levels = [dict(l) for l in (levels or DEFAULT_LEVELS[compression])]
+    if search != "fast" or compression != "palettize":
         return levels
     kmeans = all(l.get("mode", "kmeans") in ("kmeans", "fast_kmeans") and l.get("cluster_dim", 1) == 1 for l in levels)
     if not kmeans or importlib.util.find_spec("compress_lab.techniques.fast_palettize") is None:
@@ -515,7 +515,7 @@ def size_target_bits(evaluator: SubsetEvaluator, budget: Budget, float_bits_tota
             "n_weights": base.n_weights}
 
 
-def _within_size(evaluator, family, budget, levels, ops, sequence, noise, bits, float_bits, overrides, total_bits,
+def _within_size(evaluator, compression, budget, levels, ops, sequence, noise, bits, float_bits, overrides, total_bits,
                  margin_bytes, started) -> MixedResult:
     """Size budgets: the first prefix of the greedy sequence that fits, with the slack it leaves
     given back to the ops whose noise drops most per bit (one level less aggressive at a time),
@@ -559,7 +559,7 @@ def _within_size(evaluator, family, budget, levels, ops, sequence, noise, bits, 
     if chosen == "mixed" and len(levels_used) == 1 and UNCOMPRESSED not in levels_used:
         chosen = f"uniform {levels[levels_used.pop()]}"
     return MixedResult(
-        family=family, levels=levels, budget=asdict(budget), assignment=best_assignment, chosen=chosen,
+        compression=compression, levels=levels, budget=asdict(budget), assignment=best_assignment, chosen=chosen,
         weight_bits=total_bits(best_assignment),
         subset={"images": evaluator.count, "baseline": asdict(evaluator.baseline), "measured": asdict(best_measured),
                 "meets_budget": total_bits(best_assignment) <= limit},

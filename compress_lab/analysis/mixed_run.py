@@ -11,10 +11,10 @@ from compress_lab.analysis.mixed import Budget, search_levels, search_mixed
 from compress_lab.analysis.subset import Measurement, SubsetEvaluator
 
 
-def single_op_key(evaluator: SubsetEvaluator, family: str, levels: list[dict[str, Any]] | None,
+def single_op_key(evaluator: SubsetEvaluator, compression: str, levels: list[dict[str, Any]] | None,
                   search: str = "exact", single_op_samples: int | None = None) -> str:
     """What the single-op stage depends on: the float program (its files), the subset (its input
-    arrays and targets), the family and its levels, and how the stage was taken (the fast
+    arrays and targets), the compression and its levels, and how the stage was taken (the fast
     search's predicted noise is never read as an exact search's measured one)."""
     import hashlib
     import json
@@ -30,7 +30,7 @@ def single_op_key(evaluator: SubsetEvaluator, family: str, levels: list[dict[str
         for name in sorted(arrays):
             digest.update(name.encode())
             digest.update(np.ascontiguousarray(arrays[name]).tobytes())
-    digest.update(json.dumps([family, search_levels(family, levels, search)], sort_keys=True).encode())
+    digest.update(json.dumps([compression, search_levels(compression, levels, search)], sort_keys=True).encode())
     if search != "exact":
         digest.update(json.dumps([search, single_op_samples]).encode())
     return digest.hexdigest()[:32]
@@ -75,7 +75,7 @@ def store_single_op(workdir: str | Path, key: str, noise: dict[str, list[float]]
 SINGLE_OP_DIR = "mixed-single-op"
 
 
-def search_config(handle, data_dir: str | Path, family: str, budget: Budget, *, workdir: str | Path,
+def search_config(handle, data_dir: str | Path, compression: str, budget: Budget, *, workdir: str | Path,
                   max_images: int = 2000, precision: str = "fp16", progress=None, levels=None, reuse: bool = True,
                   preprocessing_overrides: dict | None = None, search: str = "fast",
                   single_op_samples: int | None = None):
@@ -93,9 +93,9 @@ def search_config(handle, data_dir: str | Path, family: str, budget: Budget, *, 
                                 preprocessing_overrides=preprocessing_overrides)
     from compress_lab.analysis.mixed import check_search
     check_search(search)
-    key = single_op_key(evaluator, family, levels, search, single_op_samples) if reuse else None
+    key = single_op_key(evaluator, compression, levels, search, single_op_samples) if reuse else None
     noise, variants = stored_single_op(workdir, key) if reuse else (None, {})
-    result = search_mixed(evaluator, family, budget, levels=levels, progress=progress, noise=noise, variants=variants,
+    result = search_mixed(evaluator, compression, budget, levels=levels, progress=progress, noise=noise, variants=variants,
                           search=search, single_op_samples=single_op_samples)
     result.reused_single_op = noise is not None and result.noise == noise
     if reuse and not result.reused_single_op:
@@ -103,12 +103,12 @@ def search_config(handle, data_dir: str | Path, family: str, budget: Budget, *, 
     config = config_from_dict(result.technique_config({"precision": precision})).to_dict()
     if budget.is_size:
         reused = result.reused_single_op
-        config, result = _fit_size(ctx, evaluator, family, budget, result, config, precision, progress, variants)
+        config, result = _fit_size(ctx, evaluator, compression, budget, result, config, precision, progress, variants)
         result.reused_single_op = reused
     return config, result
 
 
-def _fit_size(ctx, evaluator, family, budget, result, config, precision, progress, variants=None, attempts: int = 4):
+def _fit_size(ctx, evaluator, compression, budget, result, config, precision, progress, variants=None, attempts: int = 4):
     """A size budget is met by the real package: compress the answer, measure it on disk, and
     while it is larger than the budget (the search estimates each op's payload), search again
     with the excess kept free (reusing the single-op stage, so only the candidates are measured)."""
@@ -128,14 +128,14 @@ def _fit_size(ctx, evaluator, family, budget, result, config, precision, progres
             return config, result
         excess = (real - budget.value) if budget.metric == "bytes" else (real - budget.value) * sizes["n_weights"] / 8
         margin += excess + 64
-        result = search_mixed(evaluator, family, budget, levels=result.levels, noise=result.noise, variants=variants,
+        result = search_mixed(evaluator, compression, budget, levels=result.levels, noise=result.noise, variants=variants,
                               margin_bytes=margin, progress=progress, search=result.search)
         config = config_from_dict(result.technique_config({"precision": precision})).to_dict()
     raise ConfigError(f"the mixed answer stays above {budget.describe()} after {attempts} tries "
                       f"({real:,} measured); raise the budget")
 
 
-def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_path: str | Path, *,
+def run_mixed(handle, data_dir: str | Path, compression: str, budget: Budget, out_path: str | Path, *,
               workdir: str | Path, max_images: int = 2000, precision: str = "fp16", progress=None,
               reuse: bool = True, preprocessing_overrides: dict | None = None, search: str = "fast",
               single_op_samples: int | None = None) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def run_mixed(handle, data_dir: str | Path, family: str, budget: Budget, out_pat
     from compress_lab.techniques import CompressContext, compress, config_from_dict
 
     started = time.perf_counter()
-    config, result = search_config(handle, data_dir, family, budget, workdir=workdir, max_images=max_images,
+    config, result = search_config(handle, data_dir, compression, budget, workdir=workdir, max_images=max_images,
                                    precision=precision, progress=progress, reuse=reuse,
                                    preprocessing_overrides=preprocessing_overrides, search=search,
                                    single_op_samples=single_op_samples)

@@ -1,4 +1,4 @@
-"""`compress-lab mixed MODEL --data DIR --family palettize --budget-top1-drop 1` (or --budget-agreement 0.99):
+"""`compress-lab mixed MODEL --data DIR --compression palettize --budget-top1-drop 1` (or --budget-agreement 0.99):
 the smallest per-op mix within an accuracy budget; or `--budget-bytes N` / `--budget-bits-per-weight B`:
 the most accurate mix within a size budget (checked on the real package, in bytes on disk); or
 `--budget-metric NAME=VALUE[%]`: any metric of the model's task at most VALUE (or VALUE percent) worse than
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from compress_lab.analysis.compressors import SEARCH_FAMILIES
+from compress_lab.analysis.compressors import SEARCH_COMPRESSIONS
 
 
 def add_arguments(parser) -> None:
@@ -18,7 +18,8 @@ def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--data", type=Path, required=True,
                         help="validation data: what the model's task reads (an image folder, an .npz source)")
-    parser.add_argument("--family", choices=SEARCH_FAMILIES, default="palettize")
+    parser.add_argument("--compression", "--family", dest="compression", choices=SEARCH_COMPRESSIONS,
+                        default="palettize", help="how the ops are compressed (--family: the name before 2026-12)")
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-top1-drop", type=float, metavar="POINTS", help="max top-1 drop in percentage points")
     budget.add_argument("--budget-agreement", type=float, metavar="FRACTION", help="min top-1 agreement, e.g. 0.99")
@@ -82,7 +83,7 @@ def run(args) -> int:
     if args.sweep:
         return _add_to_sweep(args, handle, budget)
     out = args.out or args.workdir / "mixed.mlpackage"
-    outcome = run_mixed(handle, args.data, args.family, budget, out, workdir=args.workdir, max_images=args.max_images,
+    outcome = run_mixed(handle, args.data, args.compression, budget, out, workdir=args.workdir, max_images=args.max_images,
                         progress=_progress, reuse=not args.no_reuse, search=args.search,
                         single_op_samples=args.single_op_samples)
     if args.export_config:
@@ -116,14 +117,14 @@ def _add_to_sweep(args, handle, budget) -> int:
 
     spec = load_spec(args.sweep)
     store = args.store or default_store_folder(args.sweep, spec)
-    config, result = search_config(handle, args.data, args.family, budget, workdir=args.workdir,
+    config, result = search_config(handle, args.data, args.compression, budget, workdir=args.workdir,
                                    max_images=args.max_images, progress=_progress, reuse=not args.no_reuse,
                                    search=args.search, single_op_samples=args.single_op_samples)
     if args.export_config:
         from compress_lab.analysis.mixed_run import coreml_config_of
         _write_config(coreml_config_of(handle, config, workdir=args.workdir), args.export_config)
     run = add_point(spec, store, config, family="mixed" if result.chosen == "mixed" else "post_training",
-                    label=f"mixed {args.family} ({budget.describe()})" if result.chosen == "mixed" else None)
+                    label=f"mixed {args.compression} ({budget.describe()})" if result.chosen == "mixed" else None)
     if args.json:
         print(json.dumps({"search": result.to_dict(), "run": run.to_dict()}, indent=2, default=str))
         return 0
