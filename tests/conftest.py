@@ -43,3 +43,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The heaviest files (by `--durations`), started first: test.sh runs the suite on two workers
+# (pytest-xdist, one file per worker at a time), and a heavy file started last leaves one worker
+# idle while the other finishes it. Files not listed keep their order after these.
+HEAVY_FILES_FIRST = ["test_readme.py", "test_hardening_load.py", "test_browser.py", "test_sensitivity_mixed.py",
+                     "test_hardening_faults.py", "test_tasks_pinned.py", "test_sweep_runner.py", "test_benchmarks.py",
+                     "test_sweep_ray.py", "test_notebook.py", "test_sweep_resume.py", "test_app.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVY_FILES_FIRST)}
+    order = {id(item): n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), order[id(item)]))
