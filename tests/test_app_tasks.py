@@ -45,16 +45,22 @@ def no_errors(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
-def results_budget_a_lower_is_better_metric(store: Path, monkeypatch, metric: str, words: str, also=()) -> AppTest:
-    """Open Results on `store`: `metric` (lower is better, `words` its label) is the default y axis
-    beside `also`, a budget of 1000% on it names the smallest run, and the runs table shows them."""
+def results_budget_a_lower_is_better_metric(store: Path, monkeypatch, metric: str, words: str, also=(),
+                                            default: str | None = None) -> AppTest:
+    """Open Results on `store`: `metric` (lower is better, `words` its label) is a y axis beside
+    `also` and the default one (or, given `default`, that is the default and `metric` is chosen),
+    a budget of 1000% on it names the smallest run, and the runs table shows them."""
     from compress_lab.analysis.table import axis_label
 
     monkeypatch.setenv("COMPRESS_LAB_STORE", str(store))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).switch_page("app_pages/4_results.py").run()
     no_errors(at)
     y = at.selectbox(key="results.y")
-    assert {axis_label(c) for c in (metric, *also)} <= set(y.options) and y.value == metric
+    assert {axis_label(c) for c in (metric, *also)} <= set(y.options) and y.value == (default or metric)
+    if y.value != metric:
+        y.set_value(metric).run()
+        no_errors(at)
+        assert at.selectbox(key="results.y").value == metric
     kinds = at.selectbox(key="results.budget_kind").options
     (relative,) = [k for k in kinds if "% worse than the uncompressed" in k]
     at.selectbox(key="results.budget_kind").set_value(relative).run()

@@ -131,7 +131,8 @@ def prepare(spec: SweepSpec, store_folder: str | Path, plan: SweepPlan | None = 
         if config.family == "training_time" and handle.kind != "torch":
             invalid.append(InvalidPoint(point.grid_index, config.to_dict(),
                                         f"technique {config.name!r} fine-tunes the PyTorch model; {spec.model.source} "
-                                        "is a Core ML package"))
+                                        "is a Core ML package: give the PyTorch model (definition + weights or "
+                                        "TorchScript) as [model] source to use training-time techniques"))
             continue
         refusal = training_refusal(config) if config.needs_loss else None
         if refusal:
