@@ -29,7 +29,7 @@ ECE = textwrap.dedent('''
 
     def metric(outputs, targets):
         """Expected calibration error: |accuracy - mean confidence| over 10 confidence bins, weighted by their share."""
-        (scores,) = outputs.values()
+        scores = outputs["scores"]          # the package's own output name
         probabilities = np.exp(scores - scores.max(axis=1, keepdims=True))
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         confidence, right = probabilities.max(axis=1), probabilities.argmax(axis=1) == targets["label"]
@@ -51,6 +51,7 @@ def ece_file(mnist_image_package) -> Path:
 
 def test_the_class_scores_and_labels_of_an_image_folder_reach_the_users_metric(mnist_image_package, ece_file):
     package, val = mnist_image_package
+    assert load_model(package).metadata.io.output_names == ("scores",)   # as the package names its output
     result = evaluate_model(package, val, metric=ece_file)
     assert result.n == 40 and result.higher_is_better["ece"] is False
     assert result.labels.tolist() == [digit for digit in range(10) for _ in range(4)]   # sorted class folders

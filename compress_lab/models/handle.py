@@ -7,6 +7,7 @@ Loading a Python definition runs that file: it is code, treat it as such."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -294,6 +295,7 @@ def _load_mlpackage(path: Path, meta) -> ModelHandle:
                      "put a metadata.json beside it for a task with metrics (e.g. class_names for a classifier)")
     meta = with_image_inputs(meta, spec, path, notes)
     _check_coreml_io(spec, meta, path)
+    meta = _named_as_the_package(meta, spec)
     files = sorted(p for p in path.rglob("*") if p.is_file())
     return ModelHandle(source=str(path), kind="coreml", metadata=meta, fingerprint=_hash_files(files), mlpackage=path,
                        notes=notes)
@@ -331,6 +333,16 @@ def _check_coreml_io(spec, meta: ModelMetadata, path: Path) -> None:
         raise ModelLoadError(
             f"output {outputs[0].name!r} of {path} has shape {out_shape} but its metadata names {meta.num_classes} classes; "
             "make class_names list exactly one name per model output")
+
+
+def _named_as_the_package(meta: ModelMetadata, spec) -> ModelMetadata:
+    """A classifier package whose metadata declares no outputs: its class scores under the
+    package's own output name (a user's metric reads outputs["scores"] as the package names it)."""
+    if meta.task != "classification" or meta.outputs or not spec.description.output:
+        return meta
+    from compress_lab.models.io_spec import OutputSpec
+    name = spec.description.output[0].name
+    return dataclasses.replace(meta, outputs=(OutputSpec(name, "class_scores", (meta.num_classes,)),))
 
 
 def _sample_first_shapes(features, declared) -> dict[str, list[int] | None]:
