@@ -99,3 +99,20 @@ def test_compress_with_a_training_time_technique_prints_a_time_estimate_first(tm
     assert (out / "Manifest.json").is_file()
     assert main([*argv, "--no-estimate"]) == 0
     assert "estimated time" not in capsys.readouterr().err
+
+
+def test_the_command_prints_none_of_coremltools_import_noise(tmp_path, mnist_dir):
+    """Off macOS, a plain `import coremltools` prints 'Failed to load _MLModelProxy ...' and version
+    warnings; the lab's commands import it quietly first, so none reaches the user's terminal."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = tmp_path / "m.mlpackage"
+    assert main(["compress", "mnist_cnn", "--technique", "palettize", "--set", "nbits=4", "--out", str(package)]) == 0
+    result = subprocess.run([str(Path(sys.executable).parent / "compress-lab"), "evaluate", str(package), "--data",
+                             str(mnist_dir / "val")], capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert result.returncode == 0 and "top1" in result.stdout, result.stderr[-2000:]
+    assert not any(noise in result.stderr for noise in ("Failed to load", "has not been tested", "is not supported")), \
+        result.stderr[-2000:]

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     _optional_subcommand(sub, "export", "compress_lab.cli.export", "write a run's .mlpackage with its config and metrics")
 
     args = parser.parse_args(argv)
+    from compress_lab.quiet import import_coremltools
+    import_coremltools()  # once, quietly: a later plain `import coremltools` prints nothing
     try:
         return int(args.func(args) or 0)
     except LabError as e:
