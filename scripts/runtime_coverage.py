@@ -1,7 +1,7 @@
 """Write the runtime coverage table: each common PyTorch layer / op in a tiny model,
 converted with ct.convert and run by the lab's runtime, against eager PyTorch.
 
-    .venv/bin/python scripts/runtime_coverage.py [--out /work/notes/12/runtime_coverage.md] [--only LSTM,GRU]
+    .venv/bin/python scripts/runtime_coverage.py [--out benchmarks/results/runtime_coverage.md] [--only LSTM,GRU]
 
 The cases and tolerances live in compress_lab/runtime/coverage.py (tests/test_runtime_coverage.py
 checks the same cases)."""
@@ -20,13 +20,15 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def main(argv=None) -> int:
-    import coremltools
     import torch
+
+    from compress_lab.quiet import import_coremltools
+    coremltools = import_coremltools()
 
     from compress_lab.runtime.coverage import BATCH, CASES, FP16_TOLERANCE, FP32_TOLERANCE, coverage_table, run_case
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("/work/notes/12/runtime_coverage.md"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "runtime_coverage.md")
     parser.add_argument("--only", default="", help="comma-separated parts of case names")
     args = parser.parse_args(argv)
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
