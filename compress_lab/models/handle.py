@@ -338,10 +338,13 @@ def _check_coreml_io(spec, meta: ModelMetadata, path: Path) -> None:
 def _named_as_the_package(meta: ModelMetadata, spec) -> ModelMetadata:
     """A classifier package whose metadata declares no outputs: its class scores under the
     package's own output name (a user's metric reads outputs["scores"] as the package names it)."""
+    from compress_lab.models.metadata import DEFAULT_OUTPUT_NAME
     if meta.task != "classification" or meta.outputs or not spec.description.output:
         return meta
-    from compress_lab.models.io_spec import OutputSpec
     name = spec.description.output[0].name
+    if name == DEFAULT_OUTPUT_NAME:
+        return meta   # the lab's own name: the metadata stays as written
+    from compress_lab.models.io_spec import OutputSpec
     return dataclasses.replace(meta, outputs=(OutputSpec(name, "class_scores", (meta.num_classes,)),))
 
 
