@@ -18,7 +18,7 @@ import pytest
 from compress_lab.evaluate import evaluate_model
 from compress_lab.mil import COMPRESSED_OPS
 from compress_lab.techniques import _training
-from tests.test_tasks import TWO_OUTPUT_META, TWO_OUTPUT_MODEL, make_model
+from tests.test_tasks import TWO_OUTPUT_META, TWO_OUTPUT_MODEL, make_model, runs_by_technique
 
 ROOT = Path(__file__).resolve().parents[1]
 DENSE_MAE = textwrap.dedent('''
@@ -104,15 +104,8 @@ def two_heads_store(two_heads, tmp_path_factory) -> Path:
     return folder / "store"
 
 
-def _runs(store: Path) -> dict:
-    from compress_lab.store import open_store
-    opened = open_store(store)
-    runs = opened.list_runs(opened.list_sweeps()[0].sweep_id)
-    return {r.config["technique"] if r.config["technique"] != "baseline" else r.label: r for r in runs}
-
-
 def test_a_sweep_palettizes_and_prunes_while_fine_tuning_with_a_users_loss_scored_per_head(two_heads_store):
-    runs = _runs(two_heads_store)
+    runs = runs_by_technique(two_heads_store)
     assert {"baseline PyTorch", "baseline fp16", "palettize", "magnitude_pruning"} <= set(runs)
     for run in runs.values():
         assert run.state == "COMPLETE" and run.metrics["task"] == "tensors"

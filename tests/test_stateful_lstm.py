@@ -25,7 +25,7 @@ from compress_lab.models import load_model
 from compress_lab.models.io_spec import OutputSpec, TensorSpec, from_model_layout, to_model_layout
 from compress_lab.models.metadata import ModelMetadata
 from compress_lab.techniques import _training
-from tests.test_tasks import make_model
+from tests.test_tasks import make_model, runs_by_technique
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS, HIDDEN, STEPS, FEATURES = 2, 16, 12, 8
@@ -255,15 +255,8 @@ def lstm_store(lstm, tmp_path_factory) -> Path:
     return folder / "store"
 
 
-def _runs(store: Path) -> dict:
-    from compress_lab.store import open_store
-    opened = open_store(store)
-    runs = opened.list_runs(opened.list_sweeps()[0].sweep_id)
-    return {r.config["technique"] if r.config["technique"] != "baseline" else r.label: r for r in runs}
-
-
 def test_a_sweep_palettizes_and_prunes_while_fine_tuning_with_a_user_metric_on_the_state(lstm_store):
-    runs = _runs(lstm_store)
+    runs = runs_by_technique(lstm_store)
     assert {"baseline PyTorch", "baseline fp16", "palettize", "magnitude_pruning"} <= set(runs)
     untrained = runs["baseline PyTorch"].metrics["values"]
     for run in runs.values():

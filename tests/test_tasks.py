@@ -78,6 +78,14 @@ def make_model(folder: Path, code: str, meta: dict, seed: int = 0) -> Path:
     return folder
 
 
+def runs_by_technique(store: Path) -> dict:
+    """The runs of the store's first sweep by technique (baselines by label) of a sweep with one run each."""
+    from compress_lab.store import open_store
+    opened = open_store(store)
+    runs = opened.list_runs(opened.list_sweeps()[0].sweep_id)
+    return {r.config["technique"] if r.config["technique"] != "baseline" else r.label: r for r in runs}
+
+
 @pytest.fixture
 def two_heads(tmp_path):
     return make_model(tmp_path / "two_heads", TWO_OUTPUT_MODEL, TWO_OUTPUT_META)

@@ -22,7 +22,7 @@ from compress_lab.evaluate import evaluate_model
 from compress_lab.metrics.builtin import retrieval_ranks
 from compress_lab.mil import COMPRESSED_OPS
 from compress_lab.techniques import _training
-from tests.test_tasks import make_model
+from tests.test_tasks import make_model, runs_by_technique
 from tests.test_training_tasks import ENCODER, ENCODER_META, pair_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,15 +108,8 @@ def encoder_store(encoder, tmp_path_factory) -> Path:
     return folder / "store"
 
 
-def _runs(store: Path) -> dict:
-    from compress_lab.store import open_store
-    opened = open_store(store)
-    runs = opened.list_runs(opened.list_sweeps()[0].sweep_id)
-    return {r.config["technique"] if r.config["technique"] != "baseline" else r.label: r for r in runs}
-
-
 def test_a_sweep_palettizes_and_prunes_while_fine_tuning_on_pairs_scored_by_retrieval_and_mean_rank(encoder_store):
-    runs = _runs(encoder_store)
+    runs = runs_by_technique(encoder_store)
     assert {"baseline PyTorch", "baseline fp16", "palettize", "magnitude_pruning"} <= set(runs)
     for run in runs.values():
         values = run.metrics["values"]
