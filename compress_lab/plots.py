@@ -348,12 +348,18 @@ def figure_images(figures: Sequence[tuple[Any, str]], *, width: int = 1100, heig
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from kaleido.errors import ChromeNotFoundError
+    from kaleido.errors import ChromeNotFoundError, JavascriptError
     with ThreadPoolExecutor(1) as pool:  # its own event loop, also when the caller runs one (Streamlit, Jupyter)
-        try:
-            return pool.submit(asyncio.run, render()).result()
-        except ChromeNotFoundError as exc:
-            raise StaticExportUnavailable(f"{NO_BROWSER} ({exc})") from exc
+        for attempt in range(3):
+            try:
+                return pool.submit(asyncio.run, render()).result()
+            except ChromeNotFoundError as exc:
+                raise StaticExportUnavailable(f"{NO_BROWSER} ({exc})") from exc
+            except JavascriptError:
+                # on a loaded machine kaleido can call into its page before the page's scripts ran
+                # ("kaleido_scopes is not defined"); a fresh browser session renders it
+                if attempt == 2:
+                    raise
 
 
 def confusion_data(confusion: Sequence[Sequence[int]], class_names: Sequence[str]) -> dict[str, Any]:
