@@ -24,7 +24,7 @@ from compress_lab.evaluate import evaluate_model
 from compress_lab.mil import COMPRESSED_OPS
 from compress_lab.models import load_model
 from compress_lab.techniques import _training
-from tests.test_tasks import make_model
+from tests.test_tasks import make_model, swept_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,12 +129,7 @@ def test_its_core_ml_program_matches_eager_pytorch_on_the_map(segmenter, tmp_pat
 
 @pytest.fixture(scope="module")
 def segmenter_store(segmenter, tmp_path_factory) -> Path:
-    from compress_lab.sweep.runner import run_sweep
-    from compress_lab.sweep.spec import load_spec
-
-    folder = tmp_path_factory.mktemp("segmenter-store")
-    spec = folder / "spec.toml"
-    spec.write_text(textwrap.dedent(f"""
+    return swept_store(tmp_path_factory.mktemp("segmenter-store"), f"""
         [model]
         source = "{segmenter}"
         [data]
@@ -154,10 +149,7 @@ def segmenter_store(segmenter, tmp_path_factory) -> Path:
         steps = 60
         batch_size = 32
         learning_rate = 0.003
-    """))
-    result = run_sweep(load_spec(spec), folder / "store")
-    assert result.status == "done" and result.ok, [(r.label, r.error) for r in result.runs]
-    return folder / "store"
+    """)
 
 
 def test_a_sweep_palettizes_and_prunes_while_fine_tuning_scored_on_the_map(segmenter_store):

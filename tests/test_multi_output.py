@@ -18,7 +18,7 @@ import pytest
 from compress_lab.evaluate import evaluate_model
 from compress_lab.mil import COMPRESSED_OPS
 from compress_lab.techniques import _training
-from tests.test_tasks import TWO_OUTPUT_META, TWO_OUTPUT_MODEL, make_model, runs_by_technique
+from tests.test_tasks import TWO_OUTPUT_META, TWO_OUTPUT_MODEL, make_model, runs_by_technique, swept_store
 
 ROOT = Path(__file__).resolve().parents[1]
 DENSE_MAE = textwrap.dedent('''
@@ -71,12 +71,7 @@ def test_the_users_metric_scores_one_head_of_the_two_beside_fidelity_per_output(
 @pytest.fixture(scope="module")
 def two_heads_store(two_heads, tmp_path_factory) -> Path:
     """A real sweep: baselines, 4-bit palettized weights, and magnitude pruning fine-tuned with the user's loss."""
-    from compress_lab.sweep.runner import run_sweep
-    from compress_lab.sweep.spec import load_spec
-
-    folder = tmp_path_factory.mktemp("two-heads-store")
-    spec = folder / "spec.toml"
-    spec.write_text(textwrap.dedent(f"""
+    return swept_store(tmp_path_factory.mktemp("two-heads-store"), f"""
         [model]
         source = "{two_heads}"
         [data]
@@ -98,10 +93,7 @@ def two_heads_store(two_heads, tmp_path_factory) -> Path:
         steps = 40
         batch_size = 32
         learning_rate = 0.01
-    """))
-    result = run_sweep(load_spec(spec), folder / "store")
-    assert result.status == "done" and result.ok, [(r.label, r.error) for r in result.runs]
-    return folder / "store"
+    """)
 
 
 def test_a_sweep_palettizes_and_prunes_while_fine_tuning_with_a_users_loss_scored_per_head(two_heads_store):

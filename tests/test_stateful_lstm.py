@@ -25,7 +25,7 @@ from compress_lab.models import load_model
 from compress_lab.models.io_spec import OutputSpec, TensorSpec, from_model_layout, to_model_layout
 from compress_lab.models.metadata import ModelMetadata
 from compress_lab.techniques import _training
-from tests.test_tasks import make_model, runs_by_technique
+from tests.test_tasks import make_model, runs_by_technique, swept_store
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS, HIDDEN, STEPS, FEATURES = 2, 16, 12, 8
@@ -224,12 +224,7 @@ def test_fine_tuning_batches_states_sample_first_and_calls_the_model_with_batch_
 def lstm_store(lstm, tmp_path_factory) -> Path:
     """A real sweep: baselines, 4-bit palettized weights (post-training) and magnitude pruning while
     fine-tuned from train.npz with the regression loss, measured with a user metric on the state hn."""
-    from compress_lab.sweep.runner import run_sweep
-    from compress_lab.sweep.spec import load_spec
-
-    folder = tmp_path_factory.mktemp("lstm-store")
-    spec = folder / "spec.toml"
-    spec.write_text(textwrap.dedent(f"""
+    return swept_store(tmp_path_factory.mktemp("lstm-store"), f"""
         [model]
         source = "{lstm}"
         [data]
@@ -249,10 +244,7 @@ def lstm_store(lstm, tmp_path_factory) -> Path:
         steps = 40
         batch_size = 16
         learning_rate = 0.01
-    """))
-    result = run_sweep(load_spec(spec), folder / "store")
-    assert result.status == "done" and result.ok, [(r.label, r.error) for r in result.runs]
-    return folder / "store"
+    """)
 
 
 def test_a_sweep_palettizes_and_prunes_while_fine_tuning_with_a_user_metric_on_the_state(lstm_store):

@@ -78,6 +78,17 @@ def make_model(folder: Path, code: str, meta: dict, seed: int = 0) -> Path:
     return folder
 
 
+def swept_store(folder: Path, spec_text: str) -> Path:
+    """The store of a real sweep of `spec_text` (a TOML spec, dedented here) run in `folder`; every run must succeed."""
+    from compress_lab.sweep.runner import run_sweep
+    from compress_lab.sweep.spec import load_spec
+    spec = folder / "spec.toml"
+    spec.write_text(textwrap.dedent(spec_text))
+    result = run_sweep(load_spec(spec), folder / "store")
+    assert result.status == "done" and result.ok, [(r.label, r.error) for r in result.runs]
+    return folder / "store"
+
+
 def runs_by_technique(store: Path) -> dict:
     """The runs of the store's first sweep by technique (baselines by label) of a sweep with one run each."""
     from compress_lab.store import open_store

@@ -22,7 +22,7 @@ from compress_lab.evaluate import evaluate_model
 from compress_lab.metrics.builtin import retrieval_ranks
 from compress_lab.mil import COMPRESSED_OPS
 from compress_lab.techniques import _training
-from tests.test_tasks import make_model, runs_by_technique
+from tests.test_tasks import make_model, runs_by_technique, swept_store
 from tests.test_training_tasks import ENCODER, ENCODER_META, pair_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,12 +71,7 @@ def encoder_store(encoder, tmp_path_factory) -> Path:
     """A real sweep: baselines, 4-bit palettized weights, the projection pruned 75% (the embedding table
     kept, as the training-time pruner keeps it), and the projection pruned 75% while fine-tuned with
     InfoNCE on the pairs."""
-    from compress_lab.sweep.runner import run_sweep
-    from compress_lab.sweep.spec import load_spec
-
-    folder = tmp_path_factory.mktemp("encoder-store")
-    spec = folder / "spec.toml"
-    spec.write_text(textwrap.dedent(f"""
+    return swept_store(tmp_path_factory.mktemp("encoder-store"), f"""
         [model]
         source = "{encoder}"
         [data]
@@ -102,10 +97,7 @@ def encoder_store(encoder, tmp_path_factory) -> Path:
         steps = 40
         batch_size = 32
         learning_rate = 0.01
-    """))
-    result = run_sweep(load_spec(spec), folder / "store")
-    assert result.status == "done" and result.ok, [(r.label, r.error) for r in result.runs]
-    return folder / "store"
+    """)
 
 
 def test_a_sweep_palettizes_and_prunes_while_fine_tuning_on_pairs_scored_by_retrieval_and_mean_rank(encoder_store):
