@@ -295,3 +295,54 @@ def test_a_part_of_the_subset_measures_like_the_subset(evaluator):
     weight = simulate(evaluator.base.weights()[name], "palettize", {"nbits": 1, "mode": "uniform"})
     assert part.measure({name: weight}).snr_db < 100 and part.evaluations == 1  # 1-bit: far from the float outputs
     assert evaluator.part(500) is evaluator
+
+
+def test_batches_are_sized_to_the_samples_and_measure_the_same(mnist_handle, mnist_dir, evaluator):
+    """Large inputs run in small batches (a 224x224 RGB image: 8 at a time), small ones in large
+    ones; the batch changes how fast the subset runs, not what it measures."""
+    from compress_lab.analysis.subset import batch_size_for
+    assert batch_size_for({"image": np.zeros((1, 3, 224, 224), np.float32)}) == 8
+    assert batch_size_for({"image": np.zeros((1, 1, 28, 28), np.float32)}) == 128 == evaluator.batch_size
+    assert batch_size_for({"ids": np.zeros((1, 16), np.int32), "mask": np.zeros((1, 16), np.int32)}) == 128
+    small = SubsetEvaluator(evaluator.base.origin, mnist_dir / "val", mnist_handle.metadata, max_images=200, batch_size=7)
+    name = "fc_layers_0_weight_to_fp16"
+    weight = simulate(evaluator.base.weights()[name], "palettize", {"nbits": 1, "mode": "uniform"})
+    ours, theirs = small.measure({name: weight}), evaluator.measure({name: weight})
+    assert small.batch_size == 7 and ours.agreement == theirs.agreement < 1 and ours.top1 == theirs.top1
+    assert ours.snr_db == pytest.approx(theirs.snr_db, abs=1e-3)
+
+
+def test_fragile_samples_come_first_and_a_part_can_break_an_agreement_budget(evaluator):
+    order = evaluator.fragile_order()
+    scores = np.sort(np.asarray(next(iter(evaluator.reference.values()))), axis=1)
+    margins = scores[:, -1] - scores[:, -2]
+    assert sorted(order) == list(range(200)) and np.all(np.diff(margins[order]) >= 0)
+    fragile = evaluator.samples(order[:8])
+    assert fragile.count == 8 and fragile.baseline.agreement == 1.0
+    name = "fc_layers_0_weight_to_fp16"
+    broken = fragile.measure({name: simulate(evaluator.base.weights()[name], "palettize", {"nbits": 1, "mode": "uniform"})})
+    flips = round((1 - broken.agreement) * 8)
+    assert flips >= 1  # 1-bit weights flip the samples held by the smallest margins
+    # 200 samples at agreement >= 0.99 allow 2 disagreements: more on the part breaks it whatever the rest does
+    assert Budget("agreement", 0.99).fails_on_part(broken, 8, 200) == (flips > 2)
+    assert Budget("agreement", 0.999).fails_on_part(broken, 8, 200)
+    assert not Budget("agreement", 0.9).fails_on_part(broken, 8, 200) or flips > 20
+    assert not Budget("top1_drop", 0.0).fails_on_part(broken, 8, 200)  # the other samples can make up top-1
+
+
+def test_fast_search_screens_trials_on_fragile_samples_and_measures_what_the_package_holds(
+        mnist_handle, mnist_dir, tmp_path):
+    """Under an agreement budget the fast search runs its trials on the 8 most fragile samples
+    first; its measurement of the answer on the subset (here the whole folder) is the real
+    package's, since the subset runs the weights as coremltools compresses them."""
+    from compress_lab.analysis.mixed import FRAGILE_SAMPLES
+    from compress_lab.analysis.mixed_run import run_mixed
+    budget = Budget("agreement", 0.995)
+    out = run_mixed(mnist_handle, mnist_dir / "val", "palettize", budget, tmp_path / "fast.mlpackage",
+                    workdir=tmp_path / "work", max_images=1000)
+    search, verified = out["search"], out["verified"]
+    assert search["search"] == "fast" and search["subset"]["fragile_samples"] == FRAGILE_SAMPLES
+    assert search["subset"]["real_variants"] > 0  # the levels as given, compressed by coremltools
+    assert verified["images"] == search["subset"]["images"] == 1000
+    assert verified["meets_budget"] and search["subset"]["measured"]["agreement"] == verified["agreement"] >= 0.995
+    assert out["config"].get("mode", "kmeans") == "kmeans" and _bytes_on_disk(tmp_path / "fast.mlpackage") == verified["bytes"]

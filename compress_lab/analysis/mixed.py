@@ -7,8 +7,10 @@ aggressive), cheapest added noise per bit saved first; (3) a binary search for t
 longest prefix of that sequence that meets the budget, measured with all its
 weights replaced; (4) the uniform settings are measured too, so the answer is never
 larger than the best uniform setting that meets the budget on the subset; (5) from
-the best answer, single ops are pushed one level further while the budget holds. The
-chosen assignment is then compressed for real and evaluated on the whole folder.
+the best answer, single ops are pushed one level further while the budget holds (each
+round tries the ops cheapest first and takes the first that passes, until a round
+finds none). The chosen assignment is then compressed for real and evaluated on the
+whole folder.
 
 Under a size budget (bytes on disk, or bits per weight) the dual: the first prefix of
 the same sequence whose estimated payload fits, its slack given back to the ops whose
@@ -17,14 +19,22 @@ the most accurate wins, and mixed_run checks the real package against the budget
 
 Two searches (`search=`): "exact" (the algorithm above as first written: every op measured
 alone at every level, palettize k-means levels simulated with coremltools' k-means) and
-"fast", the default: k-means levels are simulated with the lab's exact 1-D k-means (mode
-"fast_kmeans", the same LUT sizes, weight error never above coremltools'; the answer keeps
-the levels as given and is compressed with them), and the single-op stage measures each op once, at one reference
-level, predicting its other levels from their weight error: one op's output noise power
-grows as a power of its weight error power, noise(level) = noise(reference) *
-(error(level) / error(reference)) ** p, p fitted on a few ops measured at a second level
-(see _predicted_noise). Stages (2)-(5) are unchanged and measure real assignments
-on the whole subset, so the answer is within the budget on the subset either way."""
+"fast", the default:
+- the single-op stage simulates k-means levels with the lab's exact 1-D k-means (mode
+  "fast_kmeans": the same LUT sizes, weight error never above coremltools') and measures each
+  op at two levels (the least aggressive and a reference one) on a part of the subset,
+  predicting its other levels from their weight error: noise(level) = noise(reference) *
+  (error(level) / error(reference)) ** p (see _predicted_noise);
+- under an agreement budget every trial of stages (3) and (5) runs first on the subset's
+  FRAGILE_SAMPLES most fragile samples (smallest top-2 margin of the uncompressed model): a
+  trial that already disagrees there on more samples than the whole subset allows fails
+  without running the rest, so the refinement can try every op in every round as the exact
+  one does (most of its trials fail, now cheaply); other budgets stop the refinement after
+  FAST_REFINE_FAILS failed trials;
+- every measurement on the whole subset holds the weights as the answer's package will (the
+  levels as given, compressed with coremltools when first needed), so the answer's own
+  measurement is that of its package, and it keeps the levels as given (its exported
+  coremltools config reproduces it)."""
 
 from __future__ import annotations
 
@@ -42,7 +52,8 @@ from compress_lab.errors import ConfigError
 
 UNCOMPRESSED = -1
 SEARCHES = ("fast", "exact")
-FAST_REFINE_FAILS = 4  # fast search: refinement stops after this many failed tries (exact: when a round finds none)
+FAST_REFINE_FAILS = 4  # fast search without a fragile part: refinement stops after this many failed tries
+FRAGILE_SAMPLES = 8    # fast search, agreement budgets: trials run first on this many most fragile samples
 FAST_SINGLE_OP_FRACTION = 0.25  # fast search: single ops measured on this part of the subset (>= 16 samples)
 CALIBRATION_OPS = 4    # fast search: ops also measured at a second level, to fit how noise grows with error
 EXPONENT_RANGE = (0.5, 4.0)
@@ -119,6 +130,16 @@ class Budget:
             return (baseline.top1 - measured.top1) * 100 <= self.value + 1e-9
         self.check_measurable(baseline)
         return measured.worsening(self.metric, baseline, self.relative) <= self.value + 1e-9
+
+    def fails_on_part(self, measured: Measurement, part_count: int, count: int) -> bool:
+        """True when a measurement on `part_count` of the subset's `count` samples already breaks
+        the budget whatever the other samples give (agreement: more disagreements than the whole
+        subset allows); False when it cannot tell (other budgets: a top-1 drop on a part can be
+        made up by the other samples, so they are measured on the whole subset)."""
+        if self.metric == "agreement" and measured.agreement is not None:
+            disagreements = round((1 - measured.agreement) * part_count)
+            return disagreements > np.floor((1 - self.value) * count + 1e-9)
+        return False
 
     def size_met(self, sizes: dict[str, Any]) -> bool:
         """On a package's measured sizes (package_size(...).to_dict() or a run's sizes)."""
@@ -209,7 +230,21 @@ def search_mixed(evaluator: SubsetEvaluator, compression: str, budget: Budget, l
     bits = {op.name: [compressed_bits(compression, l, op.numel, op.shape[0]) for l in levels] for op in ops}
     float_bits = {op.name: op.numel * 16.0 for op in ops}
 
+    real: dict[tuple[str, int], np.ndarray] = {}
+
+    def real_variant(name: str, lvl: int) -> np.ndarray:
+        """The op's weight as the answer's package will hold it: the simulated one where the search
+        simulates a level as given, else compressed with the level as given (once, when needed)."""
+        if simulated[lvl] == levels[lvl]:
+            return variants[name][lvl]
+        if (name, lvl) not in real:
+            real[name, lvl] = simulate(originals[name], compression, levels[lvl])
+        return real[name, lvl]
+
     def overrides(assignment: dict[str, int]) -> dict[str, np.ndarray]:
+        return {name: real_variant(name, lvl) for name, lvl in assignment.items() if lvl != UNCOMPRESSED}
+
+    def simulated_overrides(assignment: dict[str, int]) -> dict[str, np.ndarray]:
         return {name: variants[name][lvl] for name, lvl in assignment.items() if lvl != UNCOMPRESSED}
 
     def total_bits(assignment: dict[str, int]) -> float:
@@ -278,18 +313,31 @@ def search_mixed(evaluator: SubsetEvaluator, compression: str, budget: Budget, l
         result.search = search
         return result
 
-    # (3) longest passing prefix (binary search; passing is close to monotone along the sequence)
-    cache: dict[int, Measurement] = {}
+    # fast search: trials first run on the subset's most fragile samples, where a failing one shows
+    screen = _fragile_part(evaluator, budget) if search == "fast" else None
 
-    def measure_prefix(k: int) -> Measurement:
+    def trial(assignment: dict[str, int]) -> Measurement | None:
+        """The assignment measured on the subset; None when the fragile part alone breaks the budget."""
+        weights = overrides(assignment)
+        if screen is not None and budget.fails_on_part(screen.measure(weights), screen.count, evaluator.count):
+            return None
+        return evaluator.measure(weights)
+
+    def accepted(measured: Measurement | None) -> bool:
+        return measured is not None and budget.met(measured, baseline)
+
+    # (3) longest passing prefix (binary search; passing is close to monotone along the sequence)
+    cache: dict[int, Measurement | None] = {}
+
+    def measure_prefix(k: int) -> Measurement | None:
         if k not in cache:
-            cache[k] = evaluator.measure(overrides(sequence[k - 1])) if k else baseline
+            cache[k] = trial(sequence[k - 1]) if k else baseline
             if progress:
                 progress("search", len(cache), max(1, int(np.log2(len(sequence) + 1)) + 1))
         return cache[k]
 
     def passes(k: int) -> bool:
-        return budget.met(measure_prefix(k), baseline)
+        return accepted(measure_prefix(k))
 
     lo, hi = 0, len(sequence)
     if search == "fast" and probe is not None and probe is not evaluator and sequence:
@@ -298,7 +346,7 @@ def search_mixed(evaluator: SubsetEvaluator, compression: str, budget: Budget, l
         plo, phi = 0, len(sequence)
         while plo < phi:
             mid = (plo + phi + 1) // 2
-            if budget.met(probe.measure(overrides(sequence[mid - 1])), probe.baseline):
+            if budget.met(probe.measure(simulated_overrides(sequence[mid - 1])), probe.baseline):
                 plo = mid
             else:
                 phi = mid - 1
@@ -321,7 +369,7 @@ def search_mixed(evaluator: SubsetEvaluator, compression: str, budget: Budget, l
                 hi, step = k - 1, step * 2
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if budget.met(measure_prefix(mid), baseline):
+        if passes(mid):
             lo = mid
         else:
             hi = mid - 1
@@ -347,10 +395,11 @@ def search_mixed(evaluator: SubsetEvaluator, compression: str, budget: Budget, l
         if progress:
             progress("uniform", lvl + 1, len(levels))
 
-    # (5) local refinement: from the best answer, push single ops one level further while the budget holds
+    # (5) local refinement: from the best answer, push single ops one level further while the budget holds;
+    # each round tries the ops cheapest added noise per bit first and takes the first that passes
     improved = True
-    refine_left = FAST_REFINE_FAILS if search == "fast" else None
-    while improved and refine_left != 0:
+    full_fails_left = None if search == "exact" or screen is not None else FAST_REFINE_FAILS
+    while improved and full_fails_left != 0:
         improved = False
         candidates = []
         for name, level in best_assignment.items():
@@ -360,17 +409,17 @@ def search_mixed(evaluator: SubsetEvaluator, compression: str, budget: Budget, l
                 if saved > 0:
                     cost = noise[name][level + 1] - (0.0 if level == UNCOMPRESSED else noise[name][level])
                     candidates.append((cost / saved, name))
-        for _, name in sorted(candidates)[:refine_left]:
-            trial = dict(best_assignment, **{name: best_assignment[name] + 1})
-            measured = evaluator.measure(overrides(trial))
+        for _, name in sorted(candidates):
+            candidate = dict(best_assignment, **{name: best_assignment[name] + 1})
+            measured = trial(candidate) if search == "fast" else evaluator.measure(overrides(candidate))
             if progress:
                 progress("refine", evaluator.evaluations, evaluator.evaluations)
-            if budget.met(measured, baseline):
-                best_assignment, best_measured, chosen, improved = trial, measured, "mixed", True
+            if accepted(measured):
+                best_assignment, best_measured, chosen, improved = candidate, measured, "mixed", True
                 break
-            if refine_left is not None:
-                refine_left -= 1
-                if refine_left == 0:
+            if full_fails_left is not None:
+                full_fails_left -= 1
+                if full_fails_left == 0:
                     break
 
     levels_used = set(best_assignment.values())
@@ -382,14 +431,16 @@ def search_mixed(evaluator: SubsetEvaluator, compression: str, budget: Budget, l
         subset={"images": evaluator.count, "baseline": asdict(baseline), "measured": asdict(best_measured),
                 "meets_budget": budget.met(best_measured, baseline),
                 "single_op_images": probe.count if probe is not None else evaluator.count,
-                "part_evaluations": _part_evaluations(evaluator, probe)},
-        uniform=uniform, evaluations=evaluator.evaluations + _part_evaluations(evaluator, probe),
+                "fragile_samples": screen.count if screen is not None else 0,
+                "part_evaluations": _part_evaluations(evaluator, probe, screen),
+                "real_variants": len(real)},
+        uniform=uniform, evaluations=evaluator.evaluations + _part_evaluations(evaluator, probe, screen),
         elapsed_s=time.perf_counter() - started, noise=noise, search=search)
 
 
 def check_search(search: str) -> None:
     if search not in SEARCHES:
-        raise ConfigError(f"search {search!r} is not known; use 'fast' (the default: exact k-means, one measurement "
+        raise ConfigError(f"search {search!r} is not known; use 'fast' (the default: exact k-means, two measurements "
                           "per op) or 'exact' (every op measured at every level, coremltools' k-means)")
 
 
@@ -444,57 +495,71 @@ def _probe(evaluator: SubsetEvaluator, single_op_samples: int | None) -> SubsetE
     return evaluator.part(single_op_samples)
 
 
-def _part_evaluations(evaluator: SubsetEvaluator, probe: SubsetEvaluator | None) -> int:
-    """Runs on a part of the subset (its baseline too), which `evaluator` does not count."""
-    return 0 if probe is None or probe is evaluator else probe.evaluations + 1
+def _part_evaluations(evaluator: SubsetEvaluator, *parts: SubsetEvaluator | None) -> int:
+    """Runs on parts of the subset (their baselines too), which `evaluator` does not count."""
+    return sum(part.evaluations + 1 for part in parts if part is not None and part is not evaluator)
+
+
+def _fragile_part(evaluator: SubsetEvaluator, budget: Budget) -> SubsetEvaluator | None:
+    """The FRAGILE_SAMPLES samples of the subset the uncompressed model classifies by the smallest
+    margin, for budgets a part can break (Budget.fails_on_part); None for the others."""
+    if budget.is_size or budget.metric != "agreement" or evaluator.count <= FRAGILE_SAMPLES:
+        return None
+    order = evaluator.fragile_order()
+    return None if order is None else evaluator.samples(order[:FRAGILE_SAMPLES])
 
 
 def _predicted_noise(probe: SubsetEvaluator, ops, originals, variants, n_levels: int,
                      progress) -> dict[str, list[float]]:
-    """The fast single-op stage. Each op is measured alone once, at its reference level, and
-    its noise at the other levels predicted from their weight error power e: noise(l) =
-    noise(ref) * (e(l) / e(ref)) ** p. A few ops (CALIBRATION_OPS, spread over the model's
-    order) are measured at a second level too, giving their own p (output noise grows a little
-    faster than linearly with weight error at low bits: p ~ 1.5-2 on the sample CNNs); the other
-    ops take the median of those; less aggressive levels than the reference scale linearly.
-    Measured on `probe` (a part of the subset). Returns noise per op and level."""
+    """The fast single-op stage. Each op is measured alone at its least aggressive level (8 bits of
+    8/6/4/3/2/1: where a tight budget's answer lies) and at its reference level (4 bits), and its
+    noise at the other levels predicted from their weight error power e: between the two, on the
+    line through them in log-log; beyond the reference, noise(l) = noise(ref) * (e(l) / e(ref)) ** p.
+    A few ops (CALIBRATION_OPS, spread over the model's order) are measured at a third level too,
+    giving their own p (output noise grows a little faster than linearly with weight error at low
+    bits: p ~ 1.5-2 on the sample CNNs); the other ops take the median of those. Measured on
+    `probe` (a part of the subset). Returns noise per op and level."""
 
     def run(name: str, weight: np.ndarray) -> float:
         return 10 ** (-probe.measure({name: weight}).snr_db / 10)
 
     calibrating = {ops[i].name for i in np.unique(np.linspace(0, len(ops) - 1, min(CALIBRATION_OPS, len(ops))).round()
                                                   .astype(int))}
-    total = len(ops) + len(calibrating)
+    total = 2 * len(ops) + len(calibrating)
     done = 0
-    measured: dict[str, tuple[list[float], int | None, float, float | None]] = {}
+    measured: dict[str, tuple[list[float], int | None, float, float | None, float | None]] = {}
     for op in ops:
         original = originals[op.name].astype(np.float64)
         errors = [float(np.sum((np.asarray(v, dtype=np.float64) - original) ** 2)) for v in variants[op.name]]
         ref = reference_level(errors)
-        at_ref, exponent = 0.0, None
+        at_ref, exponent, at_first = 0.0, None, None
         if ref is not None:
             at_ref = run(op.name, variants[op.name][ref])
+            if ref > 0 and errors[0] > 0:
+                at_first = run(op.name, variants[op.name][0])
             second = calibration_level(errors, ref) if op.name in calibrating else None
             if second is not None:
                 at_second = run(op.name, variants[op.name][second])
                 exponent = noise_exponent(at_ref, at_second, errors[ref], errors[second])
-                done += 1
-        done += 1
+        done += 2 + (op.name in calibrating)
         if progress:
-            progress("single-op", done, total)
-        measured[op.name] = (errors, ref, at_ref, exponent)
-    exponents = [e for _, _, _, e in measured.values() if e is not None]
+            progress("single-op", min(done, total), total)
+        measured[op.name] = (errors, ref, at_ref, exponent, at_first)
+    exponents = [m[3] for m in measured.values() if m[3] is not None]
     common = float(np.median(exponents)) if exponents else 1.0
     noise: dict[str, list[float]] = {}
-    for name, (errors, ref, at_ref, exponent) in measured.items():
+    for name, (errors, ref, at_ref, exponent, at_first) in measured.items():
         if ref is None:
             noise[name] = [0.0] * n_levels
             continue
         p = exponent if exponent is not None else common
-        # below the reference, linearly (p = 1: a little above what is measured there, where a floor of
-        # other noise flattens the curve); above it, with the fitted exponent
-        noise[name] = list(np.maximum.accumulate([at_ref * (e / errors[ref]) ** (p if lvl > ref else 1.0)
-                                                  for lvl, e in enumerate(errors)]))
+        # below the reference, through the least aggressive level's measurement (linearly, p = 1, when it
+        # tells nothing); above it, with the fitted exponent
+        below = 1.0
+        if at_first is not None and at_first > 0 and at_ref > 0 and errors[ref] > errors[0]:
+            below = float(np.log(at_ref / at_first) / np.log(errors[ref] / errors[0]))
+        noise[name] = list(np.maximum.accumulate([at_ref * (e / errors[ref]) ** (p if lvl > ref else below)
+                                                  if e > 0 else 0.0 for lvl, e in enumerate(errors)]))
     return noise
 
 

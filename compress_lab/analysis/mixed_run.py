@@ -78,8 +78,9 @@ SINGLE_OP_DIR = "mixed-single-op"
 def search_config(handle, data_dir: str | Path, compression: str, budget: Budget, *, workdir: str | Path,
                   max_images: int = 2000, precision: str = "fp16", progress=None, levels=None, reuse: bool = True,
                   preprocessing_overrides: dict | None = None, search: str = "fast",
-                  single_op_samples: int | None = None):
+                  single_op_samples: int | None = None, batch_size: int | None = None):
     """The mixed-precision search on a validation subset: (technique config dict, MixedResult).
+    `batch_size`: samples the subset runs in at once (default: from their size, see subset.batch_size_for).
     `search`: "fast" (default) or "exact" (today's first algorithm: every op measured at every
     level, coremltools' k-means); see compress_lab.analysis.mixed.
     With `reuse`, the single-op stage (each op alone at each level: most of the search's
@@ -90,7 +91,7 @@ def search_config(handle, data_dir: str | Path, compression: str, budget: Budget
 
     ctx = CompressContext(handle=handle, workdir=Path(workdir))
     evaluator = SubsetEvaluator(ctx.float_package(precision), data_dir, handle.metadata, max_images=max_images,
-                                preprocessing_overrides=preprocessing_overrides)
+                                preprocessing_overrides=preprocessing_overrides, batch_size=batch_size)
     from compress_lab.analysis.mixed import check_search
     check_search(search)
     key = single_op_key(evaluator, compression, levels, search, single_op_samples) if reuse else None

@@ -49,10 +49,23 @@ class Measurement:
         return worse
 
 
+BATCH_ELEMENTS = 2 ** 20  # input elements per batch the subset is run in (see batch_size_for)
+
+
+def batch_size_for(inputs: dict[str, np.ndarray]) -> int:
+    """How many samples run at once: about BATCH_ELEMENTS input elements, 8 to 128 samples.
+    Large inputs run faster in small batches on a CPU (a 224x224 image CNN: 75 images take
+    about a third of the time in batches of 8 as in one batch, its activations then fit the
+    caches); small ones in large batches (less per-call work)."""
+    per_sample = sum(int(np.prod(v.shape[1:], dtype=np.int64)) for v in inputs.values()) or 1
+    return int(np.clip(BATCH_ELEMENTS // per_sample, 8, 128))
+
+
 class SubsetEvaluator:
     def __init__(self, float_package: str | Path, data_dir, metadata: ModelMetadata,
                  max_images: int = 512, compute_precision: str = "fp32",
-                 preprocessing_overrides: dict | None = None):
+                 preprocessing_overrides: dict | None = None, batch_size: int | None = None):
+        """`batch_size`: samples run at once (default: batch_size_for the subset's inputs)."""
         from compress_lab.arrays import ArraySource
         from compress_lab.runtime import load_program
         from compress_lab.tasks import task_for
@@ -66,6 +79,7 @@ class SubsetEvaluator:
         self.count = subset.n
         if not self.count:
             raise DataError(f"no readable samples in {data_dir}")
+        self.batch_size = int(batch_size) if batch_size else batch_size_for(subset.inputs)
         self.metrics = {m.name: m for m in self.task.metrics(metadata) + self.task.fidelity_metrics(metadata)}
         self.labelled = subset.labelled and bool(self.task.metrics(metadata))
         self.primary = self.task.primary_metric(metadata, labelled=self.labelled)
@@ -94,7 +108,7 @@ class SubsetEvaluator:
             return {k: np.asarray(v) for k, v in out.items()}
 
         predict.named = True  # type: ignore[attr-defined]
-        dataset = self.task.dataset(self.source, self.meta, batch_size=128)
+        dataset = self.task.dataset(self.source, self.meta, batch_size=self.batch_size)
         return evaluate(predict, dataset, self.task, reference, meta=self.meta)
 
     def _measurement(self, result, baseline: bool = False) -> Measurement:
@@ -115,13 +129,14 @@ class SubsetEvaluator:
     def measure_logits(self, logits: np.ndarray) -> Measurement:
         """The measurement of given outputs (a classifier's logits) on the subset."""
         from compress_lab.evaluate import evaluate
-        outputs = iter(np.array_split(np.asarray(logits), max(1, -(-self.count // 128))))
+        logits = np.asarray(logits)
+        outputs = iter(np.split(logits, range(self.batch_size, len(logits), self.batch_size)))
 
         def predict(inputs):
             return {self.meta.io.output_names[0]: next(outputs)}
 
         predict.named = True  # type: ignore[attr-defined]
-        dataset = self.task.dataset(self.source, self.meta, batch_size=128)
+        dataset = self.task.dataset(self.source, self.meta, batch_size=self.batch_size)
         return self._measurement(evaluate(predict, dataset, self.task, self.reference, meta=self.meta))
 
     def measure(self, overrides: dict[str, np.ndarray]) -> Measurement:
@@ -134,20 +149,37 @@ class SubsetEvaluator:
         """An evaluator of the same program on at most `max_samples` evenly spaced samples of this
         subset (itself when it holds no more), with the uncompressed outputs on them measured
         again (one run of the part): a cheaper probe for many single-op measurements."""
-        from compress_lab.arrays import evenly_spaced, take
+        from compress_lab.arrays import evenly_spaced
         if int(max_samples) >= self.count:
             return self
         if int(max_samples) < 1:
             raise DataError(f"a part of the subset needs at least 1 sample, not {max_samples!r}")
+        return self.samples(evenly_spaced(self.count, int(max_samples)))
+
+    def samples(self, indices) -> "SubsetEvaluator":
+        """An evaluator of the same program on the samples `indices` of this subset."""
+        from compress_lab.arrays import take
         part = object.__new__(SubsetEvaluator)
         part.__dict__.update(self.__dict__)
-        part.source = take(self.source, evenly_spaced(self.count, int(max_samples)))
+        part.source = take(self.source, [int(i) for i in indices])
         part.count = part.source.n
         reference = part._evaluate(part.base, None)
         part.reference = reference.reference_outputs()
         part.baseline = part._measurement(reference, baseline=True)
         part.evaluations = 0
         return part
+
+    def fragile_order(self) -> list[int] | None:
+        """The subset's samples, those whose top class the uncompressed model holds by the smallest
+        margin first (the first to flip under compression); None when no output is class scores."""
+        if self.baseline.agreement is None or not self.reference:
+            return None
+        scores = next((np.asarray(v, dtype=np.float64) for v in self.reference.values()
+                       if np.ndim(v) == 2 and np.shape(v)[0] == self.count and np.shape(v)[1] >= 2), None)
+        if scores is None:
+            return None
+        top2 = np.sort(scores, axis=1)[:, -2:]
+        return np.argsort(top2[:, 1] - top2[:, 0], kind="stable").tolist()
 
     def score(self, measured: Measurement) -> tuple:
         """Better is larger: the task's primary metric in its direction, then agreement, then SNR."""

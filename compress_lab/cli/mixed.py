@@ -33,9 +33,9 @@ def add_arguments(parser) -> None:
                         help="size budget: the most accurate mix of at most BITS bits per weight (weights file)")
     parser.add_argument("--max-images", type=int, default=2000, help="samples used by the search (evenly spaced)")
     parser.add_argument("--search", choices=("fast", "exact"), default="fast",
-                        help="fast (default): the lab's exact k-means and one measurement per op, its other levels "
-                             "predicted from their weight error; exact: every op measured alone at every level with "
-                             "coremltools' k-means (the first algorithm, ~10x slower)")
+                        help="fast (default): the lab's exact k-means and two measurements per op, its other levels "
+                             "predicted from their weight error, trials screened on the most fragile samples; exact: "
+                             "every op measured alone at every level with coremltools' k-means (the first algorithm)")
     parser.add_argument("--single-op-samples", type=int, metavar="N",
                         help="fast search: measure single ops on at most N of the search's samples (default: all)")
     parser.add_argument("--out", type=Path, help="where to write the chosen .mlpackage (default: WORKDIR/mixed.mlpackage)")
