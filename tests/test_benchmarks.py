@@ -170,6 +170,22 @@ def test_run_all_rows_for_list_shaped_results():
     assert "budget NOT met" in rows[3].shown and "top-1 0.997" in rows[4].shown
 
 
+def test_run_all_rows_for_the_mixed_search_benchmark():
+    """mixed_speed.json as benchmarks/mixed_speed.py writes it: the time ratio to today's search
+    and the answer's bytes against today's answer, each against the issue-14 target."""
+    def run(seconds, evaluations, size):
+        return {"seconds": seconds, "evaluations": evaluations, "bytes": size}
+    result = {"model": "dog_mobilenetv2", "budget": "agreement >= 0.99",
+              "runs": {"today": run(800.0, 430, 2_800_000), "exact": run(360.0, 430, 2_800_000),
+                       "fast": run(72.0, 250, 2_900_000), "fast_again": run(40.0, 200, 2_900_000)},
+              "ratio_fast_vs_today": 0.09, "ratio_fast_vs_exact": 0.2, "ratio_exact_vs_today": 0.45,
+              "ratio_again_vs_today": 0.05, "fast_no_larger": False, "fast_within_budget": True}
+    rows = run_all.build_rows({"mixed_speed": {"command": "mixed_speed.py", "results": [result]}})
+    assert [r.met for r in rows] == [True, None, False, None]
+    assert rows[0].value == pytest.approx(0.09) and "72.0 vs 800.0 s" in rows[0].shown
+    assert rows[2].value == pytest.approx(2.9 / 2.8) and "2,900,000 vs 2,800,000 B" in rows[2].shown
+
+
 # ---------------------------------------------------------------- issue 13: other models, named inputs
 
 palettize = _load("bench_palettize")
