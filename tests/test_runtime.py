@@ -435,3 +435,65 @@ def test_activation_quantization_calibrated_by_the_runtime(converted):
     _, _, fp32_path = converted("resnet", "fp32")
     with pytest.raises(ConfigError, match="fp16"):
         linear_quantize_activations(ct.models.MLModel(str(fp32_path), skip_model_load=True), config, samples)
+
+
+# --- resuming from checkpoints ------------------------------------------------------------
+class SmallLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.head = nn.LSTM(8, 16, batch_first=True), nn.Linear(16, 5)
+
+    def forward(self, x):
+        out, _ = self.lstm(x[:, 0])
+        return self.head(out[:, -1])
+
+
+@pytest.mark.parametrize("family,precision,compute", [("resnet", "fp32", "fp32"), ("mobilenet", "fp16", "fp32"),
+                                                      ("vit", "fp16", "fp16"), ("masked_encoder", "fp32", "fp32"),
+                                                      ("lstm", "fp16", "fp32")])
+def test_a_run_resumed_from_checkpoints_gives_the_whole_runs_outputs(converted, tmp_path, family, precision, compute):
+    """Each weight changed alone, then two at once: a copy resuming from the uncompressed program's
+    checkpoints gives the same outputs, bit for bit, as a whole run, and starts after step 0 for
+    the weights late in the program (an LSTM's weights, inside its kernel, take whole runs)."""
+    if family == "lstm":
+        torch.manual_seed(0)
+        path = convert_module(SmallLSTM().eval(), _metadata("lstm", (1, 8, 8)), tmp_path / "lstm.mlpackage",
+                              precision=precision)
+        shape = (1, 8, 8)
+    else:
+        _, shape, path = converted(family, precision)
+    base = load_program(path, compute_precision=compute)
+    x = np.random.default_rng(1).uniform(0, 1, (3, *shape)).astype(np.float32)
+    anchor = base.with_constants({})
+    anchor.keep_checkpoints(count=8)
+    assert np.array_equal(anchor.predict(x), base.predict(x))
+    weights = base.weights()
+    changes = [{name: (w * 0.9).astype(w.dtype)} for name, w in weights.items() if w.ndim >= 2]
+    changes.append({k: v for change in changes[-2:] for k, v in change.items()})
+    starts = []
+    for change in changes:
+        whole = base.with_constants(change).predict(x)
+        resumed = base.with_constants(change)
+        resumed.resume_from(anchor)
+        starts.append(resumed._interpreter._resume[1] if resumed._interpreter._resume else 0)
+        assert np.array_equal(resumed.predict(x), whole), f"{sorted(change)} resumed differs from a whole run"
+        other = np.random.default_rng(2).uniform(0, 1, x.shape).astype(np.float32)  # not seen by the anchor
+        assert np.array_equal(resumed.predict(other), base.with_constants(change).predict(other))
+    if family == "lstm":
+        assert min(starts) == 0
+    else:
+        assert max(starts) > 0, "no run resumed after the first step"
+
+
+def test_checkpoints_over_their_memory_limit_are_dropped(converted):
+    _, shape, path = converted("resnet", "fp32")
+    base = load_program(path)
+    anchor = base.with_constants({})
+    anchor.keep_checkpoints(max_bytes=1024)
+    x = np.zeros((2, *shape), np.float32)
+    assert np.array_equal(anchor.predict(x), base.predict(x))
+    assert not anchor._interpreter.keeps_checkpoints
+    name, w = next(iter(base.weights().items()))
+    resumed = base.with_constants({name: w * 0})
+    resumed.resume_from(anchor)
+    assert np.array_equal(resumed.predict(x), base.with_constants({name: w * 0}).predict(x))

@@ -55,6 +55,7 @@ SEARCHES = ("fast", "exact")
 FAST_REFINE_FAILS = 4  # fast search without a fragile part: refinement stops after this many failed tries
 FRAGILE_SAMPLES = 8    # fast search, agreement budgets: trials run first on this many most fragile samples
 FAST_SINGLE_OP_FRACTION = 0.25  # fast search: single ops measured on this part of the subset (>= 16 samples)
+PREFETCH_LEVELS = 2    # fast search: coremltools compresses every op at this many least aggressive levels ahead
 CALIBRATION_OPS = 4    # fast search: ops also measured at a second level, to fit how noise grows with error
 EXPONENT_RANGE = (0.5, 4.0)
 
@@ -230,16 +231,8 @@ def search_mixed(evaluator: SubsetEvaluator, compression: str, budget: Budget, l
     bits = {op.name: [compressed_bits(compression, l, op.numel, op.shape[0]) for l in levels] for op in ops}
     float_bits = {op.name: op.numel * 16.0 for op in ops}
 
-    real: dict[tuple[str, int], np.ndarray] = {}
-
-    def real_variant(name: str, lvl: int) -> np.ndarray:
-        """The op's weight as the answer's package will hold it: the simulated one where the search
-        simulates a level as given, else compressed with the level as given (once, when needed)."""
-        if simulated[lvl] == levels[lvl]:
-            return variants[name][lvl]
-        if (name, lvl) not in real:
-            real[name, lvl] = simulate(originals[name], compression, levels[lvl])
-        return real[name, lvl]
+    real = _RealVariants(originals, compression, levels, simulated, variants)
+    real_variant = real.get
 
     def overrides(assignment: dict[str, int]) -> dict[str, np.ndarray]:
         return {name: real_variant(name, lvl) for name, lvl in assignment.items() if lvl != UNCOMPRESSED}
@@ -258,184 +251,247 @@ def search_mixed(evaluator: SubsetEvaluator, compression: str, budget: Budget, l
                               f"everywhere needs about {int(target['fixed_bytes'] + total_bits(smallest) / 8):,} "
                               "bytes; raise the budget or add a more aggressive level")
 
-    # (1) each op alone at each level: relative output noise power (adds up across ops, roughly)
-    reused = noise is not None and set(noise) == {op.name for op in ops} and all(len(v) == len(levels)
-                                                                               for v in noise.values())
-    # fast search: the part of the subset single ops (and the first guess of stage 3) are measured on
-    probe = _probe(evaluator, single_op_samples) if search == "fast" and not (reused and budget.is_size) else None
-    if reused:
-        noise = {name: list(values) for name, values in noise.items()}
-    elif search == "fast":
-        noise = _predicted_noise(probe, ops, originals, variants, len(levels), progress)
-    else:
-        noise = {}
-        total_single = len(ops) * len(levels)
-        done = 0
+    if search == "fast" and not budget.is_size:
+        real.prefetch([op.name for op in ops])
+    try:
+        # (1) each op alone at each level: relative output noise power (adds up across ops, roughly)
+        reused = noise is not None and set(noise) == {op.name for op in ops} and all(len(v) == len(levels)
+                                                                                   for v in noise.values())
+        # fast search: the part of the subset single ops (and the first guess of stage 3) are measured on
+        probe = _probe(evaluator, single_op_samples) if search == "fast" and not (reused and budget.is_size) else None
+        # fast search, agreement budgets: the subset's most fragile samples, where a failing trial shows first
+        screen = _fragile_part(evaluator, budget) if search == "fast" else None
+        if reused:
+            noise = {name: list(values) for name, values in noise.items()}
+        elif search == "fast" and screen is not None:
+            noise = _fragile_noise(screen, ops, variants, len(levels), progress)
+        elif search == "fast":
+            noise = _predicted_noise(probe, ops, originals, variants, len(levels), progress)
+        else:
+            noise = {}
+            total_single = len(ops) * len(levels)
+            done = 0
+            for op in ops:
+                noise[op.name] = []
+                for lvl in range(len(levels)):
+                    measured = evaluator.measure({op.name: variants[op.name][lvl]})
+                    noise[op.name].append(10 ** (-measured.snr_db / 10))
+                    done += 1
+                    if progress:
+                        progress("single-op", done, total_single)
+                noise[op.name] = list(np.maximum.accumulate(noise[op.name]))  # more aggressive never counts as less noise
+
+        # (2) greedy move sequence
+        state = {op.name: UNCOMPRESSED for op in ops}
+        heap: list[tuple[float, str]] = []
+
+        def push(name: str) -> None:
+            current = state[name]
+            nxt = current + 1
+            if nxt >= len(levels):
+                return
+            before_noise = 0.0 if current == UNCOMPRESSED else noise[name][current]
+            before_bits = float_bits[name] if current == UNCOMPRESSED else bits[name][current]
+            saved = before_bits - bits[name][nxt]
+            if saved <= 0:
+                return
+            heapq.heappush(heap, ((noise[name][nxt] - before_noise) / saved, name))
+
         for op in ops:
-            noise[op.name] = []
-            for lvl in range(len(levels)):
-                measured = evaluator.measure({op.name: variants[op.name][lvl]})
-                noise[op.name].append(10 ** (-measured.snr_db / 10))
-                done += 1
+            push(op.name)
+        sequence: list[dict[str, int]] = []
+        while heap:
+            _, name = heapq.heappop(heap)
+            state[name] += 1
+            sequence.append(dict(state))
+            push(name)
+
+        if budget.is_size:
+            result = _within_size(evaluator, compression, budget, levels, ops, sequence, noise, bits, float_bits, overrides,
+                                  total_bits, margin_bytes, started)
+            result.evaluations += _part_evaluations(evaluator, probe)
+            result.search = search
+            return result
+
+
+        def trial(assignment: dict[str, int], keep: bool = False) -> Measurement | None:
+            """The assignment measured on the subset; None when the fragile part alone breaks the budget.
+            `keep`: the runs can become the anchors (see SubsetEvaluator.anchor_on_last)."""
+            weights = overrides(assignment)
+            if screen is not None and budget.fails_on_part(screen.measure(weights, keep=keep), screen.count,
+                                                           evaluator.count):
+                return None
+            return evaluator.measure(weights, keep=keep)
+
+        def accepted(measured: Measurement | None) -> bool:
+            return measured is not None and budget.met(measured, baseline)
+
+        # (3) longest passing prefix (binary search; passing is close to monotone along the sequence)
+        cache: dict[int, Measurement | None] = {}
+
+        def measure_prefix(k: int) -> Measurement | None:
+            if k not in cache:
+                cache[k] = trial(sequence[k - 1]) if k else baseline
                 if progress:
-                    progress("single-op", done, total_single)
-            noise[op.name] = list(np.maximum.accumulate(noise[op.name]))  # more aggressive never counts as less noise
+                    progress("search", len(cache), max(1, int(np.log2(len(sequence) + 1)) + 1))
+            return cache[k]
 
-    # (2) greedy move sequence
-    state = {op.name: UNCOMPRESSED for op in ops}
-    heap: list[tuple[float, str]] = []
+        def passes(k: int) -> bool:
+            return accepted(measure_prefix(k))
 
-    def push(name: str) -> None:
-        current = state[name]
-        nxt = current + 1
-        if nxt >= len(levels):
-            return
-        before_noise = 0.0 if current == UNCOMPRESSED else noise[name][current]
-        before_bits = float_bits[name] if current == UNCOMPRESSED else bits[name][current]
-        saved = before_bits - bits[name][nxt]
-        if saved <= 0:
-            return
-        heapq.heappush(heap, ((noise[name][nxt] - before_noise) / saved, name))
-
-    for op in ops:
-        push(op.name)
-    sequence: list[dict[str, int]] = []
-    while heap:
-        _, name = heapq.heappop(heap)
-        state[name] += 1
-        sequence.append(dict(state))
-        push(name)
-
-    if budget.is_size:
-        result = _within_size(evaluator, compression, budget, levels, ops, sequence, noise, bits, float_bits, overrides,
-                              total_bits, margin_bytes, started)
-        result.evaluations += _part_evaluations(evaluator, probe)
-        result.search = search
-        return result
-
-    # fast search: trials first run on the subset's most fragile samples, where a failing one shows
-    screen = _fragile_part(evaluator, budget) if search == "fast" else None
-
-    def trial(assignment: dict[str, int]) -> Measurement | None:
-        """The assignment measured on the subset; None when the fragile part alone breaks the budget."""
-        weights = overrides(assignment)
-        if screen is not None and budget.fails_on_part(screen.measure(weights), screen.count, evaluator.count):
-            return None
-        return evaluator.measure(weights)
-
-    def accepted(measured: Measurement | None) -> bool:
-        return measured is not None and budget.met(measured, baseline)
-
-    # (3) longest passing prefix (binary search; passing is close to monotone along the sequence)
-    cache: dict[int, Measurement | None] = {}
-
-    def measure_prefix(k: int) -> Measurement | None:
-        if k not in cache:
-            cache[k] = trial(sequence[k - 1]) if k else baseline
-            if progress:
-                progress("search", len(cache), max(1, int(np.log2(len(sequence) + 1)) + 1))
-        return cache[k]
-
-    def passes(k: int) -> bool:
-        return accepted(measure_prefix(k))
-
-    lo, hi = 0, len(sequence)
-    if search == "fast" and probe is not None and probe is not evaluator and sequence:
-        # a first guess from the same binary search on the (cheaper) part, then galloping from it on the
-        # whole subset to a bracket [lo, hi] (passes(lo), everything above hi assumed failing)
-        plo, phi = 0, len(sequence)
-        while plo < phi:
-            mid = (plo + phi + 1) // 2
-            if budget.met(probe.measure(simulated_overrides(sequence[mid - 1])), probe.baseline):
-                plo = mid
+        lo, hi = 0, len(sequence)
+        if search == "fast" and probe is not None and probe is not evaluator and sequence:
+            # a first guess from the same binary search on the (cheaper) part, then galloping from it on the
+            # whole subset to a bracket [lo, hi] (passes(lo), everything above hi assumed failing)
+            plo, phi = 0, len(sequence)
+            while plo < phi:
+                mid = (plo + phi + 1) // 2
+                if budget.met(probe.measure(simulated_overrides(sequence[mid - 1])), probe.baseline):
+                    plo = mid
+                else:
+                    phi = mid - 1
+            step = 1
+            if passes(plo):
+                lo = plo
+                while lo < hi:
+                    k = min(lo + step, hi)
+                    if not passes(k):
+                        hi = k - 1
+                        break
+                    lo, step = k, step * 2
             else:
-                phi = mid - 1
-        step = 1
-        if passes(plo):
-            lo = plo
-            while lo < hi:
-                k = min(lo + step, hi)
-                if not passes(k):
-                    hi = k - 1
-                    break
-                lo, step = k, step * 2
-        else:
-            hi = plo - 1
-            while True:
-                k = max(plo - step, 0)
-                if passes(k):
-                    lo = k
-                    break
-                hi, step = k - 1, step * 2
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if passes(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    best_assignment = sequence[lo - 1] if lo else {op.name: UNCOMPRESSED for op in ops}
-    best_measured = measure_prefix(lo)
-    chosen = "mixed"
+                hi = plo - 1
+                while True:
+                    k = max(plo - step, 0)
+                    if passes(k):
+                        lo = k
+                        break
+                    hi, step = k - 1, step * 2
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if passes(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        best_assignment = sequence[lo - 1] if lo else {op.name: UNCOMPRESSED for op in ops}
+        best_measured = measure_prefix(lo)
+        chosen = "mixed"
 
-    # (4) uniform levels, so the answer is never larger than the best uniform setting within budget
-    uniform = []
-    for lvl, level in enumerate(levels):
-        assignment = {op.name: lvl for op in ops}
-        if search == "fast" and (total_bits(assignment) >= total_bits(best_assignment)
-                                 or any(u["meets_budget"] is False for u in uniform)):
-            # cannot be smaller than the answer, or a less aggressive uniform level already failed (passing
-            # is close to monotone in the level): not measured by the fast search
-            uniform.append({"level": level, "weight_bits": total_bits(assignment), "meets_budget": None})
-            continue
-        measured = evaluator.measure(overrides(assignment))
-        ok = budget.met(measured, baseline)
-        uniform.append({"level": level, "weight_bits": total_bits(assignment), "meets_budget": ok, **asdict(measured)})
-        if ok and total_bits(assignment) < total_bits(best_assignment):
-            best_assignment, best_measured, chosen = assignment, measured, f"uniform {level}"
-        if progress:
-            progress("uniform", lvl + 1, len(levels))
-
-    # (5) local refinement: from the best answer, push single ops one level further while the budget holds;
-    # each round tries the ops cheapest added noise per bit first and takes the first that passes
-    improved = True
-    full_fails_left = None if search == "exact" or screen is not None else FAST_REFINE_FAILS
-    while improved and full_fails_left != 0:
-        improved = False
-        candidates = []
-        for name, level in best_assignment.items():
-            if level + 1 < len(levels):
-                before = float_bits[name] if level == UNCOMPRESSED else bits[name][level]
-                saved = before - bits[name][level + 1]
-                if saved > 0:
-                    cost = noise[name][level + 1] - (0.0 if level == UNCOMPRESSED else noise[name][level])
-                    candidates.append((cost / saved, name))
-        for _, name in sorted(candidates):
-            candidate = dict(best_assignment, **{name: best_assignment[name] + 1})
-            measured = trial(candidate) if search == "fast" else evaluator.measure(overrides(candidate))
+        # (4) uniform levels, so the answer is never larger than the best uniform setting within budget
+        uniform = []
+        for lvl, level in enumerate(levels):
+            assignment = {op.name: lvl for op in ops}
+            if search == "fast" and (total_bits(assignment) >= total_bits(best_assignment)
+                                     or any(u["meets_budget"] is False for u in uniform)):
+                # cannot be smaller than the answer, or a less aggressive uniform level already failed (passing
+                # is close to monotone in the level): not measured by the fast search
+                uniform.append({"level": level, "weight_bits": total_bits(assignment), "meets_budget": None})
+                continue
+            measured = evaluator.measure(overrides(assignment))
+            ok = budget.met(measured, baseline)
+            uniform.append({"level": level, "weight_bits": total_bits(assignment), "meets_budget": ok, **asdict(measured)})
+            if ok and total_bits(assignment) < total_bits(best_assignment):
+                best_assignment, best_measured, chosen = assignment, measured, f"uniform {level}"
             if progress:
-                progress("refine", evaluator.evaluations, evaluator.evaluations)
-            if accepted(measured):
-                best_assignment, best_measured, chosen, improved = candidate, measured, "mixed", True
-                break
-            if full_fails_left is not None:
-                full_fails_left -= 1
-                if full_fails_left == 0:
-                    break
+                progress("uniform", lvl + 1, len(levels))
 
-    levels_used = set(best_assignment.values())
-    if chosen == "mixed" and len(levels_used) == 1 and UNCOMPRESSED not in levels_used:
-        chosen = f"uniform {levels[levels_used.pop()]}"
-    return MixedResult(
-        compression=compression, levels=levels, budget=asdict(budget), assignment=best_assignment, chosen=chosen,
-        weight_bits=total_bits(best_assignment),
-        subset={"images": evaluator.count, "baseline": asdict(baseline), "measured": asdict(best_measured),
-                "meets_budget": budget.met(best_measured, baseline),
-                "single_op_images": probe.count if probe is not None else evaluator.count,
-                "fragile_samples": screen.count if screen is not None else 0,
-                "part_evaluations": _part_evaluations(evaluator, probe, screen),
-                "real_variants": len(real)},
-        uniform=uniform, evaluations=evaluator.evaluations + _part_evaluations(evaluator, probe, screen),
-        elapsed_s=time.perf_counter() - started, noise=noise, search=search)
+        # (5) local refinement: from the best answer, push single ops one level further while the budget holds;
+        # each round tries the ops cheapest added noise per bit first and takes the first that passes
+        improved = True
+        full_fails_left = None if search == "exact" or screen is not None else FAST_REFINE_FAILS
+        if search == "fast":  # each candidate differs from the best in one op: runs resume from the best's
+            for part in (evaluator, screen):
+                if part is not None:
+                    part.anchor(overrides(best_assignment))
+        while improved and full_fails_left != 0:
+            improved = False
+            candidates = []
+            for name, level in best_assignment.items():
+                if level + 1 < len(levels):
+                    before = float_bits[name] if level == UNCOMPRESSED else bits[name][level]
+                    saved = before - bits[name][level + 1]
+                    if saved > 0:
+                        cost = noise[name][level + 1] - (0.0 if level == UNCOMPRESSED else noise[name][level])
+                        candidates.append((cost / saved, name))
+            for _, name in sorted(candidates):
+                candidate = dict(best_assignment, **{name: best_assignment[name] + 1})
+                measured = trial(candidate, keep=True) if search == "fast" else evaluator.measure(overrides(candidate))
+                if progress:
+                    progress("refine", evaluator.evaluations, evaluator.evaluations)
+                if accepted(measured):
+                    best_assignment, best_measured, chosen, improved = candidate, measured, "mixed", True
+                    for part in (evaluator, screen) if search == "fast" else ():
+                        if part is not None:
+                            part.anchor_on_last()
+                    break
+                if full_fails_left is not None:
+                    full_fails_left -= 1
+                    if full_fails_left == 0:
+                        break
+
+        levels_used = set(best_assignment.values())
+        if chosen == "mixed" and len(levels_used) == 1 and UNCOMPRESSED not in levels_used:
+            chosen = f"uniform {levels[levels_used.pop()]}"
+        return MixedResult(
+            compression=compression, levels=levels, budget=asdict(budget), assignment=best_assignment, chosen=chosen,
+            weight_bits=total_bits(best_assignment),
+            subset={"images": evaluator.count, "baseline": asdict(baseline), "measured": asdict(best_measured),
+                    "meets_budget": budget.met(best_measured, baseline),
+                    "single_op_images": probe.count if probe is not None else evaluator.count,
+                    "fragile_samples": screen.count if screen is not None else 0,
+                    "part_evaluations": _part_evaluations(evaluator, probe, screen),
+                    "real_variants": real.computed()},
+            uniform=uniform, evaluations=evaluator.evaluations + _part_evaluations(evaluator, probe, screen),
+            elapsed_s=time.perf_counter() - started, noise=noise, search=search)
+    finally:
+        real.close()
+
+
+class _RealVariants:
+    """Each op's weight as the answer's package will hold it, per level: the simulated one where
+    the search simulates the level as given, else the level as given compressed with coremltools,
+    once. The fast search's whole-subset trials need the least aggressive levels first, so those
+    are computed ahead, PREFETCH_LEVELS of them, on a background thread while the single-op stage
+    and the first trials run (coremltools' k-means spends its time in C, off the GIL)."""
+
+    def __init__(self, originals, compression, levels, simulated, variants):
+        self._originals, self._compression, self._levels = originals, compression, levels
+        self._simulated, self._variants = simulated, variants
+        self._done: dict[tuple[str, int], np.ndarray] = {}
+        self._pending: dict[tuple[str, int], Any] = {}
+        self._pool = None
+
+    def _needs_coremltools(self, lvl: int) -> bool:
+        return self._simulated[lvl] != self._levels[lvl]
+
+    def _compress(self, name: str, lvl: int) -> np.ndarray:
+        return simulate(self._originals[name], self._compression, self._levels[lvl])
+
+    def prefetch(self, names: list[str]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        wanted = [(name, lvl) for lvl in range(min(PREFETCH_LEVELS, len(self._levels))) if self._needs_coremltools(lvl)
+                  for name in names]
+        if wanted:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixed-kmeans")
+            self._pending = {key: self._pool.submit(self._compress, *key) for key in wanted}
+
+    def get(self, name: str, lvl: int) -> np.ndarray:
+        if not self._needs_coremltools(lvl):
+            return self._variants[name][lvl]
+        key = (name, lvl)
+        if key not in self._done:
+            pending = self._pending.pop(key, None)
+            self._done[key] = pending.result() if pending is not None else self._compress(name, lvl)
+        return self._done[key]
+
+    def computed(self) -> int:
+        return len(self._done) + sum(1 for f in self._pending.values() if f.done())
+
+    def close(self) -> None:
+        """Stops the work not started yet (a search that ends early does not wait for it)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def check_search(search: str) -> None:
@@ -507,6 +563,24 @@ def _fragile_part(evaluator: SubsetEvaluator, budget: Budget) -> SubsetEvaluator
         return None
     order = evaluator.fragile_order()
     return None if order is None else evaluator.samples(order[:FRAGILE_SAMPLES])
+
+
+def _fragile_noise(screen: SubsetEvaluator, ops, variants, n_levels: int, progress) -> dict[str, list[float]]:
+    """The fast single-op stage under an agreement budget: each op alone at every level, measured on
+    the subset's most fragile samples (where compression first flips a class, so where an agreement
+    budget is decided), each run resuming at the op from the uncompressed run's checkpoints."""
+    screen.anchor({})
+    noise: dict[str, list[float]] = {}
+    total, done = len(ops) * n_levels, 0
+    for op in ops:
+        values = []
+        for lvl in range(n_levels):
+            values.append(10 ** (-screen.measure({op.name: variants[op.name][lvl]}).snr_db / 10))
+            done += 1
+            if progress:
+                progress("single-op", done, total)
+        noise[op.name] = list(np.maximum.accumulate(values))  # more aggressive never counts as less noise
+    return noise
 
 
 def _predicted_noise(probe: SubsetEvaluator, ops, originals, variants, n_levels: int,

@@ -52,6 +52,9 @@ class Measurement:
 BATCH_ELEMENTS = 2 ** 20  # input elements per batch the subset is run in (see batch_size_for)
 
 
+RESUME_BYTES = 1 << 30  # most memory an anchor's (or a kept run's) checkpoints may take
+
+
 def batch_size_for(inputs: dict[str, np.ndarray]) -> int:
     """How many samples run at once: about BATCH_ELEMENTS input elements, 8 to 128 samples.
     Large inputs run faster in small batches on a CPU (a 224x224 image CNN: 75 images take
@@ -88,6 +91,7 @@ class SubsetEvaluator:
         self.reference = reference.reference_outputs()
         self.baseline = self._measurement(reference, baseline=True)
         self.evaluations = 0
+        self._anchor = self._last = None
 
     @property
     def x(self) -> np.ndarray:
@@ -139,11 +143,37 @@ class SubsetEvaluator:
         dataset = self.task.dataset(self.source, self.meta, batch_size=self.batch_size)
         return self._measurement(evaluate(predict, dataset, self.task, self.reference, meta=self.meta))
 
-    def measure(self, overrides: dict[str, np.ndarray]) -> Measurement:
-        """The program with some weights replaced (already compressed + decompressed)."""
+    def measure(self, overrides: dict[str, np.ndarray], keep: bool = False) -> Measurement:
+        """The program with some weights replaced (already compressed + decompressed). After
+        `anchor(...)`, the run starts at the first step whose weights differ from the anchor's
+        (same outputs, less work when few weights differ: see runtime/interpreter.py). With `keep`,
+        the run keeps checkpoints so that `anchor_on_last()` can make it the anchor."""
         self.evaluations += 1
-        program = self.base.with_constants(overrides) if overrides else self.base
-        return self._measurement(self._evaluate(program, self.reference))
+        keep = keep and self.base.backend == "torch"
+        if self._anchor is None and not keep:
+            program = self.base.with_constants(overrides) if overrides else self.base
+            return self._measurement(self._evaluate(program, self.reference))
+        program = self.base.with_constants(overrides)
+        if self._anchor is not None:
+            program.resume_from(self._anchor)
+        if keep:
+            program.keep_checkpoints(max_bytes=RESUME_BYTES)
+        measured = self._measurement(self._evaluate(program, self.reference))
+        self._last = program if keep else None
+        return measured
+
+    def anchor(self, overrides: dict[str, np.ndarray]) -> Measurement:
+        """Measures `overrides` and keeps their run as the anchor later measurements resume from
+        (many measurements that each differ from it in a few weights)."""
+        measured = self.measure(overrides, keep=True)
+        self.anchor_on_last()
+        return measured
+
+    def anchor_on_last(self) -> None:
+        """The last measurement made with `keep` becomes the anchor (when its checkpoints fit)."""
+        if self._last is not None and self.base.backend == "torch" and self._last._interpreter.keeps_checkpoints:
+            self._anchor = self._last
+        self._last = None
 
     def part(self, max_samples: int) -> "SubsetEvaluator":
         """An evaluator of the same program on at most `max_samples` evenly spaced samples of this
@@ -167,6 +197,7 @@ class SubsetEvaluator:
         part.reference = reference.reference_outputs()
         part.baseline = part._measurement(reference, baseline=True)
         part.evaluations = 0
+        part._anchor = part._last = None
         return part
 
     def fragile_order(self) -> list[int] | None:

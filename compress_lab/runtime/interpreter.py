@@ -9,6 +9,7 @@ value, and fp16 compute mode, keep one step per op."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,11 @@ class Interpreter:
         self._unfolded = (dict(self.constants), dict(self._tensors))  # before folding, for with_constants
         self._input_name = self.source.input_name
         self._output_names = [v.name for v in self.source.function.outputs]
+        self._folded_from: dict[str, set[str]] = {}  # folded constant -> the constants it was computed from
+        self._read_by_steps: set[str] = set()        # every value an op that runs (at any depth) reads
         self._steps, self._plain_steps = self._compile()
+        self._checkpoints: dict[bytes, list[tuple[int, dict]]] | None = None
+        self._resume: tuple[dict, int] | None = None
 
     def with_constants(self, overrides: dict[str, Any]) -> "Interpreter":
         """A new interpreter of the same program with some constants replaced (same
@@ -122,9 +127,13 @@ class Interpreter:
                 fn = _rounding(fn)
             refs = [(i, a.name) for i, a in enumerate(kernel.args) if isinstance(a, Ref)]
             outs = tuple(v.name for v in op.outputs)
+            sources = {name for v in op.inputs.values() for name in _var_names(v)}
             if not refs:
                 self._fold(fn, kernel.args, outs)
+                for name in outs:
+                    self._folded_from[name] = sources
                 continue
+            self._read_by_steps |= sources
             steps.append([fn, list(kernel.args), refs, outs, (), op])
         return steps
 
@@ -214,8 +223,124 @@ class Interpreter:
             if observe is not None:
                 observe(name, value)
         with torch.inference_mode():
-            _run_steps(self._steps if observe is not None else self._plain_steps, env, observe)
+            if observe is not None:
+                _run_steps(self._steps, env, observe)
+            else:
+                self._run_plain(env)
         return {name: env[name] if name in env else self._tensors[name] for name in self._output_names}
+
+
+    # --- resuming -------------------------------------------------------------------------
+    def keep_checkpoints(self, count: int = 16, max_bytes: int | None = None) -> None:
+        """From now on, each plain run keeps the values alive before `count` evenly spaced steps;
+        all of them dropped (and no more kept) once they hold more than `max_bytes`."""
+        self._checkpoints = {}
+        self._checkpoint_bytes, self._checkpoint_max, self._checkpoint_seen = 0, max_bytes, set()
+        n = len(self._plain_steps)
+        self._checkpoint_at = set(np.unique(np.linspace(0, n, count + 1, endpoint=False).astype(int)[1:]).tolist())
+
+    def resume_from(self, anchor: "Interpreter") -> None:
+        """Runs of inputs `anchor` has kept checkpoints for start at the last one before the first
+        step that reads a constant differing from the anchor's; whole runs where it cannot tell."""
+        self._resume = None
+        if anchor._checkpoints is None or anchor.source is not self.source or anchor.round_fp16 != self.round_fp16:
+            return
+        if [s[3] for s in anchor._plain_steps] != [s[3] for s in self._plain_steps]:
+            return
+        mine, theirs = self._unfolded[0], anchor._unfolded[0]
+        changed = {name for name in mine if mine[name] is not theirs.get(name)
+                   and not _same_value(mine[name], theirs.get(name))}
+        start = self._first_step_reading(changed)
+        if start is not None and start > 0:
+            self._resume = (anchor._checkpoints, start)
+
+    def _first_step_reading(self, changed: set[str]) -> int | None:
+        """The first plain step reading a constant in `changed` or folded from one; None when one
+        of them is read where steps' arguments do not show it (inside a kernel, a loop's body)."""
+        affected, grew = set(changed), True
+        while grew:
+            grew = False
+            for name, sources in self._folded_from.items():
+                if name not in affected and sources & affected:
+                    affected.add(name)
+                    grew = True
+        if affected & set(self._output_names):
+            return None
+        ids = {id(self._tensors[name]): name for name in affected if name in self._tensors}
+        first, found = len(self._plain_steps), set()
+        for i, step in enumerate(self._plain_steps):
+            for arg in step[1]:
+                name = ids.get(id(arg))
+                if name is not None:
+                    found.add(name)
+                    first = min(first, i)
+        if (affected & self._read_by_steps) - found:
+            return None
+        return first
+
+    def _run_plain(self, env: dict) -> None:
+        steps = self._plain_steps
+        key = _digest(env) if self._checkpoints is not None or self._resume is not None else None
+        start, kept = 0, []
+        if self._resume is not None:
+            store, first = self._resume
+            kept = [(i, values) for i, values in store.get(key, ()) if i <= first]  # still true of this run
+            if kept:
+                start = kept[-1][0]
+                env.update(kept[-1][1])
+        if self._checkpoints is None:
+            _run_steps(steps[start:], env)
+            return
+        at = self._checkpoint_at
+        for i in range(start, len(steps)):
+            if i in at and not (kept and kept[-1][0] >= i):
+                kept.append((i, dict(env)))
+                self._count_bytes(kept[-1][1])
+            _run_steps(steps[i:i + 1], env)
+        if self._checkpoints is not None:
+            self._checkpoints[key] = kept
+
+    def _count_bytes(self, values: dict) -> None:
+        for value in values.values():
+            if isinstance(value, torch.Tensor) and id(value) not in self._checkpoint_seen:
+                self._checkpoint_seen.add(id(value))
+                self._checkpoint_bytes += value.numel() * value.element_size()
+        if self._checkpoint_max is not None and self._checkpoint_bytes > self._checkpoint_max:
+            self._checkpoints = None  # too big to keep: whole runs from now on
+            self._checkpoint_seen = set()
+
+    @property
+    def keeps_checkpoints(self) -> bool:
+        return self._checkpoints is not None
+
+
+def _var_names(value) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [name for v in value for name in _var_names(v)]
+    return [value.name] if getattr(value, "name", None) else []
+
+
+def _same_value(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    try:
+        return np.array_equal(np.asarray(a), np.asarray(b))
+    except (TypeError, ValueError):
+        return False
+
+
+def _digest(env: dict) -> bytes:
+    """A key for a run's inputs (checkpoints are kept per input)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(env):
+        value = env[name]
+        h.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            h.update(str((tuple(value.shape), value.dtype)).encode())
+            h.update(value.detach().contiguous().numpy().tobytes())
+        else:
+            h.update(repr(value).encode())
+    return h.digest()
 
 
 MAX_LOOP_ITERATIONS = 1_000_000

@@ -180,6 +180,17 @@ class CoreMLProgram:
         clone._interpreter = self._interpreter.with_constants(overrides)
         return clone
 
+    def keep_checkpoints(self, count: int = 16, max_bytes: int | None = None) -> None:
+        """Keep, for each input run from now on, the values before `count` evenly spaced steps, so
+        that copies with some weights replaced can `resume_from` this program (see interpreter.py);
+        none once they would hold more than `max_bytes`."""
+        self._interpreter.keep_checkpoints(count, max_bytes)
+
+    def resume_from(self, anchor: "CoreMLProgram") -> None:
+        """Inputs `anchor` has run (with checkpoints kept) start at the first step whose weights
+        differ from the anchor's; same outputs as a whole run."""
+        self._interpreter.resume_from(anchor._interpreter)
+
     def weights(self) -> dict[str, np.ndarray]:
         """Decompressed constant weights keyed by the const / constexpr op's output name,
         in their stored dtype (an fp16 program's weights are fp16)."""
