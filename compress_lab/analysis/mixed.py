@@ -452,7 +452,7 @@ class _RealVariants:
     the search simulates the level as given, else the level as given compressed with coremltools,
     once. The fast search's whole-subset trials need the least aggressive levels first, so those
     are computed ahead, PREFETCH_LEVELS of them, on a background thread while the single-op stage
-    and the first trials run (coremltools' k-means spends its time in C, off the GIL)."""
+    and the first trials run, for the weights coremltools clusters in C, off the GIL."""
 
     def __init__(self, originals, compression, levels, simulated, variants):
         self._originals, self._compression, self._levels = originals, compression, levels
@@ -467,10 +467,17 @@ class _RealVariants:
     def _compress(self, name: str, lvl: int) -> np.ndarray:
         return simulate(self._originals[name], self._compression, self._levels[lvl])
 
+    def _off_the_gil(self, name: str, lvl: int) -> bool:
+        """coremltools clusters this weight with kmeans1d, in C (fp16, per tensor, >= 10,000 elements;
+        its scikit-learn path for the others would only compete with the evaluations for the GIL)."""
+        weight, level = self._originals[name], self._levels[lvl]
+        return (self._compression == "palettize" and weight.dtype == np.float16 and weight.size >= 10_000
+                and level.get("granularity", "per_tensor") == "per_tensor" and level.get("cluster_dim", 1) == 1)
+
     def prefetch(self, names: list[str]) -> None:
         from concurrent.futures import ThreadPoolExecutor
         wanted = [(name, lvl) for lvl in range(min(PREFETCH_LEVELS, len(self._levels))) if self._needs_coremltools(lvl)
-                  for name in names]
+                  for name in names if self._off_the_gil(name, lvl)]
         if wanted:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixed-kmeans")
             self._pending = {key: self._pool.submit(self._compress, *key) for key in wanted}
